@@ -1,0 +1,193 @@
+"""The run directory: versioned artifacts that stages exchange (see DESIGN.md).
+
+An artifact is a directory ``<run_dir>/<name>/`` holding its files plus ``_SUCCESS``, a JSON
+manifest written last. A stage writes into a temporary sibling (``<name>.tmp-<uuid>``) and renames
+it into place only when complete, so a crash never leaves a half-written artifact under the final
+name and never touches an earlier complete one. Sharded artifacts that must resume shard by shard
+(``precache/``) write each shard atomically inside ``<name>.partial/`` instead.
+
+``run_dir`` is a local path or any ``pyarrow.fs`` URI (``s3://``, ``gs://``, ``hdfs://``). Files
+are produced in a local scratch directory and copied to a remote run directory when complete;
+:meth:`RunDir.local` gives a local copy of a remote artifact for libraries that need paths
+(safetensors, Hugging Face).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+SUCCESS = "_SUCCESS"
+
+
+class ArtifactError(RuntimeError):
+    """A missing or incomplete artifact."""
+
+
+def _fs_and_path(uri: str) -> tuple[pafs.FileSystem, str, bool]:
+    if "://" in uri and not uri.startswith("file://"):
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return fs, path.rstrip("/"), False
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve()), True
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to a temp file beside ``path`` and rename it over (local files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
+    """Write one Parquet file via a temp name + rename, so readers never see a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """Paths, completeness checks and atomic writes for one run directory."""
+
+    def __init__(self, uri: str | Path):
+        self.uri = str(uri)
+        self.fs, self.root, self.is_local = _fs_and_path(self.uri)
+        if self.is_local:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+        else:
+            self.fs.create_dir(self.root, recursive=True)
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.uri!r})"
+
+    def path(self, name: str) -> str:
+        """The artifact's path inside the filesystem (a local absolute path when local)."""
+        return f"{self.root}/{name}"
+
+    def _exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def is_complete(self, name: str) -> bool:
+        return self._exists(f"{self.path(name)}/{SUCCESS}")
+
+    def manifest(self, name: str) -> dict[str, Any]:
+        if not self.is_complete(name):
+            raise ArtifactError(
+                f"artifact {name!r} is missing or incomplete in {self.uri} "
+                f"(no {SUCCESS}); run the stage that produces it first"
+            )
+        with self.fs.open_input_stream(f"{self.path(name)}/{SUCCESS}") as f:
+            return json.loads(f.read().decode())
+
+    def require(self, *names: str) -> None:
+        for name in names:
+            self.manifest(name)
+
+    @contextlib.contextmanager
+    def writing(self, name: str, manifest: dict[str, Any] | None = None) -> Iterator[Path]:
+        """Yield a local scratch directory; on clean exit it becomes ``<name>/`` atomically.
+
+        The manifest (``_SUCCESS``) is written last with ``created_at`` added. An exception leaves
+        the previous complete artifact, if any, untouched, and removes the scratch directory.
+        """
+        if self.is_local:
+            tmp = Path(f"{self.path(name)}.tmp-{uuid.uuid4().hex}")
+            tmp.mkdir(parents=True)
+        else:
+            tmp = Path(tempfile.mkdtemp(prefix=f"semconv-{name.replace('/', '_')}-"))
+        try:
+            yield tmp
+            meta = dict(manifest or {})
+            meta.setdefault("artifact", name)
+            meta["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            write_json_atomic(tmp / SUCCESS, meta)
+            self._publish(tmp, name)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _publish(self, tmp: Path, name: str) -> None:
+        final = self.path(name)
+        if self.is_local:
+            old = None
+            if Path(final).exists():
+                old = Path(f"{final}.old-{uuid.uuid4().hex}")
+                os.replace(final, old)
+            Path(final).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            return
+        # Copy data files first and the manifest last, so the artifact reads as complete only
+        # once every file is there (object stores have no directory rename).
+        files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != SUCCESS)
+        if self._exists(final):
+            self.fs.delete_dir(final)
+        for p in files + [tmp / SUCCESS]:
+            rel = p.relative_to(tmp).as_posix()
+            self.fs.create_dir(f"{final}/{Path(rel).parent.as_posix()}", recursive=True)
+            pafs.copy_files(str(p), f"{final}/{rel}", destination_filesystem=self.fs)
+
+    def local(self, name: str) -> Path:
+        """A local directory with the artifact's files (the artifact itself when local)."""
+        self.manifest(name)
+        if self.is_local:
+            return Path(self.path(name))
+        cache = Path(tempfile.gettempdir()) / "semconv-cache" / self.uri.replace("://", "_").replace("/", "_") / name
+        if not (cache / SUCCESS).exists():
+            if cache.exists():
+                shutil.rmtree(cache)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(self.path(name), str(cache), source_filesystem=self.fs)
+        return cache
+
+    # ---- tables -------------------------------------------------------------------------
+    def write_table(
+        self, name: str, table: pa.Table, num_shards: int = 1, manifest: dict[str, Any] | None = None
+    ) -> str:
+        """Write a Parquet table artifact in ``num_shards`` files (row order kept)."""
+        meta = {"rows": table.num_rows, "schema": str(table.schema), **(manifest or {})}
+        with self.writing(name, meta) as tmp:
+            n = max(1, min(num_shards, table.num_rows or 1))
+            step = -(-table.num_rows // n) if table.num_rows else 0
+            for i in range(n):
+                part = table.slice(i * step, step) if step else table
+                pq.write_table(part, tmp / f"part-{i:05d}.parquet")
+        return self.path(name)
+
+    def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        self.manifest(name)
+        files = sorted(
+            f.path
+            for f in self.fs.get_file_info(pafs.FileSelector(self.path(name), recursive=True))
+            if f.type == pafs.FileType.File and f.path.endswith(".parquet")
+        )
+        if not files:
+            return pa.table({})
+        return pa.concat_tables(
+            [pq.read_table(p, columns=columns, filesystem=self.fs) for p in files]
+        )
+
+    def write_json(self, name: str, filename: str, obj: Any) -> None:
+        """Write one JSON file into an existing complete artifact (local) atomically."""
+        if self.is_local:
+            write_json_atomic(Path(self.path(name)) / filename, obj)
+        else:
+            with self.fs.open_output_stream(f"{self.path(name)}/{filename}") as f:
+                f.write(json.dumps(obj, indent=2, sort_keys=True, default=str).encode())

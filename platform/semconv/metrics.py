@@ -1,0 +1,76 @@
+"""Ranking metrics over the full item set: HR@K and NDCG@K with a single relevant item.
+
+With one target per user (leave-last-out), HR@K is 1 if the target is in the top K, and
+NDCG@K = 1 / log2(rank + 1) for a 1-based rank <= K (the ideal DCG is 1), else 0. A target
+missing from the ranked list scores 0 on both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+
+def target_rank(ranked: Sequence[int], target: int) -> int | None:
+    """1-based rank of ``target`` in ``ranked``, or None when absent."""
+    for i, item in enumerate(ranked):
+        if item == target:
+            return i + 1
+    return None
+
+
+def hit_at_k(ranked: Sequence[int], target: int, k: int) -> float:
+    r = target_rank(ranked[:k], target)
+    return 1.0 if r is not None else 0.0
+
+
+def ndcg_at_k(ranked: Sequence[int], target: int, k: int) -> float:
+    r = target_rank(ranked[:k], target)
+    return 1.0 / math.log2(r + 1) if r is not None else 0.0
+
+
+def ranking_metrics(
+    rankings: Iterable[Sequence[int]], targets: Iterable[int], ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """Mean HR@K and NDCG@K over users; keys ``HR@K`` and ``NDCG@K`` for every K in ``ks``."""
+    ks = sorted(set(int(k) for k in ks))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    hr = {k: 0.0 for k in ks}
+    nd = {k: 0.0 for k in ks}
+    n = 0
+    for ranked, target in zip(rankings, targets, strict=True):
+        ranked = list(ranked)
+        r = target_rank(ranked[: ks[-1]], int(target))
+        n += 1
+        if r is None:
+            continue
+        for k in ks:
+            if r <= k:
+                hr[k] += 1.0
+                nd[k] += 1.0 / math.log2(r + 1)
+    if n == 0:
+        raise ValueError("no users to evaluate")
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"HR@{k}"] = hr[k] / n
+        out[f"NDCG@{k}"] = nd[k] / n
+    return out
+
+
+def topk_from_scores(scores: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """Top-``k`` item ids per row of a (users, items) score matrix, best first.
+
+    ``exclude[u]`` lists items masked out for user ``u`` (e.g. their history). Ties break by the
+    lower item id, so results are deterministic.
+    """
+    scores = np.array(scores, dtype=np.float64, copy=True)
+    if exclude is not None:
+        for u, items in enumerate(exclude):
+            if len(items):
+                scores[u, np.asarray(items, dtype=np.int64)] = -np.inf
+    k = min(k, scores.shape[1])
+    idx = np.argsort(-scores, axis=1, kind="stable")
+    return idx[:, :k]
