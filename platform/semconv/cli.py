@@ -1,0 +1,41 @@
+"""``semconv <stage>|pipeline [--config FILE] [key.sub=value ...]``: what every job runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from semconv.config import ConfigError, load_config
+from semconv.pipeline import STAGES, run_pipeline
+from semconv.ray_env import init_ray
+
+
+def parse(argv: Sequence[str] | None, stage: str | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="semconv", description=__doc__)
+    if stage is None:
+        p.add_argument("stage", choices=[*STAGES, "pipeline"])
+    p.add_argument("--config", default=None, help="YAML config (default: built-in demo defaults)")
+    p.add_argument("--stages", default=None, help="pipeline only: comma-separated subset")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    args = p.parse_args(argv)
+    if stage is not None:
+        args.stage = stage
+    return args
+
+
+def main(argv: Sequence[str] | None = None, stage: str | None = None) -> int:
+    args = parse(argv, stage)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    stages = [args.stage] if args.stage != "pipeline" else (args.stages.split(",") if args.stages else None)
+    run_pipeline(cfg, stages)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,218 @@
+"""The ``prepare`` stage: raw data -> ``items/``, ``sequences/``, ``splits/`` (DESIGN.md).
+
+Steps: validate, drop duplicate (user, item) pairs keeping the earliest, optional iterative
+k-core, dense int ids (items in catalogue order, users in order of first appearance; source ids
+kept), chronological histories, leave-last-out splits (paper protocol):
+test = last item, valid = second-to-last, train = every prefix -> next item of the rest, each
+row's history truncated to its last ``max_len`` items. ``sequences/`` keeps the full history.
+Users with fewer than 3 interactions have only train rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from semconv.artifacts import RunDir
+from semconv.data.config import PrepareConfig
+from semconv.data.readers import DataError, ReadReport, read_generic, read_lcrec
+
+log = logging.getLogger(__name__)
+
+ITEMS_SCHEMA = pa.schema([("item_id", pa.int64()), ("source_id", pa.string()), ("title", pa.string()),
+                          ("description", pa.string()), ("brand", pa.string()), ("categories", pa.string())])
+SPLITS_SCHEMA = pa.schema([("split", pa.string()), ("user_id", pa.int64()),
+                           ("history", pa.list_(pa.int64())), ("target", pa.int64())])
+
+
+def _has_text(s: str) -> bool:
+    return bool(s.strip().strip(".").strip())
+
+
+def clean(interactions: pa.Table, items: pa.Table, cfg: PrepareConfig, report: ReadReport,
+          inter_src: str, items_src: str) -> tuple[pa.Table, pa.Table]:
+    """Validate and filter; returns (interactions sorted per user chronologically, items)."""
+    skip = cfg.on_bad_rows == "skip"
+    ids = items.column("item").to_pylist()
+    seen: dict[str, int] = {}
+    keep_items = []
+    titles, descs = items.column("title").to_pylist(), items.column("description").to_pylist()
+    for i, key in enumerate(ids):
+        if key in seen:
+            raise DataError(f"{items_src}: row {i + 1}: duplicate item_id {key!r} (first at row {seen[key] + 1})")
+        seen[key] = i
+        if not (_has_text(titles[i]) or _has_text(descs[i])):
+            if not skip:
+                raise DataError(f"{items_src}: row {i + 1}: item {key!r} has no text (empty 'title' and "
+                                f"'description'); set prepare.on_bad_rows=skip to drop it")
+            report.skip("item_without_text")
+            continue
+        keep_items.append(i)
+    items = items.take(pa.array(keep_items, pa.int64()))
+    if items.num_rows == 0:
+        raise DataError(f"{items_src}: no items (empty dataset)")
+    if interactions.num_rows == 0:
+        raise DataError(f"{inter_src}: no interactions (empty dataset)")
+
+    known = pc.is_in(interactions.column("item"), value_set=items.column("item"))
+    if not pc.all(known).as_py():
+        bad = pc.indices_nonzero(pc.invert(known)).to_pylist()
+        if not skip:
+            r = interactions.column("row")[bad[0]].as_py()
+            it = interactions.column("item")[bad[0]].as_py()
+            raise DataError(f"{inter_src}: row {r}: field 'item_id' names unknown item {it!r} "
+                            f"({len(bad)} such interactions; set prepare.on_bad_rows=skip to drop them)")
+        report.skip("unknown_item", len(bad))
+        interactions = interactions.filter(known)
+
+    # chronological order per user: timestamp when present, else file order (row)
+    keys = [("user_first", "ascending")]
+    users = interactions.column("user")
+    uniq, first = np.unique(np.asarray(users.to_pylist(), dtype=object), return_index=True)
+    order_of = dict(zip(uniq.tolist(), np.argsort(np.argsort(first)).tolist()))
+    interactions = interactions.append_column(
+        "user_first", pa.array([order_of[u] for u in users.to_pylist()], pa.int64()))
+    if "timestamp" in interactions.column_names:
+        keys.append(("timestamp", "ascending"))
+    keys.append(("row", "ascending"))
+    interactions = interactions.sort_by(keys)
+    # drop repeated (user, item) pairs, keeping the earliest
+    pairs = [f"{u}\x00{i}" for u, i in zip(interactions.column("user").to_pylist(),
+                                            interactions.column("item").to_pylist())]
+    _, first_idx = np.unique(np.asarray(pairs, dtype=object), return_index=True)
+    if len(first_idx) < interactions.num_rows:
+        report.skip("duplicate_interaction", interactions.num_rows - len(first_idx))
+        interactions = interactions.take(pa.array(np.sort(first_idx)))
+    if cfg.k_core:
+        interactions = k_core(interactions, cfg.k_core)
+        if interactions.num_rows == 0:
+            raise DataError(f"{inter_src}: no interactions left after {cfg.k_core}-core filtering")
+    return interactions, items
+
+
+def k_core(interactions: pa.Table, k: int) -> pa.Table:
+    """Iteratively drop users and items with fewer than ``k`` interactions."""
+    while True:
+        n = interactions.num_rows
+        for col in ("user", "item"):
+            counts = interactions.group_by(col).aggregate([(col, "count")])
+            ok = counts.filter(pc.greater_equal(counts.column(f"{col}_count"), k)).column(col)
+            interactions = interactions.filter(pc.is_in(interactions.column(col), value_set=ok))
+        if interactions.num_rows == n:
+            return interactions
+
+
+def build_tables(interactions: pa.Table, items: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Dense ids; returns (items/, sequences/) tables."""
+    item_keys = items.column("item").to_pylist()
+    dense = {k: i for i, k in enumerate(item_keys)}
+    items_out = pa.table({
+        "item_id": pa.array(np.arange(len(item_keys), dtype=np.int64)),
+        "source_id": items.column("item"),
+        **{f: items.column(f) for f in ("title", "description", "brand", "categories")},
+    }, schema=ITEMS_SCHEMA)
+    cols = ["item"] + [c for c in ("timestamp", "review") if c in interactions.column_names]
+    grouped = interactions.group_by("user_first", use_threads=False).aggregate(
+        [("user", "min")] + [(c, "list") for c in cols])
+    grouped = grouped.sort_by("user_first")
+    seqs = {
+        "user_id": pa.array(np.arange(grouped.num_rows, dtype=np.int64)),
+        "source_user_id": grouped.column("user_min"),
+        "history": pa.array([[dense[i] for i in h] for h in grouped.column("item_list").to_pylist()],
+                            pa.list_(pa.int64())),
+    }
+    if "timestamp" in cols:
+        seqs["timestamps"] = grouped.column("timestamp_list").cast(pa.list_(pa.int64()))
+    if "review" in cols:
+        seqs["reviews"] = grouped.column("review_list")
+    return items_out, pa.table(seqs)
+
+
+def leave_last_out(sequences: pa.Table, max_len: int) -> pa.Table:
+    """Splits rows for a batch of users (pure; Ray Data maps it over shards of users)."""
+    split, user, hist, target = [], [], [], []
+    for uid, seq in zip(sequences.column("user_id").to_pylist(), sequences.column("history").to_pylist()):
+        n = len(seq)
+        n_train_end = n - 2 if n >= 3 else n  # items usable for train prefixes
+        for i in range(1, n_train_end):
+            split.append("train"); user.append(uid); hist.append(seq[max(0, i - max_len):i]); target.append(seq[i])
+        if n >= 3:
+            split.append("valid"); user.append(uid); hist.append(seq[max(0, n - 2 - max_len):n - 2]); target.append(seq[n - 2])
+            split.append("test"); user.append(uid); hist.append(seq[max(0, n - 1 - max_len):n - 1]); target.append(seq[n - 1])
+    return pa.table({"split": split, "user_id": pa.array(user, pa.int64()),
+                     "history": pa.array(hist, pa.list_(pa.int64())), "target": pa.array(target, pa.int64())},
+                    schema=SPLITS_SCHEMA)
+
+
+STATS_ORDER = ["users", "items", "interactions", "avg_history_len"]
+
+
+def dataset_stats(items: pa.Table, sequences: pa.Table, long_history: int) -> dict[str, float]:
+    lens = pc.list_value_length(sequences.column("history")).to_numpy()
+    return {
+        "users": int(sequences.num_rows),
+        "items": int(items.num_rows),
+        "interactions": int(lens.sum()),
+        "avg_history_len": float(lens.mean()) if len(lens) else 0.0,
+        f"share_history_gt_{long_history}": float((lens > long_history).mean()) if len(lens) else 0.0,
+    }
+
+
+def format_stats(stats: dict[str, float], skipped: dict[str, int]) -> str:
+    order = sorted(stats, key=lambda k: (STATS_ORDER.index(k) if k in STATS_ORDER else len(STATS_ORDER), k))
+    rows = [(k, f"{stats[k]:,}" if isinstance(stats[k], int) else f"{stats[k]:.4f}") for k in order]
+    rows += [(f"skipped_{k}", f"{v:,}") for k, v in sorted(skipped.items())]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join([f"{'stat':<{w}}  value", f"{'-' * w}  -----"] + [f"{k:<{w}}  {v}" for k, v in rows])
+
+
+def _splits(sequences: pa.Table, max_len: int) -> pa.Table:
+    import ray
+
+    fn: Callable[[pa.Table], pa.Table] = lambda b: leave_last_out(b, max_len)  # noqa: E731
+    if not ray.is_initialized():
+        return fn(sequences)
+    ds = ray.data.from_arrow(sequences).map_batches(fn, batch_format="pyarrow", batch_size=4096)
+    return pa.concat_tables([ray.get(r) for r in ds.to_arrow_refs()]).cast(SPLITS_SCHEMA)
+
+
+def read_raw(cfg: PrepareConfig) -> tuple[pa.Table, pa.Table, ReadReport, str, str]:
+    if cfg.format == "lcrec":
+        name = cfg.name or cfg.dataset.rstrip("/").split("/")[-1]
+        inter, items = read_lcrec(cfg.dataset, name)
+        return inter, items, ReadReport(), f"{cfg.dataset}/{name}.inter.json", f"{cfg.dataset}/{name}.item.json"
+    if not cfg.interactions or not cfg.items:
+        raise DataError("prepare.format=generic needs prepare.interactions and prepare.items (paths or URIs)")
+    inter, items, report = read_generic(cfg.interactions, cfg.items, cfg.on_bad_rows)
+    return inter, items, report, cfg.interactions, cfg.items
+
+
+def run_prepare(cfg) -> dict[str, str]:
+    """Write ``items/``, ``sequences/``, ``splits/`` for ``cfg.prepare``; complete ones are kept."""
+    pc_cfg: PrepareConfig = cfg.prepare
+    run = RunDir(cfg.run_dir)
+    names = ("items", "sequences", "splits")
+    if not all(run.is_complete(n) for n in ("items", "sequences")):
+        inter, items, report, isrc, msrc = read_raw(pc_cfg)
+        inter, items = clean(inter, items, pc_cfg, report, isrc, msrc)
+        items_t, seqs_t = build_tables(inter, items)
+        stats = dataset_stats(items_t, seqs_t, pc_cfg.long_history)
+        meta = {"stats": stats, "skipped": report.skipped, "source": pc_cfg.model_dump()}
+        if not run.is_complete("items"):
+            run.write_table("items", items_t, pc_cfg.num_shards, meta)
+        if not run.is_complete("sequences"):
+            run.write_table("sequences", seqs_t, pc_cfg.num_shards, meta)
+    else:
+        seqs_t = None
+    if not run.is_complete("splits"):
+        seqs_t = seqs_t if seqs_t is not None else run.read_table("sequences")
+        splits = _splits(seqs_t, pc_cfg.max_len)
+        counts = {s: int(pc.sum(pc.equal(splits.column("split"), s)).as_py() or 0) for s in ("train", "valid", "test")}
+        run.write_table("splits", splits, pc_cfg.num_shards, {"rows_per_split": counts, "max_len": pc_cfg.max_len})
+    meta = run.manifest("sequences")
+    print(format_stats(meta["stats"], meta.get("skipped", {})), flush=True)
+    return {n: run.path(n) for n in names}

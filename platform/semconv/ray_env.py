@@ -1,0 +1,29 @@
+"""Starting or joining Ray from a job: the one place that calls ``ray.init``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import semconv
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join ``address`` (a cluster, or 'auto' inside ``ray job submit``) or start a local Ray.
+
+    Workers get the package on ``PYTHONPATH`` so a plain checkout works without installing.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address is None and os.environ.get("RAY_ADDRESS"):
+        address = "auto"
+    pkg_root = str(Path(semconv.__file__).resolve().parents[1])
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")])),
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    kwargs = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
+    if address is None:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    else:
+        ray.init(address=address, **kwargs)

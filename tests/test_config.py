@@ -1,0 +1,56 @@
+"""Config: defaults run the demo, YAML + key.sub=value overrides, strict validation."""
+
+from pathlib import Path
+
+import pytest
+
+from semconv.config import ConfigError, PipelineConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_demo_yaml_is_the_default():
+    cfg = load_config(REPO / "configs" / "demo.yaml")
+    assert cfg.prepare.dataset == "data/Scientific"
+    assert cfg.tokenize.levels == 4 and cfg.tokenize.codes_per_level == 256
+
+
+def test_every_config_in_configs_validates():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        load_config(path)
+
+
+def test_overrides_are_typed_and_nested(tmp_path):
+    cfg = load_config(None, ["tokenize.levels=3", "tasks.negative=false", "evaluate.ks=[1, 20]",
+                             f"run_dir={tmp_path}"])
+    assert cfg.tokenize.levels == 3 and cfg.tasks.negative is False
+    assert cfg.evaluate.ks == [1, 20] and cfg.run_dir == str(tmp_path)
+
+
+def test_unknown_key_names_its_path(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("tokenize:\n  levels: 4\n  codebook_size: 256\n")
+    with pytest.raises(ConfigError, match=r"tokenize\.codebook_size: unknown key"):
+        load_config(p)
+
+
+def test_wrong_type_names_field_and_value():
+    with pytest.raises(ConfigError, match=r"prepare\.max_len: .*integer.*'twenty'"):
+        load_config(None, ["prepare.max_len=twenty"])
+    with pytest.raises(ConfigError, match=r"tokenize\.levels"):
+        load_config(None, ["tokenize.levels=0"])
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(None, ["tokenize.levels"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_config_hash_changes_with_content():
+    a, b = PipelineConfig(), load_config(None, ["tokenize.levels=3"])
+    assert a.config_hash() == PipelineConfig().config_hash() != b.config_hash()

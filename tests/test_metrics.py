@@ -1,0 +1,46 @@
+"""HR@K / NDCG@K against cases computed by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from semconv.metrics import hit_at_k, ndcg_at_k, ranking_metrics, topk_from_scores
+
+
+def test_single_user_by_hand():
+    ranked = [7, 3, 9, 1, 4]
+    assert hit_at_k(ranked, 9, 1) == 0.0
+    assert hit_at_k(ranked, 9, 3) == 1.0
+    assert ndcg_at_k(ranked, 9, 5) == pytest.approx(1 / math.log2(4))  # rank 3
+    assert ndcg_at_k(ranked, 7, 5) == 1.0
+
+
+def test_target_missing_from_list_scores_zero():
+    assert hit_at_k([1, 2, 3], 99, 10) == 0.0
+    assert ndcg_at_k([1, 2, 3], 99, 10) == 0.0
+
+
+def test_mean_over_users_by_hand():
+    rankings = [[5, 6, 7], [1, 2, 3], [9, 8, 4]]
+    targets = [5, 3, 0]  # rank 1, rank 3, missing
+    m = ranking_metrics(rankings, targets, ks=(1, 5))
+    assert m["HR@1"] == pytest.approx(1 / 3)
+    assert m["HR@5"] == pytest.approx(2 / 3)
+    assert m["NDCG@1"] == pytest.approx(1 / 3)
+    assert m["NDCG@5"] == pytest.approx((1 + 1 / math.log2(4)) / 3)
+
+
+def test_bad_ks_and_empty_input():
+    with pytest.raises(ValueError, match="positive"):
+        ranking_metrics([[1]], [1], ks=(0,))
+    with pytest.raises(ValueError, match="no users"):
+        ranking_metrics([], [], ks=(1,))
+    with pytest.raises(ValueError):
+        ranking_metrics([[1]], [1, 2])  # lengths differ
+
+
+def test_topk_from_scores_excludes_and_breaks_ties_by_id():
+    scores = np.array([[0.1, 0.9, 0.9, 0.5], [1.0, 0.0, 0.2, 0.3]])
+    assert topk_from_scores(scores, 2).tolist() == [[1, 2], [0, 3]]
+    assert topk_from_scores(scores, 2, exclude=[[1], [0, 3]]).tolist() == [[2, 3], [2, 1]]
