@@ -24,6 +24,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     kwargs = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
     if address is None:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # "local" always starts a fresh instance: a bare ray.init() would join whatever cluster
+        # /tmp/ray/ray_current_cluster names on a shared machine.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
     else:
         ray.init(address=address, **kwargs)

@@ -1,0 +1,1 @@
+"""Alignment Tasks: SFT prompt builders; the stage function is ``stage.run_tasks``."""

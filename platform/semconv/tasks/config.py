@@ -1,10 +1,23 @@
-"""Config of the ``tasks`` stage (Alignment Tasks prompts)."""
+"""Config of the ``tasks`` stage (Alignment Tasks prompts written to ``sft/``).
+
+Task groups switch on and off with booleans (``sequential``, ``negative``, ``text``, ``query``,
+``ts_align``); finer control is per row-task name (see ``templates.TASK_NAMES``):
+
+- ``weights``: a non-negative multiplier on a task's *train* rows (default 1). A task with ``n``
+  base rows gets exactly ``round(w * n)`` rows: every base row ``floor(w)`` times, each copy
+  with the next paraphrase, plus a seeded subset for the fractional part; 0 removes the task.
+  For ``negative`` the base is ``negative_ratio`` rows per sequential train row of ``splits/``.
+- ``templates``: replaces a task's list of instruction paraphrases (placeholders checked).
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, field_validator
 
 from semconv.schema import Section
+from semconv.tasks.templates import TASK_NAMES, check_templates
 
 
 class TasksConfig(Section):
@@ -13,5 +26,45 @@ class TasksConfig(Section):
     negative_ratio: int = Field(3, ge=0, description="negatives per positive (paper default 1:3)")
     text: bool = True
     query: bool = True
-    sa_init: bool = False
-    ts_align: bool = False
+    query_source: Literal["auto", "reviews", "metadata"] = Field(
+        "auto",
+        description="auto: reviews when sequences/ has them (metadata queries for items no "
+        "review covers), else item metadata (category leaf, brand, title keywords)",
+    )
+    query_keywords: int = Field(3, ge=0, description="title keywords in a metadata query")
+    sa_init: bool = Field(False, description="write sft/sa_init.json (code token -> keywords)")
+    ts_align: bool = Field(False, description="token-level code token <-> keywords task")
+    keywords_per_token: int = Field(5, ge=1, description="keywords per code token (SA-Init, TS-Align)")
+    weights: dict[str, float] = Field(default_factory=dict, description="task -> train row multiplier")
+    templates: dict[str, list[str]] = Field(default_factory=dict, description="task -> paraphrases")
+    max_text_words: int = Field(64, ge=1, description="descriptions and reviews are cut to this")
+    max_valid_rows: int | None = Field(
+        1024, ge=1, description="seeded subset of held-out sequential rows (None: every user)"
+    )
+    seed: int | None = Field(None, description="None: the pipeline seed")
+    num_shards: int = Field(1, ge=1, description="Parquet files in sft/")
+    ray_data: Literal["auto", "on", "off"] = Field(
+        "auto", description="behaviour rows via Ray Data map_batches (auto: when large)"
+    )
+    ray_min_rows: int = Field(100_000, ge=0, description="auto uses Ray Data from this many train rows")
+    batch_size: int = Field(4096, ge=1, description="splits/ rows per map_batches batch")
+
+    @field_validator("weights")
+    @classmethod
+    def _known_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        for task, w in v.items():
+            if task not in TASK_NAMES:
+                raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASK_NAMES)}")
+            if not w >= 0:
+                raise ValueError(f"weight of {task!r} must be >= 0, got {w}")
+        return v
+
+    @field_validator("templates")
+    @classmethod
+    def _valid_templates(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for task, templates in v.items():
+            check_templates(task, templates)
+        return v
+
+    def weight(self, task: str) -> float:
+        return float(self.weights.get(task, 1.0))

@@ -1,0 +1,160 @@
+"""Assemble every enabled Alignment Task into one ``sft/`` table (plus SA-Init keywords).
+
+Behaviour rows (sequential + negative) scale with the number of users, so they are built by
+:func:`behaviour.behaviour_rows` over batches of ``splits/`` train rows: in process for small
+data, with Ray Data ``map_batches`` for large tables (``tasks.ray_data``). Both paths give the
+same rows in the same order. Item- and token-level tasks scale with the catalogue and run in
+process.
+
+Task weights apply to train rows only; held-out rows are the ``valid`` rows of ``splits/`` in the
+inference wording (a seeded subset of ``max_valid_rows``), for the fine-tune stage's eval loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from semconv.ray_env import init_ray
+from semconv.tasks.behaviour import BATCH_COLUMNS, BehaviourSpec, behaviour_rows, heldout_rows
+from semconv.tasks.config import TasksConfig
+from semconv.tasks.inputs import TaskInputs, full_histories
+from semconv.tasks.keywords import code_keywords
+from semconv.tasks.query import query_rows
+from semconv.tasks.rows import SFT_SCHEMA, empty_table
+from semconv.tasks.sampling import repeat_counts
+from semconv.tasks.templates import TASK_NAMES, resolve_templates
+from semconv.tasks.text import text_rows
+from semconv.tasks.token_align import ts_align_rows
+
+
+@dataclass
+class SFTResult:
+    table: pa.Table
+    sa_init: dict[str, list[str]] | None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def behaviour_input(inputs: TaskInputs, cfg: TasksConfig, seed: int) -> pa.Table:
+    """``splits/`` train rows with the columns :func:`behaviour_rows` reads."""
+    splits = inputs.splits
+    train = splits.filter(pc.equal(splits.column("split"), "train"))
+    n = train.num_rows
+    zeros = np.zeros(n, dtype=np.int64)
+    seq = repeat_counts(n, cfg.weight("sequential"), seed, "sequential") if cfg.sequential else zeros
+    use_neg = cfg.negative and cfg.negative_ratio > 0
+    neg = repeat_counts(n, cfg.weight("negative"), seed, "negative") if use_neg else zeros
+    users = train.column("user_id").to_numpy().astype(np.int64)
+    return pa.table(
+        {
+            "row": np.arange(n, dtype=np.int64),
+            "user_id": users,
+            "history": train.column("history"),
+            "target": train.column("target"),
+            "full_history": full_histories(inputs, users),
+            "seq_repeats": seq,
+            "neg_repeats": neg,
+        }
+    ).select(list(BATCH_COLUMNS))
+
+
+def _behaviour_local(batches: pa.Table, codes: np.ndarray, spec: BehaviourSpec, size: int) -> pa.Table:
+    parts = [behaviour_rows(batches.slice(i, size), codes, spec) for i in range(0, batches.num_rows, size)]
+    return pa.concat_tables(parts) if parts else empty_table()
+
+
+def _behaviour_ray(batches: pa.Table, codes: np.ndarray, spec: BehaviourSpec, size: int, ray_cfg: Any) -> pa.Table:
+    import ray
+
+    init_ray(getattr(ray_cfg, "address", None), getattr(ray_cfg, "num_cpus", None))  # no-op if running
+    ctx = ray.data.DataContext.get_current()
+    previous = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True  # same row order as the local path
+    try:
+        blocks = [batches.slice(i, size) for i in range(0, batches.num_rows, size)] or [batches]
+        ds = ray.data.from_arrow(blocks).map_batches(  # one block per batch: parallel tasks
+            behaviour_rows, batch_format="pyarrow", batch_size=size,
+            fn_kwargs={"codes": codes, "spec": spec},
+        )
+        parts = [ray.get(ref) for ref in ds.to_arrow_refs()]
+    finally:
+        ctx.execution_options.preserve_order = previous
+    parts = [p.select(SFT_SCHEMA.names).cast(SFT_SCHEMA) for p in parts if p.num_rows]
+    return pa.concat_tables(parts) if parts else empty_table()
+
+
+def use_ray_data(cfg: TasksConfig, train_rows: int) -> bool:
+    return cfg.ray_data == "on" or (cfg.ray_data == "auto" and train_rows >= cfg.ray_min_rows)
+
+
+def _valid_subset(inputs: TaskInputs, cfg: TasksConfig, seed: int) -> pa.Table:
+    splits = inputs.splits
+    valid = splits.filter(pc.equal(splits.column("split"), "valid"))
+    if cfg.max_valid_rows is not None and valid.num_rows > cfg.max_valid_rows:
+        pick = np.random.default_rng([seed & 0xFFFFFFFF, 7]).permutation(valid.num_rows)
+        valid = valid.take(pa.array(np.sort(pick[: cfg.max_valid_rows])))
+    return valid
+
+
+def count_rows(table: pa.Table) -> dict[str, dict[str, int]]:
+    """``{task: {"train": n, "valid": n}}`` for every known task (0 when absent)."""
+    counts = {t: {"train": 0, "valid": 0} for t in TASK_NAMES}
+    if table.num_rows:
+        grouped = table.group_by(["task", "split"]).aggregate([([], "count_all")])
+        for task, split, n in zip(*(grouped.column(c).to_pylist() for c in ("task", "split", "count_all"))):
+            counts.setdefault(task, {"train": 0, "valid": 0})[split] = n
+    return counts
+
+
+def build_sft(inputs: TaskInputs, cfg: TasksConfig, seed: int, ray_cfg: Any = None) -> SFTResult:
+    """Every enabled task's rows, in ``templates.TASK_NAMES`` order (train before valid)."""
+    seed = cfg.seed if cfg.seed is not None else seed
+    templates = resolve_templates(cfg.templates)
+    weights = {t: cfg.weight(t) for t in TASK_NAMES}
+    codes = inputs.codes
+    pieces: dict[str, list[pa.Table]] = {t: [] for t in TASK_NAMES}
+    summary: dict[str, Any] = {"seed": seed}
+
+    if cfg.sequential or (cfg.negative and cfg.negative_ratio > 0):
+        batches = behaviour_input(inputs, cfg, seed)
+        spec = BehaviourSpec(
+            seed=seed, num_items=inputs.num_items, sequential_templates=templates["sequential"],
+            negative_templates=templates["negative"], negative_ratio=cfg.negative_ratio,
+        )
+        ray_on = use_ray_data(cfg, batches.num_rows)
+        summary["ray_data"] = ray_on
+        rows = (
+            _behaviour_ray(batches, codes, spec, cfg.batch_size, ray_cfg) if ray_on
+            else _behaviour_local(batches, codes, spec, cfg.batch_size)
+        )
+        for task in ("sequential", "negative"):
+            pieces[task].append(rows.filter(pc.equal(rows.column("task"), task)))
+    if cfg.sequential:
+        pieces["sequential"].append(heldout_rows(_valid_subset(inputs, cfg, seed), codes, templates["sequential"][0]))
+    if cfg.text:
+        for task, table in text_rows(inputs.items, codes, templates, weights, seed, cfg.max_text_words).items():
+            pieces[task].append(table)
+    if cfg.query:
+        table, summary["query"] = query_rows(
+            inputs, cfg.query_source, templates["query2item"], weights["query2item"], seed,
+            cfg.max_text_words, cfg.query_keywords,
+        )
+        pieces["query2item"].append(table)
+    keywords = None
+    if cfg.sa_init or cfg.ts_align:
+        items = inputs.items
+        keywords = code_keywords(
+            items.column("title").to_pylist(), items.column("description").to_pylist(), codes,
+            cfg.keywords_per_token,
+        )
+    if cfg.ts_align and keywords is not None:
+        for task, table in ts_align_rows(keywords, templates, weights, seed).items():
+            pieces[task].append(table)
+    tables = [t.cast(SFT_SCHEMA) for task in TASK_NAMES for t in pieces[task]]
+    table = pa.concat_tables(tables) if tables else empty_table()
+    summary["rows_per_task"] = count_rows(table)
+    return SFTResult(table=table, sa_init=keywords if cfg.sa_init else None, summary=summary)

@@ -1,0 +1,64 @@
+"""The ``tasks`` stage: ``items/``, ``sequences/``, ``splits/``, ``item_codes/`` -> ``sft/``.
+
+``sft/`` holds Parquet shards (``task, prompt, label, split, user_id, item_id``), ``sa_init.json``
+when ``tasks.sa_init`` is on, and a manifest that counts rows per task and split. A complete
+``sft/`` is kept as is (resume); delete it to rebuild with a changed config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import pyarrow.parquet as pq
+
+from semconv.artifacts import RunDir
+from semconv.tasks.build import build_sft
+from semconv.tasks.inputs import INPUTS, load_inputs
+
+if TYPE_CHECKING:
+    from semconv.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+SFT = "sft"
+SA_INIT_FILE = "sa_init.json"
+
+
+def run_tasks(cfg: PipelineConfig) -> dict[str, str]:
+    """Build the Alignment Tasks' SFT rows; returns ``{"sft": path}``.
+
+    Reads ``cfg.tasks``, ``cfg.seed`` and ``cfg.ray`` (for Ray Data on large tables).
+    """
+    run = RunDir(cfg.run_dir)
+    wanted = cfg.tasks.model_dump(mode="json")
+    if run.is_complete(SFT):
+        if run.manifest(SFT).get("tasks_config") != wanted:
+            log.warning("sft/ is complete but was built with another tasks config; keeping it "
+                        "(delete %s to rebuild)", run.path(SFT))
+        return {SFT: run.path(SFT)}
+    inputs = load_inputs(run)
+    result = build_sft(inputs, cfg.tasks, cfg.seed, cfg.ray)
+    table = result.table
+    counts = result.summary["rows_per_task"]
+    manifest = {
+        "rows": table.num_rows,
+        "rows_per_task": {t: c["train"] + c["valid"] for t, c in counts.items()},
+        "rows_per_task_split": counts,
+        "num_items": inputs.num_items,
+        "code_levels": int(inputs.codes.shape[1]),
+        "summary": {k: v for k, v in result.summary.items() if k != "rows_per_task"},
+        "sa_init": SA_INIT_FILE if result.sa_init is not None else None,
+        "tasks_config": wanted,
+        "inputs": {name: run.manifest(name).get("created_at") for name in INPUTS},
+    }
+    with run.writing(SFT, manifest) as tmp:
+        n = max(1, min(cfg.tasks.num_shards, table.num_rows or 1))
+        step = -(-table.num_rows // n) if table.num_rows else 0
+        for i in range(n):
+            pq.write_table(table.slice(i * step, step) if step else table, tmp / f"part-{i:05d}.parquet")
+        if result.sa_init is not None:
+            (tmp / SA_INIT_FILE).write_text(json.dumps(result.sa_init, indent=1, sort_keys=True))
+    log.info("sft/: %d rows %s", table.num_rows, manifest["rows_per_task"])
+    return {SFT: run.path(SFT)}

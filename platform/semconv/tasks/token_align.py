@@ -1,0 +1,45 @@
+"""TS-Align: token-level alignment of each single code token with its item cluster's keywords.
+
+Item-level tasks teach whole code tuples; this task teaches what one token means on its own,
+both ways: token -> the shared keywords of the items carrying it (``token2keywords``) and
+keywords -> token (``keywords2token``). Keywords come from ``keywords.code_keywords``, the same
+lists SA-Init writes to ``sft/sa_init.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pyarrow as pa
+
+from semconv.tasks.text import weighted_item_rows
+
+TS_TASKS = ("token2keywords", "keywords2token")
+
+
+def token_level(token: str) -> int:
+    """0-based level of a code token such as ``<b_7>``."""
+    return ord(token[1]) - ord("a")
+
+
+def ts_align_rows(
+    keywords: Mapping[str, Sequence[str]],
+    templates: Mapping[str, Sequence[str]],
+    weights: Mapping[str, float],
+    seed: int,
+) -> dict[str, pa.Table]:
+    tokens = sorted((t for t, kw in keywords.items() if kw), key=lambda t: (token_level(t), int(t[3:-1])))
+    keys = [token_level(t) * 1_000_000 + int(t[3:-1]) for t in tokens]
+    levels = [token_level(t) + 1 for t in tokens]
+    joined = [", ".join(keywords[t]) for t in tokens]
+    none = [None] * len(tokens)
+    return {
+        "token2keywords": weighted_item_rows(
+            "token2keywords", none, [{"token": t, "level": l} for t, l in zip(tokens, levels)],
+            joined, templates["token2keywords"], weights.get("token2keywords", 1.0), seed, keys=keys,
+        ),
+        "keywords2token": weighted_item_rows(
+            "keywords2token", none, [{"keywords": k, "level": l} for k, l in zip(joined, levels)],
+            tokens, templates["keywords2token"], weights.get("keywords2token", 1.0), seed, keys=keys,
+        ),
+    }
