@@ -76,12 +76,20 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray instance for the whole test session (2 CPUs, no dashboard)."""
+def _ray_session_teardown():
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local(_ray_session_teardown):
+    """A local Ray with 2 CPUs, started once and shared; restarted for the next module if a
+    test shut it down (e.g. one that needed a multi-node ``ray.cluster_utils.Cluster``)."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     yield ray
-    ray.shutdown()

@@ -11,8 +11,6 @@ Users with fewer than 3 interactions have only train rows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -173,10 +171,13 @@ def format_stats(stats: dict[str, float], skipped: dict[str, int]) -> str:
 def _splits(sequences: pa.Table, max_len: int) -> pa.Table:
     import ray
 
-    fn: Callable[[pa.Table], pa.Table] = lambda b: leave_last_out(b, max_len)  # noqa: E731
     if not ray.is_initialized():
-        return fn(sequences)
-    ds = ray.data.from_arrow(sequences).map_batches(fn, batch_format="pyarrow", batch_size=4096)
+        return leave_last_out(sequences, max_len)
+    # one block per ~2k users, so the work spreads over the cluster's nodes
+    step = 2048
+    blocks = [sequences.slice(i, step) for i in range(0, sequences.num_rows, step)] or [sequences]
+    ds = ray.data.from_arrow(blocks).map_batches(
+        leave_last_out, fn_kwargs={"max_len": max_len}, batch_format="pyarrow", batch_size=None)
     return pa.concat_tables([ray.get(r) for r in ds.to_arrow_refs()]).cast(SPLITS_SCHEMA)
 
 

@@ -1,0 +1,41 @@
+"""Data stages on a simulated 2-node Ray cluster: the work really spreads over both nodes."""
+
+from __future__ import annotations
+
+import pytest
+
+from semconv.artifacts import RunDir
+from semconv.config import load_config
+
+from test_job_submission import free_port, write_tiny_lcrec  # noqa: F401
+
+
+@pytest.fixture
+def two_node_cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():  # a session Ray from another test module: this test needs its own
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": True, "dashboard_port": free_port()})
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_prepare_spreads_over_two_nodes(two_node_cluster, tmp_path):
+    from ray.util.state import list_tasks
+
+    from semconv.data.prepare import run_prepare
+
+    cfg = load_config(None, [f"run_dir={tmp_path}"])  # the demo dataset: 8,317 users
+    run_prepare(cfg)
+    run = RunDir(tmp_path)
+    assert run.manifest("splits")["rows_per_split"]["test"] == 8317
+    nodes = {t.node_id for t in list_tasks(detail=True, limit=10_000)
+             if t.name == "MapBatches(leave_last_out)" and t.state == "FINISHED"}
+    assert len(nodes) == 2, nodes
