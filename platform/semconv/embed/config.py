@@ -8,15 +8,26 @@ from semconv.schema import Section
 
 
 class CFConfig(Section):
-    """The collaborative-filtering model trained when no item embeddings are supplied."""
+    """The collaborative-filtering model (LightGCN) trained when no item embeddings are supplied.
+
+    Defaults train the demo (8k users, 4k items, ~33k train rows) in well under two minutes on
+    two CPU cores.
+    """
 
     dim: int = Field(32, ge=2, description="embedding size (the paper's DCCF uses 32)")
-    layers: int = Field(3, ge=0)
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(2048, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    num_workers: int = Field(1, ge=1, description="Ray Train workers")
+    layers: int = Field(3, ge=0, description="LightGCN propagation layers")
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(2048, ge=1, description="BPR triples per step, summed over workers")
+    lr: float = Field(1e-2, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(
+        1e-4, ge=0, description="L2 penalty on the batch's layer-0 embeddings (LightGCN's reg)"
+    )
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP over gloo)")
+    cpus_per_worker: int = Field(1, ge=1)
+    checkpoint_every: int = Field(10, ge=1, description="epochs between checkpoints")
+    exclude_history: bool = Field(
+        True, description="rank all items except the user's history (metrics and recommend)"
+    )
 
 
 class EmbedConfig(Section):
@@ -27,3 +38,4 @@ class EmbedConfig(Section):
     text_model: str = Field("smollm2-135m", description="bundled model name or HF directory")
     text_batch_size: int = Field(256, ge=1)
     text_max_tokens: int = Field(256, ge=1, description="title+description tokens kept per item")
+    text_actors: int = Field(1, ge=1, description="Ray Data actors embedding item text")

@@ -1,0 +1,127 @@
+"""User-supplied behaviour embeddings: an existing recommender's item vectors, validated.
+
+The paper takes its item embeddings from a trained recommender (DCCF). A user who already has one
+hands us a Parquet file (or a directory of them) with ``item_id`` and ``embedding``. Everything
+downstream (codebook training, code assignment) assumes one finite vector of one size per item,
+so a bad file must fail here, naming the file, row, item and field, not as a shape error later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+class ItemEmbeddingError(ValueError):
+    """User-supplied item embeddings that do not cover the items exactly once with finite vectors."""
+
+
+def _parquet_files(path: str) -> tuple[pafs.FileSystem, list[str]]:
+    if "://" in path and not path.startswith("file://"):
+        fs, root = pafs.FileSystem.from_uri(path)
+    else:
+        fs, root = pafs.LocalFileSystem(), str(Path(path.removeprefix("file://")).expanduser().resolve())
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise ItemEmbeddingError(f"embed.item_embeddings: {path} does not exist")
+    if info.type == pafs.FileType.File:
+        return fs, [root]
+    files = sorted(
+        f.path
+        for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        if f.type == pafs.FileType.File and f.path.endswith(".parquet")
+        and not Path(f.path).name.startswith((".", "_"))
+    )
+    if not files:
+        raise ItemEmbeddingError(f"embed.item_embeddings: no .parquet files in directory {path}")
+    return fs, files
+
+
+def _read_one(fs: pafs.FileSystem, file: str) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    try:
+        table = pq.read_table(file, filesystem=fs)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ItemEmbeddingError(f"{file}: not a readable Parquet file ({err})") from None
+    for col in ("item_id", "embedding"):
+        if col not in table.column_names:
+            raise ItemEmbeddingError(
+                f"{file}: missing column {col!r} (has {table.column_names}); expected item_id, embedding"
+            )
+    ids_col, emb_col = table.column("item_id"), table.column("embedding")
+    if not pa.types.is_integer(ids_col.type):
+        raise ItemEmbeddingError(f"{file}: field 'item_id' must be an integer, got {ids_col.type}")
+    if not (pa.types.is_list(emb_col.type) or pa.types.is_large_list(emb_col.type)
+            or pa.types.is_fixed_size_list(emb_col.type)):
+        raise ItemEmbeddingError(f"{file}: field 'embedding' must be a list of floats, got {emb_col.type}")
+    value_type = emb_col.type.value_type
+    if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type)):
+        raise ItemEmbeddingError(f"{file}: field 'embedding' must hold numbers, got {emb_col.type}")
+    if ids_col.null_count:
+        row = int(pc.index(pc.is_null(ids_col), True).as_py())
+        raise ItemEmbeddingError(f"{file}: row {row}: field 'item_id' is null")
+    ids = ids_col.to_numpy().astype(np.int64)
+    vecs: list[np.ndarray | None] = [
+        None if v is None else np.asarray(v, dtype=np.float64) for v in emb_col.to_pylist()
+    ]
+    return ids, vecs
+
+
+def load_item_embeddings(path: str, num_items: int) -> np.ndarray:
+    """Read and validate supplied embeddings for items ``0..num_items-1``; rows ordered by item_id.
+
+    Raises :class:`ItemEmbeddingError` for an unknown, duplicate or missing item, a null or
+    empty vector, a dimension that differs from the first row's, or a NaN/inf value.
+    """
+    fs, files = _parquet_files(path)
+    where: dict[int, str] = {}
+    out: np.ndarray | None = None
+    dim = None
+    for file in files:
+        ids, vecs = _read_one(fs, file)
+        for row, (item, vec) in enumerate(zip(ids.tolist(), vecs)):
+            at = f"{file}: row {row} (item_id {item})"
+            if not 0 <= item < num_items:
+                raise ItemEmbeddingError(
+                    f"{at}: field 'item_id' is not an item of items/ (ids are 0..{num_items - 1})"
+                )
+            if item in where:
+                raise ItemEmbeddingError(f"{at}: duplicate item_id, first seen at {where[item]}")
+            where[item] = f"{file}: row {row}"
+            if vec is None or vec.size == 0:
+                raise ItemEmbeddingError(f"{at}: field 'embedding' is null or empty")
+            if dim is None:
+                dim = vec.size
+                out = np.zeros((num_items, dim), dtype=np.float32)
+            if vec.size != dim:
+                raise ItemEmbeddingError(
+                    f"{at}: field 'embedding' has dimension {vec.size}, expected {dim} "
+                    f"(the first row's)"
+                )
+            if not np.isfinite(vec).all():
+                bad = int(np.flatnonzero(~np.isfinite(vec))[0])
+                raise ItemEmbeddingError(
+                    f"{at}: field 'embedding' has a non-finite value ({vec[bad]}) at index {bad}"
+                )
+            out[item] = vec
+    missing = sorted(set(range(num_items)) - set(where))
+    if missing:
+        raise ItemEmbeddingError(
+            f"{path}: {len(missing)} of {num_items} items have no embedding "
+            f"(item_id {missing[:10]}{' ...' if len(missing) > 10 else ''})"
+        )
+    if out is None:
+        raise ItemEmbeddingError(f"{path}: no rows")
+    return out
+
+
+def embedding_table(vectors: np.ndarray) -> pa.Table:
+    """``item_id: int64``, ``embedding: fixed_size_list<float32>[d]`` for rows 0..N-1."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = vectors.shape
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), d)
+    return pa.table({"item_id": pa.array(np.arange(n, dtype=np.int64)), "embedding": emb})
