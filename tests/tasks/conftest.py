@@ -98,16 +98,3 @@ def toy() -> SimpleNamespace:
         codes=CODES, histories=HISTORIES, reviews=REVIEWS, items=ITEMS, splits=SPLITS,
         make_tables=make_tables, write_run=write_run,
     )
-
-
-@pytest.fixture(scope="session")
-def ray_tasks():
-    """A local Ray for this directory's tests: reuses a running session, else starts a fresh
-    local instance (``address="local"``) rather than joining whatever cluster
-    /tmp/ray/ray_current_cluster names on a shared machine."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    yield ray

@@ -164,7 +164,7 @@ def test_sample_negatives_errors_when_the_user_has_every_item():
     assert len(set(got)) == 50 and min(got) >= 10
 
 
-def test_ray_data_path_gives_the_same_rows_as_the_local_path(tables, ray_tasks):
+def test_ray_data_path_gives_the_same_rows_as_the_local_path(tables, ray_local):
     inputs = validate_inputs(**tables)
     local = build_sft(inputs, TasksConfig(ray_data="off", batch_size=2, **BEHAVIOUR_ONLY), 0)
     on_ray = build_sft(inputs, TasksConfig(ray_data="on", batch_size=1, **BEHAVIOUR_ONLY), 0)

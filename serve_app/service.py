@@ -1,0 +1,130 @@
+"""What each endpoint answers, as plain functions of one :class:`ServingState` (no HTTP, no Ray).
+
+The Serve deployment and the benchmark's bare FastAPI baseline both call these, so the benchmark
+measures the serving stack, not two different handlers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from semconv.codes import item_tokens
+from semconv.serving.state import ServingState
+
+DEFAULT_K = 10
+
+
+class NotFound(LookupError):
+    """An unknown user (fallback off) or item."""
+
+
+class InvalidInput(ValueError):
+    """A request value outside what this deployment can answer (mapped to 422)."""
+
+    def __init__(self, loc: list, msg: str, kind: str = "value_error"):
+        super().__init__(msg)
+        self.loc, self.msg, self.kind = loc, msg, kind
+
+    def detail(self) -> list[dict]:
+        """The same shape FastAPI uses for its own validation errors."""
+        return [{"loc": self.loc, "msg": self.msg, "type": self.kind}]
+
+
+def resolve_k(state: ServingState, k: int | None) -> int:
+    if k is None:
+        return min(DEFAULT_K, state.store.k)
+    if not 1 <= k <= state.store.k:
+        raise InvalidInput(["query", "k"], f"k must be between 1 and the cached K={state.store.k}, got {k}")
+    return k
+
+
+def recommendations(state: ServingState, user_id: int, k: int | None) -> dict:
+    """The user's precached top-k, or the popularity fallback for an unknown user."""
+    k = resolve_k(state, k)
+    rec = state.store.lookup(user_id, k)
+    fallback = rec is None
+    if fallback:
+        if state.fallback_items is None:
+            raise NotFound(f"user {user_id} is not in precache version {state.version} (fallback is off)")
+        items, scores = state.fallback_items[:k], state.fallback_scores[:k]
+    else:
+        items, scores = rec.items, rec.scores
+    source_ids, titles = state.catalog.describe(items)
+    return {
+        "user_id": int(user_id),
+        "k": k,
+        "version": state.version,
+        "fallback": fallback,
+        "item_ids": items.tolist(),
+        "source_ids": source_ids,
+        "titles": titles,
+        "scores": [float(s) for s in scores],
+    }
+
+
+def source_user_recommendations(state: ServingState, source_user_id: str, k: int | None) -> dict:
+    if state.source_users is None:
+        raise NotFound("this run directory has no sequences/ table mapping source_user_id to user_id")
+    user_id = state.source_users.user_id(source_user_id)
+    if user_id is None:
+        if state.fallback_items is None:
+            raise NotFound(f"source_user_id {source_user_id!r} is unknown (fallback is off)")
+        user_id = -1  # never cached: the fallback answers
+    out = recommendations(state, user_id, k)
+    out["source_user_id"] = source_user_id
+    return out
+
+
+def item(state: ServingState, item_id: int) -> dict:
+    found = state.catalog.item(item_id)
+    if found is None:
+        raise NotFound(f"item {item_id} is not in the catalog")
+    return found
+
+
+def check_embeddings(embeddings: list[list[float]], dim: int, max_batch: int) -> np.ndarray:
+    """Validate a tokenize batch: size, one dimension, finite values; return ``(n, dim)`` float32."""
+    if len(embeddings) > max_batch:
+        raise InvalidInput(["body", "items"], f"at most {max_batch} items per request, got {len(embeddings)}", "too_long")
+    for i, e in enumerate(embeddings):
+        if len(e) != dim:
+            raise InvalidInput(["body", "items", i, "embedding"], f"embedding must have {dim} values (the codebook's input dimension), got {len(e)}")
+        if not all(math.isfinite(v) for v in e):
+            raise InvalidInput(["body", "items", i, "embedding"], "embedding has a NaN or infinite value")
+    with np.errstate(over="ignore"):
+        arr = np.asarray(embeddings, dtype=np.float64).astype(np.float32)
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise InvalidInput(["body", "items", bad, "embedding"], "embedding value overflows float32")
+    return arr
+
+
+def encode_requests(tokenizer, requests: list[tuple[np.ndarray, list[str] | None]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cold-start codes for several requests with one codebook search (``@serve.batch``).
+
+    ``tokenizer`` is a ``semconv.tokenize.cold_start.CodebookTokenizer``. Returns, per request,
+    ``(codes, collides_with)`` exactly as ``tokenizer.tokenize_unique`` gives for that request
+    alone: the raw nearest-code tuples of all requests come from one search, and only a request
+    with a collision (against the catalog or inside itself) is resolved again on its own.
+    """
+    raw = tokenizer(np.concatenate([e for e, _ in requests]))
+    out, start = [], 0
+    for emb, texts in requests:
+        part = raw[start : start + len(emb)]
+        start += len(emb)
+        clash = tokenizer.collides_with(part)
+        unique_inside = len({tuple(r) for r in part.tolist()}) == len(part)
+        if (clash >= 0).any() or not unique_inside:
+            out.append(tokenizer.tokenize_unique(emb, texts))
+        else:
+            out.append((part, clash))
+    return out
+
+
+def codes_response(codebook: str, codes: np.ndarray, collides_with: np.ndarray) -> dict:
+    rows = [[int(c) for c in row] for row in np.asarray(codes)]
+    return {"codebook": codebook, "codes": rows, "tokens": [item_tokens(r) for r in rows],
+            "collides_with": [int(c) for c in collides_with]}

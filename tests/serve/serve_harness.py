@@ -1,0 +1,71 @@
+"""Start the app from ``cluster/serve.yaml`` on a local Ray, the way ``serve deploy`` does."""
+
+from __future__ import annotations
+
+import copy
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SERVE_YAML = REPO / "cluster" / "serve.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_config(run_dir: str, cache_dir: str, user_config: dict[str, Any] | None = None, **args: Any) -> dict:
+    """The application from cluster/serve.yaml, pointed at a test run dir, sized for 2 CPUs."""
+    app = copy.deepcopy(yaml.safe_load(SERVE_YAML.read_text())["applications"][0])
+    app["args"].update(run_dir=run_dir, cache_dir=cache_dir, **args)
+    dep = app["deployments"][0]
+    dep["ray_actor_options"] = {"num_cpus": 0.5}
+    dep["autoscaling_config"].update(max_replicas=1)
+    dep["user_config"] = {"precache": None, **(user_config or {})}
+    return app
+
+
+@dataclass
+class Served:
+    url: str
+
+    def client(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, trust_env=False, **kw)
+
+    def deploy(self, app: dict, wait_version: str | None = None, timeout: float = 60) -> None:
+        """Apply a config like ``serve deploy`` (the controller's apply_config) and wait."""
+        from ray.serve.context import _get_global_client
+        from ray.serve.schema import ServeDeploySchema
+
+        _get_global_client().deploy_apps(ServeDeploySchema.model_validate({"applications": [app]}))
+        self.wait_ready(wait_version, timeout)
+
+    def wait_ready(self, version: str | None = None, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        last = None
+        with self.client() as c:
+            while time.monotonic() < deadline:
+                try:
+                    r = c.get("/readyz")
+                    last = r.text
+                    if r.status_code == 200 and (version is None or r.json()["version"] == version):
+                        return r.json()
+                except httpx.HTTPError as e:
+                    last = repr(e)
+                time.sleep(0.2)
+        raise TimeoutError(f"app not ready (version {version}) after {timeout}s: {last}")
+
+
+def start_serve(port: int) -> Served:
+    from ray import serve
+
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return Served(f"http://127.0.0.1:{port}")
