@@ -1,0 +1,88 @@
+"""The baselines, each ranking all items for the rows of the evaluated splits.
+
+Every function returns ``(rankings per split, info)``: rankings are ``(users, k)`` item ids,
+best first, aligned with that split's rows, so the stage scores them with the same code as ours.
+A baseline that cannot run (e.g. no CF model because the user supplied item embeddings) raises
+:class:`BaselineUnavailable`, and the report says why instead of showing a number.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from semconv.artifacts import RunDir
+from semconv.evaluate.config import SASRecConfig
+from semconv.evaluate.popularity import popularity_topk, train_item_counts
+from semconv.evaluate.protocol import SplitRows, history_exclusions
+from semconv.evaluate.sasrec import sasrec_topk, torch_threads, train_sasrec
+
+Rankings = dict[str, np.ndarray]
+
+
+class BaselineUnavailable(RuntimeError):
+    """A baseline whose inputs this run does not have."""
+
+
+def rank_popularity(
+    rows: dict[str, SplitRows], num_items: int, k: int, exclude_history: bool
+) -> tuple[Rankings, dict[str, Any]]:
+    """Most-popular items of the train split for every user."""
+    counts = train_item_counts(rows["train"], rows["valid"], num_items)
+    out = {
+        name: popularity_topk(counts, len(r), k, history_exclusions(r, exclude_history))
+        for name, r in rows.items() if name != "train"
+    }
+    top = np.argsort(-counts, kind="stable")[:k]
+    return out, {"train_interactions": int(counts.sum()), "top_items": top.tolist(),
+                 "top_counts": counts[top].tolist()}
+
+
+def rank_sasrec(
+    rows: dict[str, SplitRows], num_items: int, k: int, exclude_history: bool,
+    cfg: SASRecConfig, max_len: int, seed: int,
+) -> tuple[Rankings, dict[str, Any]]:
+    """Train SASRec on each user's train sequence (the valid row's history), early-stopped on valid.
+
+    At test time the model reads the test row's history (train items + the valid target).
+    """
+    valid = rows["valid"]
+    model, log = train_sasrec(valid.histories, valid, num_items, cfg, max_len, seed, exclude_history)
+    with torch_threads(cfg.num_threads):
+        out = {
+            name: sasrec_topk(model, r.histories, k, history_exclusions(r, exclude_history))
+            for name, r in rows.items() if name != "train"
+        }
+    log["parameters"] = sum(p.numel() for p in model.parameters())
+    log["max_len"] = max_len
+    return out, log
+
+
+def rank_cf(
+    run: RunDir, rows: dict[str, SplitRows], k: int, exclude_history: bool
+) -> tuple[Rankings, dict[str, Any]]:
+    """The stage-1 collaborative model (LightGCN saved in ``item_emb/cf_model``) as a recommender."""
+    try:
+        from semconv.embed.cf import recommend_topk
+        from semconv.embed.stage import cf_model_dir
+    except ImportError as err:  # pragma: no cover - depends on the embed package's version
+        raise BaselineUnavailable(f"semconv.embed has no CF recommender API ({err})") from None
+    if not run.is_complete("item_emb"):
+        raise BaselineUnavailable("item_emb/ is missing, so there is no CF model")
+    try:
+        model_dir = cf_model_dir(run.uri)
+    except FileNotFoundError as err:
+        raise BaselineUnavailable(str(err)) from None
+    start = time.perf_counter()
+    out = {
+        name: np.asarray(recommend_topk(model_dir, r.user_ids, k, history_exclusions(r, exclude_history)))
+        for name, r in rows.items() if name != "train"
+    }
+    info: dict[str, Any] = {"model_dir": str(model_dir), "rank_seconds": time.perf_counter() - start}
+    manifest = run.manifest("item_emb")
+    for key in ("source", "dim"):
+        if key in manifest:
+            info[key] = manifest[key]
+    return out, info

@@ -1,0 +1,130 @@
+"""The evaluation protocol: leave-last-out targets, rankings per user, HR@K / NDCG@K.
+
+Every system (ours from ``precache/``, and each baseline) is scored by the same code: a ranking
+(best first) per evaluated user, aligned with that user's held-out target, fed to
+:func:`semconv.metrics.ranking_metrics`. A user a system has no ranking for counts as a miss
+(an empty ranking), so no system looks better by dropping hard users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import torch
+
+from semconv.metrics import ranking_metrics
+
+SPLITS = ("train", "valid", "test")
+
+
+class EvaluationError(ValueError):
+    """Evaluation inputs that do not fit the protocol (bad split rows, short or duplicate rankings)."""
+
+
+@dataclass(frozen=True)
+class SplitRows:
+    """The rows of one split: user ``i`` has ``histories[i]`` (oldest first) and ``targets[i]``."""
+
+    split: str
+    user_ids: np.ndarray
+    histories: list[np.ndarray]
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+def split_rows(splits: pa.Table, split: str) -> SplitRows:
+    """The ``split`` rows of a ``splits/`` table; valid and test must have one row per user."""
+    if split not in SPLITS:
+        raise EvaluationError(f"split must be one of {SPLITS}, got {split!r}")
+    missing = {"split", "user_id", "history", "target"} - set(splits.column_names)
+    if missing:
+        raise EvaluationError(f"splits/ table lacks column(s) {sorted(missing)}")
+    rows = splits.filter(pc.equal(splits.column("split"), split))
+    user_ids = np.asarray(rows.column("user_id").to_pylist(), dtype=np.int64)
+    targets = rows.column("target").to_pylist()
+    if any(t is None for t in targets):
+        raise EvaluationError(f"splits/ {split} row {targets.index(None)} has a null target")
+    histories = [np.asarray(h or [], dtype=np.int64) for h in rows.column("history").to_pylist()]
+    if split != "train":
+        uniq, counts = np.unique(user_ids, return_counts=True)
+        if len(uniq) != len(user_ids):
+            dup = int(uniq[counts > 1][0])
+            raise EvaluationError(f"splits/ has {counts.max()} {split} rows for user_id {dup}; expected one")
+    return SplitRows(split, user_ids, histories, np.asarray(targets, dtype=np.int64))
+
+
+def rankings_from_precache(
+    precache: pa.Table, user_ids: Sequence[int], min_k: int
+) -> tuple[list[list[int]], int]:
+    """Per-user ranked items from a ``precache/`` table, in the order of ``user_ids``.
+
+    Returns the rankings and how many of ``user_ids`` the precache lacks (their ranking is
+    empty: a miss). A precache list shorter than ``min_k`` (the largest metric cut-off) for a
+    user with a full list elsewhere would understate HR@K, so the manifest K must cover ``min_k``;
+    individual short lists are allowed (a trie can hold fewer valid items than K).
+    """
+    for col in ("user_id", "items"):
+        if col not in precache.column_names:
+            raise EvaluationError(f"precache/ table lacks column {col!r}")
+    cached_users = precache.column("user_id").to_pylist()
+    cached_items = precache.column("items").to_pylist()
+    by_user: dict[int, list[int]] = {}
+    for row, (u, items) in enumerate(zip(cached_users, cached_items)):
+        if u is None:
+            raise EvaluationError(f"precache/ row {row} has a null user_id")
+        if u in by_user:
+            raise EvaluationError(f"precache/ has more than one row for user_id {u}")
+        by_user[int(u)] = [int(i) for i in (items or [])]
+    longest = max((len(v) for v in by_user.values()), default=0)
+    if by_user and longest < min_k:
+        raise EvaluationError(
+            f"precache/ keeps at most {longest} items per user but metrics need K={min_k}; "
+            f"re-run precache with precache.top_k >= {min_k} or lower evaluate.ks"
+        )
+    rankings = [by_user.get(int(u), []) for u in user_ids]
+    missing = sum(1 for u in user_ids if int(u) not in by_user)
+    return rankings, missing
+
+
+def evaluate_rankings(
+    rankings: Sequence[Sequence[int]] | np.ndarray, rows: SplitRows, ks: Sequence[int]
+) -> dict[str, float]:
+    """HR@K / NDCG@K of rankings aligned with ``rows`` (one ranking per row, best first)."""
+    if len(rankings) != len(rows):
+        raise EvaluationError(f"{len(rankings)} rankings for {len(rows)} {rows.split} users")
+    return ranking_metrics(rankings, rows.targets.tolist(), ks)
+
+
+def history_exclusions(rows: SplitRows, exclude_history: bool) -> list[np.ndarray] | None:
+    """The per-user items to mask out of a full ranking (their history) when configured."""
+    return list(rows.histories) if exclude_history else None
+
+
+def exact_topk(scores: torch.Tensor, k: int) -> np.ndarray:
+    """Top-``k`` columns per row, best first, ties broken by the lower column (like a stable sort).
+
+    ``torch.topk`` finds the k-th value fast; every column scoring at least that much is a
+    candidate, and candidates are ordered by (score desc, id asc). A full sort of each row
+    would give the same answer at many times the cost.
+    """
+    kth = torch.topk(scores, k, dim=1).values[:, -1:]
+    cand = scores >= kth
+    out = np.empty((scores.shape[0], k), dtype=np.int64)
+    exact = cand.sum(1) == k
+    if exact.any():  # the usual case: exactly k candidates, order them in one vectorised step
+        rows = scores[exact]
+        idx = cand[exact].nonzero()[:, 1].view(-1, k).numpy()
+        vals = np.take_along_axis(rows.numpy(), idx, axis=1)
+        order = np.lexsort((idx, -vals), axis=-1)
+        out[exact.numpy()] = np.take_along_axis(idx, order, axis=1)
+    for r in (~exact).nonzero()[:, 0].tolist():  # ties at the cut-off
+        ids = cand[r].nonzero()[:, 0]
+        out[r] = ids[torch.sort(-scores[r, ids], stable=True).indices[:k]].numpy()
+    return out

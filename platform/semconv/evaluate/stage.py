@@ -1,0 +1,151 @@
+"""The ``evaluate`` stage: ``precache/`` + ``splits/`` -> ``report/`` (ours vs baselines).
+
+Protocol (the paper's): leave-last-out, the test row's target is each user's last item, every
+system ranks all items, HR@K and NDCG@K for K in ``evaluate.ks``. Ours is read from
+``precache/`` (ranked from the test rows' histories); a test user the precache lacks is a miss
+and is counted. The baselines are computed here on the same splits and scored by the same code,
+so the table compares like with like. Valid-split metrics are added for every system that has a
+valid ranking (ours only when a ``precache_valid/`` artifact exists).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from semconv.artifacts import RunDir
+from semconv.evaluate.baselines import BaselineUnavailable, rank_cf, rank_popularity, rank_sasrec
+from semconv.evaluate.protocol import evaluate_rankings, rankings_from_precache, split_rows
+from semconv.evaluate.report import write_report
+
+if TYPE_CHECKING:
+    from semconv.config import PipelineConfig
+
+REPORT = "report"
+PRECACHE = "precache"
+PRECACHE_VALID = "precache_valid"
+
+log = logging.getLogger(__name__)
+
+
+def read_artifact_json(run: RunDir, name: str, filename: str) -> Any | None:
+    """A JSON file inside a *complete* artifact, or None when either is missing."""
+    if not run.is_complete(name):
+        return None
+    path = f"{run.path(name)}/{filename}"
+    try:
+        with run.fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode())
+    except FileNotFoundError:
+        return None
+
+
+def _num_items(run: RunDir) -> int:
+    ids = run.read_table("items", columns=["item_id"]).column("item_id").to_numpy()
+    if len(ids) and (ids.min() != 0 or ids.max() != len(ids) - 1):
+        raise ValueError(f"items/: item_id must be dense 0..{len(ids) - 1}, got {ids.min()}..{ids.max()}")
+    return len(ids)
+
+
+def _semconv(run: RunDir, rows: dict, ks: list[int], out: dict[str, Any]) -> None:
+    for artifact, split in ((PRECACHE, "test"), (PRECACHE_VALID, "valid")):
+        if split not in rows or not run.is_complete(artifact):
+            continue
+        table = run.read_table(artifact, columns=["user_id", "items"])
+        rankings, missing = rankings_from_precache(table, rows[split].user_ids, max(ks))
+        out[split]["systems"]["semconv"] = evaluate_rankings(rankings, rows[split], ks)
+        out[split]["missing_users"]["semconv"] = missing
+
+
+def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = True) -> dict[str, Any]:
+    """Metrics of ours (from the precache) and of every configured baseline, per split.
+
+    Returns the ``report/metrics.json`` payload. ``include_semconv=False`` scores the baselines
+    alone (a run directory with only ``items/`` and ``splits/``).
+    """
+    ev = cfg.evaluate
+    ks = sorted(set(ev.ks))
+    num_items = _num_items(run)
+    splits = run.read_table("splits")
+    rows = {s: split_rows(splits, s) for s in ("train", "valid", "test")}
+    if len(rows["test"]) == 0:
+        raise ValueError(f"{run.path('splits')}: no test rows to evaluate")
+    precache = run.manifest(PRECACHE) if include_semconv else {}
+    exclude = bool(precache.get("exclude_history", cfg.precache.exclude_history))
+    out: dict[str, Any] = {
+        split: {"users": len(rows[split]), "systems": {}, "missing_users": {}}
+        for split in ("test", "valid")
+    }
+    seconds: dict[str, float] = {}
+    if include_semconv:
+        _semconv(run, rows, ks, out)
+    baselines: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for name in ev.baselines:
+        start = time.perf_counter()
+        try:
+            if name == "popularity":
+                ranked, info = rank_popularity(rows, num_items, max(ks), exclude)
+            elif name == "sasrec":
+                max_len = ev.sasrec.max_len or cfg.prepare.max_len
+                ranked, info = rank_sasrec(rows, num_items, max(ks), exclude, ev.sasrec, max_len, cfg.seed)
+            else:
+                ranked, info = rank_cf(run, rows, max(ks), exclude)
+        except BaselineUnavailable as err:
+            log.warning("baseline %s skipped: %s", name, err)
+            skipped[name] = str(err)
+            continue
+        seconds[name] = round(time.perf_counter() - start, 2)
+        log.info("baseline %s ranked in %.1f s", name, seconds[name])
+        baselines[name] = info
+        for split, ranking in ranked.items():
+            out[split]["systems"][name] = evaluate_rankings(ranking, rows[split], ks)
+    test = out["test"]
+    payload: dict[str, Any] = {
+        "config_hash": cfg.config_hash(),
+        "split": "test",
+        "users": test["users"],
+        "items": num_items,
+        "ks": ks,
+        "protocol": {"split": "leave-last-out", "ranking": "all items",
+                     "exclude_history": exclude, "missing_users": "count as misses"},
+        "systems": test["systems"],
+        "missing_users": test["missing_users"],
+        "baselines": baselines,
+        "skipped": skipped,
+        "seconds": seconds,
+    }
+    if ev.valid and out["valid"]["systems"]:
+        payload["valid"] = out["valid"]
+    if include_semconv:
+        payload["precache"] = {k: v for k, v in precache.items() if not isinstance(v, (dict, list))}
+    return payload
+
+
+def _upstream(run: RunDir) -> dict[str, Any]:
+    """Optional inputs of the report: codebook quality, training curves, CF metrics."""
+    found: dict[str, Any] = {}
+    codebook = read_artifact_json(run, "codebook", "metrics.json")
+    if isinstance(codebook, dict):
+        found["codebook"] = codebook
+    train = read_artifact_json(run, "model", "train_metrics.json")
+    if isinstance(train, dict):
+        found["training"] = train
+    cf = read_artifact_json(run, "item_emb", "metrics.json")
+    if isinstance(cf, dict) and isinstance(cf.get("test"), dict):
+        found["cf_stage_metrics"] = {"test": cf["test"], "valid": cf.get("valid"),
+                                     "protocol": cf.get("protocol")}
+    return found
+
+
+def run_evaluate(cfg: PipelineConfig) -> dict[str, str]:
+    """Score ``precache/`` and the baselines on the test split and write ``report/``."""
+    run = RunDir(cfg.run_dir)
+    if run.is_complete(REPORT):
+        return {REPORT: run.path(REPORT)}
+    run.require("items", "splits", PRECACHE)
+    payload = evaluate_systems(cfg, run)
+    write_report(run, payload, _upstream(run), plots=cfg.evaluate.plots)
+    return {REPORT: run.path(REPORT)}

@@ -1,0 +1,70 @@
+"""Builders for tiny, hand-made run directories (``items/``, ``splits/``, ``precache/``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import pyarrow as pa
+
+from semconv.artifacts import RunDir
+
+
+def splits_table(sequences: dict[int, Sequence[int]], max_len: int = 20) -> pa.Table:
+    """Leave-last-out rows exactly as the contract says (test = last, valid = second-to-last)."""
+    cols: dict[str, list] = {"split": [], "user_id": [], "history": [], "target": []}
+
+    def add(split: str, user: int, history: Sequence[int], target: int) -> None:
+        cols["split"].append(split)
+        cols["user_id"].append(user)
+        cols["history"].append(list(history)[-max_len:])
+        cols["target"].append(target)
+
+    for user, seq in sequences.items():
+        seq = list(seq)
+        for j in range(1, len(seq) - 2):
+            add("train", user, seq[:j], seq[j])
+        add("valid", user, seq[:-2], seq[-2])
+        add("test", user, seq[:-1], seq[-1])
+    return pa.table({
+        "split": pa.array(cols["split"], pa.string()),
+        "user_id": pa.array(cols["user_id"], pa.int64()),
+        "history": pa.array(cols["history"], pa.list_(pa.int64())),
+        "target": pa.array(cols["target"], pa.int64()),
+    })
+
+
+def write_items(run: RunDir, num_items: int) -> None:
+    ids = list(range(num_items))
+    run.write_table("items", pa.table({
+        "item_id": pa.array(ids, pa.int64()), "source_id": [str(i) for i in ids],
+        "title": [f"item {i}" for i in ids], "description": [""] * num_items,
+        "brand": [""] * num_items, "categories": [""] * num_items,
+    }))
+
+
+def write_precache(run: RunDir, user_ids: Sequence[int], ranked: np.ndarray, k: int, shards: int = 2) -> None:
+    scores = [[float(-j) for j in range(len(r))] for r in ranked]
+    table = pa.table({
+        "user_id": pa.array(list(user_ids), pa.int64()),
+        "items": pa.array([list(map(int, r)) for r in ranked], pa.list_(pa.int64())),
+        "scores": pa.array(scores, pa.list_(pa.float32())),
+    })
+    run.write_table("precache", table, num_shards=shards,
+                    manifest={"model": "hand-made", "codebook": "hand-made", "top_k": k,
+                              "users": len(user_ids), "exclude_history": False})
+
+
+def random_sequences(n_users: int, n_items: int, seed: int, min_len: int = 3, max_len: int = 9) -> dict[int, list[int]]:
+    rng = np.random.default_rng(seed)
+    return {u: rng.choice(n_items, size=int(rng.integers(min_len, max_len + 1)), replace=False).tolist()
+            for u in range(n_users)}
+
+
+@pytest.fixture
+def build() -> SimpleNamespace:
+    """The builders above, for tests (test modules do not import conftest directly)."""
+    return SimpleNamespace(splits_table=splits_table, write_items=write_items,
+                           write_precache=write_precache, random_sequences=random_sequences)

@@ -1,0 +1,116 @@
+"""The evaluate stage scores a precache exactly like a brute-force full ranking would."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from semconv.artifacts import RunDir
+from semconv.config import load_config
+from semconv.evaluate.protocol import EvaluationError, rankings_from_precache, split_rows
+from semconv.evaluate.stage import run_evaluate
+from semconv.metrics import ranking_metrics, topk_from_scores
+
+N_USERS, N_ITEMS = 40, 30
+
+
+def _run(tmp_path, build, drop_users=()):
+    """A run whose precache is the top-10 of a random score matrix, targets planted in it."""
+    rng = np.random.default_rng(3)
+    seqs = build.random_sequences(N_USERS, N_ITEMS, seed=1)
+    scores = rng.normal(size=(N_USERS, N_ITEMS))
+    # Put some targets high in their user's scores, so ranks spread over 1..10 and beyond.
+    for u, seq in seqs.items():
+        scores[u, seq[-1]] += rng.uniform(0, 3)
+    run = RunDir(tmp_path / "run")
+    build.write_items(run, N_ITEMS)
+    run.write_table("splits", build.splits_table(seqs))
+    top = topk_from_scores(scores, 10)
+    keep = [u for u in range(N_USERS) if u not in set(drop_users)]
+    build.write_precache(run, keep, top[keep], k=10)
+    targets = [seqs[u][-1] for u in range(N_USERS)]
+    cfg = load_config(None, [f"run_dir={run.root}", "evaluate.baselines=[]", "evaluate.plots=false"])
+    return cfg, run, top, targets
+
+
+def test_precache_metrics_equal_brute_force_full_ranking(tmp_path, build):
+    cfg, run, top, targets = _run(tmp_path, build)
+    run_evaluate(cfg)
+    metrics = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
+    expected = ranking_metrics(top, targets, [1, 5, 10])
+    got = metrics["systems"]["semconv"]
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], abs=1e-12)
+    assert 0 < got["HR@10"] < 1 and got["HR@1"] < got["HR@10"]  # the case is not degenerate
+    assert metrics["users"] == N_USERS and metrics["missing_users"]["semconv"] == 0
+    assert metrics["config_hash"] == cfg.config_hash()
+
+
+def test_precache_metrics_equal_ranks_in_the_full_score_matrix(tmp_path, build):
+    cfg, run, top, targets = _run(tmp_path, build)
+    run_evaluate(cfg)
+    got = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())["systems"]["semconv"]
+    rng = np.random.default_rng(3)  # rebuild the same scores, rank every target among all items
+    seqs = build.random_sequences(N_USERS, N_ITEMS, seed=1)
+    scores = rng.normal(size=(N_USERS, N_ITEMS))
+    for u, seq in seqs.items():
+        scores[u, seq[-1]] += rng.uniform(0, 3)
+    ranks = np.array([1 + (scores[u] > scores[u, t]).sum() for u, t in enumerate(targets)])
+    for k in (1, 5, 10):
+        assert got[f"HR@{k}"] == pytest.approx((ranks <= k).mean())
+        assert got[f"NDCG@{k}"] == pytest.approx(np.where(ranks <= k, 1 / np.log2(ranks + 1), 0).mean())
+
+
+def test_users_missing_from_the_precache_count_as_misses(tmp_path, build):
+    dropped = [0, 5, 7]
+    cfg, run, top, targets = _run(tmp_path, build, drop_users=dropped)
+    run_evaluate(cfg)
+    metrics = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
+    emptied = [[] if u in dropped else list(top[u]) for u in range(N_USERS)]
+    expected = ranking_metrics(emptied, targets, [1, 5, 10])
+    assert metrics["missing_users"]["semconv"] == 3
+    assert metrics["users"] == N_USERS  # the denominator keeps every test user
+    for key in expected:
+        assert metrics["systems"]["semconv"][key] == pytest.approx(expected[key], abs=1e-12)
+
+
+def test_precache_shorter_than_the_largest_k_is_refused():
+    table = pa.table({"user_id": pa.array([1, 2], pa.int64()),
+                      "items": pa.array([[1, 2, 3], [4, 5]], pa.list_(pa.int64()))})
+    with pytest.raises(EvaluationError, match="top_k >= 10"):
+        rankings_from_precache(table, [1, 2], min_k=10)
+    rankings, missing = rankings_from_precache(table, [2, 3, 1], min_k=3)
+    assert rankings == [[4, 5], [], [1, 2, 3]] and missing == 1
+
+
+def test_duplicate_users_are_errors_naming_the_user(build):
+    table = pa.table({"user_id": pa.array([1, 1], pa.int64()),
+                      "items": pa.array([[1], [2]], pa.list_(pa.int64()))})
+    with pytest.raises(EvaluationError, match="user_id 1"):
+        rankings_from_precache(table, [1], min_k=1)
+    splits = build.splits_table({4: [1, 2, 3]})
+    doubled = pa.concat_tables([splits, splits])
+    with pytest.raises(EvaluationError, match="2 test rows for user_id 4"):
+        split_rows(doubled, "test")
+
+
+def test_split_rows_follow_leave_last_out(build):
+    splits = build.splits_table({7: [5, 6, 8, 9, 3]}, max_len=2)
+    test, valid, train = (split_rows(splits, s) for s in ("test", "valid", "train"))
+    assert test.targets.tolist() == [3] and test.histories[0].tolist() == [8, 9]
+    assert valid.targets.tolist() == [9] and valid.histories[0].tolist() == [6, 8]
+    assert train.targets.tolist() == [6, 8] and [h.tolist() for h in train.histories] == [[5], [5, 6]]
+
+
+def test_complete_report_is_not_recomputed(tmp_path, build):
+    cfg, run, _, _ = _run(tmp_path, build)
+    run_evaluate(cfg)
+    first = run.manifest("report")["created_at"]
+    path = tmp_path / "run" / "report" / "metrics.json"
+    before = path.stat().st_mtime_ns
+    run_evaluate(cfg)
+    assert run.manifest("report")["created_at"] == first and path.stat().st_mtime_ns == before
