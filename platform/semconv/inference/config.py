@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from semconv.schema import Section
 
 
 class PrecacheConfig(Section):
-    top_k: int = Field(10, ge=1)
-    num_beams: int = Field(20, ge=1)
-    batch_size: int = Field(16, ge=1)
-    num_actors: int = Field(1, ge=1)
-    exclude_history: bool = False
+    top_k: int = Field(10, ge=1, description="items cached per user")
+    num_beams: int = Field(20, ge=1, description="beam width of the constrained search (>= top_k)")
+    batch_size: int = Field(16, ge=1, description="users per beam-search batch")
+    sort_window: int = Field(8, ge=1, description="batches per actor call; users sorted by prompt "
+                                                   "length inside it to limit padding")
+    num_actors: int = Field(1, ge=1, description="Ray Data actor pool size (one model each)")
+    cpus_per_actor: int = Field(1, ge=1, description="CPU threads per actor when not use_gpu")
+    exclude_history: bool = Field(False, description="never recommend items already in the history")
+    share_prefix: bool = Field(True, description="compute the shared prompt preamble's KV once")
     bf16: bool = True
     use_gpu: bool = False
-    users_per_shard: int = Field(2048, ge=1)
+    users_per_shard: int = Field(2048, ge=1, description="users per output shard (unit of resume)")
+
+    @model_validator(mode="after")
+    def _beams_cover_k(self) -> PrecacheConfig:
+        if self.num_beams < self.top_k:
+            raise ValueError(f"precache.num_beams ({self.num_beams}) must be >= precache.top_k ({self.top_k})")
+        return self

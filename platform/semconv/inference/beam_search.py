@@ -1,0 +1,214 @@
+"""Batched constrained beam search over item codes (the paper's inference step).
+
+Every user gets ``num_beams`` beams; at level ``l`` a beam may only append a code token that
+continues its trie node (:class:`~semconv.inference.trie.CodeTrie`), so after ``L`` levels each
+live beam *is* a distinct valid item, scored by the sequence log-probability of its ``L`` code
+tokens. The top ``top_k`` beams are the answer, best first. Distinct prefixes stay distinct, so
+no item can come out twice, and no invalid item can come out at all.
+
+Why it is fast (compared with ``generate(num_beams=..., prefix_allowed_tokens_fn=...)``):
+
+* **One prefill per prompt.** ``generate`` copies each prompt ``num_beams`` times before the
+  first forward; here the prompt is encoded once and every beam reads the same KV cache.
+* **Tree attention instead of cache copies.** The beams of a user are decoded as ``num_beams``
+  query tokens of *one* sequence: a 4D attention mask lets each beam token see the prompt, its own
+  ancestors (tracked as cache slots) and itself, nothing else. The prompt's KV is never expanded
+  or reordered per beam; each step only appends ``num_beams`` entries per user.
+* **Shared prefix KV.** Every prompt starts with the same preamble (``semconv.prompts``); its KV is
+  computed once (:func:`encode_prefix`) and copied into each batch's cache.
+* **Trie masking as tensor gathers**: ``trie.step(level, nodes)`` -> allowed codes and next nodes
+  for all beams at once; scores are gathered from the code tokens' logits only.
+
+History exclusion masks candidates at the *last* level: an excluded item then never takes one of
+the final beam slots, so the user still gets ``top_k`` new items. Earlier levels are left alone
+because a prefix is only excluded when *all* its completions are, which the last level already
+handles; filtering after the search instead would return fewer than ``top_k`` items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from semconv.inference.trie import CodeTrie
+
+
+class BeamSearchError(ValueError):
+    """Arguments that cannot give a valid search (beam narrower than K, bad shapes)."""
+
+
+@dataclass
+class SharedPrefix:
+    """KV cache of the prompt prefix that every user shares (batch of one)."""
+
+    ids: torch.Tensor  # (P,)
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, (1, heads, P, dim)
+
+    @property
+    def length(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@torch.no_grad()
+def encode_prefix(model: torch.nn.Module, prefix_ids: Sequence[int] | torch.Tensor) -> SharedPrefix:
+    """Run the shared prompt prefix once and keep its KV cache for every later batch."""
+    from transformers import DynamicCache
+
+    ids = torch.as_tensor(prefix_ids, dtype=torch.long, device=model.device)
+    if ids.ndim != 1 or ids.numel() == 0:
+        raise BeamSearchError(f"prefix_ids must be a non-empty 1D sequence, got shape {tuple(ids.shape)}")
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    kv = [(k, v) for k, v, *_ in cache]
+    return SharedPrefix(ids=ids, kv=kv)
+
+
+def _code_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """log p(code token) under the full-vocabulary softmax, for the code tokens of one level."""
+    logits = logits.float()
+    return logits[..., token_ids] - torch.logsumexp(logits, dim=-1, keepdim=True)
+
+
+def _topk_padded(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise top-k that pads with (-inf, index 0) when a row has fewer than k entries."""
+    n = min(k, x.shape[1])
+    vals, idx = x.topk(n, dim=1)
+    if n < k:
+        vals = torch.cat([vals, vals.new_full((x.shape[0], k - n), float("-inf"))], dim=1)
+        idx = torch.cat([idx, idx.new_zeros((x.shape[0], k - n))], dim=1)
+    return vals, idx
+
+
+def _excluded_mask(
+    items: torch.Tensor, exclude: Sequence[Sequence[int]], stride: int
+) -> torch.Tensor:
+    """``items`` (B, ...) -> bool mask of entries listed in ``exclude[b]`` (sort-based, no loops
+    over candidates)."""
+    b = items.shape[0]
+    rows = [torch.full((len(e),), i, dtype=torch.long) for i, e in enumerate(exclude)]
+    cols = [torch.as_tensor(list(e), dtype=torch.long) for e in exclude]
+    if not rows or sum(len(r) for r in rows) == 0:
+        return torch.zeros_like(items, dtype=torch.bool)
+    keys = (torch.cat(rows) * stride + torch.cat(cols)).to(items.device)
+    user = torch.arange(b, device=items.device).view(b, *([1] * (items.ndim - 1)))
+    cand = user * stride + items.clamp(min=0)
+    return torch.isin(cand, keys) & (items >= 0)
+
+
+@torch.no_grad()
+def constrained_beam_search(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    trie: CodeTrie,
+    num_beams: int = 20,
+    top_k: int = 10,
+    exclude: Sequence[Sequence[int]] | None = None,
+    prefix: SharedPrefix | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``top_k`` distinct valid items per prompt with their code-sequence log-probabilities.
+
+    ``input_ids``/``attention_mask`` (B, S) are left-padded prompts; with ``prefix`` they are the
+    part after the shared prefix. ``exclude[b]`` lists item ids user ``b`` must not get.
+    Returns ``items`` (B, top_k) int64 and ``scores`` (B, top_k) float32, best first; slots left
+    when fewer than ``top_k`` items are reachable hold item ``-1`` and score ``-inf``.
+    """
+    from transformers import DynamicCache
+
+    if num_beams < top_k:
+        raise BeamSearchError(f"num_beams ({num_beams}) must be >= top_k ({top_k})")
+    if not trie.token_ids:
+        raise BeamSearchError("the trie has no token_ids: build it with the tokenizer's code token ids")
+    if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
+        raise BeamSearchError(
+            f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
+            "must be the same (batch, length) shape"
+        )
+    if exclude is not None and len(exclude) != input_ids.shape[0]:
+        raise BeamSearchError(f"exclude has {len(exclude)} rows for a batch of {input_ids.shape[0]}")
+    attn = str(getattr(model.config, "_attn_implementation", "sdpa"))
+    if "flash" in attn:  # flash kernels ignore custom 4D masks, which tree attention needs
+        raise BeamSearchError(f"attn_implementation {attn!r} cannot take a tree-attention mask: load "
+                              "the model with attn_implementation='sdpa' or 'eager'")
+    device = model.device
+    dtype = next(model.parameters()).dtype
+    neg = torch.finfo(dtype).min
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device).long()
+    bsz, w = input_ids.shape[0], num_beams
+    token_ids = [t.to(device) for t in trie.token_ids]
+    children = [c.to(device) for c in trie.children]
+
+    # ---- prefill: the prompt once per user --------------------------------------------------
+    if prefix is not None:
+        cache = DynamicCache(
+            ddp_cache_data=[(k.expand(bsz, -1, -1, -1), v.expand(bsz, -1, -1, -1)) for k, v in prefix.kv],
+            config=model.config,
+        )
+        ones = torch.ones(bsz, prefix.length, dtype=torch.long, device=device)
+        prompt_mask = torch.cat([ones, attention_mask], dim=1)
+    else:
+        cache = DynamicCache(config=model.config)
+        prompt_mask = attention_mask
+    positions = (prompt_mask.cumsum(1) - 1).clamp(min=0)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=prompt_mask,
+        position_ids=positions[:, -input_ids.shape[1] :],
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    last_pos = prompt_mask.sum(1) - 1  # (B,) position of each prompt's last real token
+    prompt_len = prompt_mask.shape[1]
+
+    # ---- level 0: the root's children --------------------------------------------------------
+    stride = trie.max_item_id + 1
+    last = trie.levels == 1
+    lp = _code_logprobs(out.logits[:, -1], token_ids[0])  # (B, K0)
+    nxt = children[0][0].long().expand(bsz, -1)
+    lp = lp.masked_fill(nxt < 0, float("-inf"))
+    if last and exclude is not None:
+        lp = lp.masked_fill(_excluded_mask(nxt, exclude, stride), float("-inf"))
+    scores, code = _topk_padded(lp, top_k if last else w)  # missing beams start dead (-inf)
+    nodes = nxt.gather(1, code)  # (B, W)
+    tokens = token_ids[0][code]
+    ancestors = torch.zeros(bsz, w, 0, dtype=torch.long, device=device)  # decode-cache slots
+    beam = torch.arange(w, device=device)
+
+    # ---- levels 1..L-1: feed the beams' last tokens as one tree-attention step ----------------
+    for level in range(1, trie.levels):
+        step = level - 1
+        own = (step * w + beam).expand(bsz, w)  # each beam token's slot in the decode region
+        seen = torch.zeros(bsz, w, (step + 1) * w, dtype=torch.bool, device=device)
+        seen.scatter_(2, torch.cat([ancestors, own[..., None]], dim=2), True)
+        allowed = torch.cat([prompt_mask.bool()[:, None, :].expand(bsz, w, prompt_len), seen], dim=2)
+        mask4d = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, neg)
+        out = model(
+            input_ids=tokens,
+            attention_mask=mask4d[:, None],
+            position_ids=(last_pos + level)[:, None].expand(bsz, w),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        lp = _code_logprobs(out.logits, token_ids[level])  # (B, W, K_l)
+        nxt = children[level][nodes.clamp(min=0)].long()  # (B, W, K_l): next node / item, -1 = invalid
+        cand = scores[..., None] + lp.masked_fill(nxt < 0, float("-inf"))
+        if level == trie.levels - 1 and exclude is not None:
+            cand = cand.masked_fill(_excluded_mask(nxt, exclude, stride), float("-inf"))
+        k_l = nxt.shape[-1]
+        keep = top_k if level == trie.levels - 1 else w
+        scores, flat = cand.view(bsz, -1).topk(keep, dim=1)
+        parent, code = flat // k_l, flat % k_l
+        nodes = nxt.view(bsz, -1).gather(1, flat)
+        if level < trie.levels - 1:
+            tokens = token_ids[level][code]
+            ancestors = torch.cat(
+                [ancestors.gather(1, parent[..., None].expand(-1, -1, step)), own.gather(1, parent)[..., None]],
+                dim=2,
+            )
+
+    dead = torch.isinf(scores)
+    items = nodes.masked_fill(dead, -1)
+    return items.cpu(), scores.float().cpu()

@@ -1,0 +1,62 @@
+"""Loading a recommender LLM for decoding (once per Ray actor).
+
+The real path is the fine-tuned ``model/`` artifact: ``semconv.finetune.model.load_for_inference``
+(base + code tokens + merged LoRA). :func:`load_with_random_code_tokens` is the stand-in used by
+tests and benchmarks where no fine-tuned model exists: a base LM with the code tokens added and
+their embedding rows drawn at random (seeded), so code tokens have distinct logits and beam search
+has a real ranking to find. A :class:`ModelSpec` names either, and pickles cheaply to actors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_with_random_code_tokens(
+    base_dir: str, levels: int, codes_per_level: int, dtype: torch.dtype = torch.float32, seed: int = 0
+):
+    """A base causal LM + tokenizer with ``levels x codes_per_level`` code tokens (tests/bench)."""
+    from semconv.finetune.model import load_base, resize_for_code_tokens
+    from semconv.finetune.tokenizer import add_code_tokens
+
+    model, tokenizer = load_base(base_dir, torch.float32)
+    ids = add_code_tokens(tokenizer, levels, codes_per_level)
+    resize_for_code_tokens(model, tokenizer)
+    emb = model.get_input_embeddings().weight
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        std = emb[: min(ids)].std().item()
+        emb[ids] = torch.randn(len(ids), emb.shape[1], generator=gen) * std
+        out = model.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != emb.data_ptr():
+            out.weight[ids] = emb[ids]
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(dtype).eval(), tokenizer
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model an actor loads: a fine-tuned ``model/`` dir, or a base dir + random codes."""
+
+    model_dir: str | None = None  # the finetune stage's model/ artifact
+    base_model: str = "smollm2-135m"  # bundled name or HF directory
+    dtype: str = "float32"
+    code_levels: int = 4  # only for the random-code-token stand-in
+    codes_per_level: int = 256
+    seed: int = 0
+
+    def load(self):
+        dtype = DTYPES[self.dtype]
+        if self.model_dir is not None:
+            from semconv.finetune.model import load_for_inference
+
+            return load_for_inference(self.model_dir, self.base_model, dtype)
+        from semconv.models import resolve
+
+        return load_with_random_code_tokens(
+            str(resolve(self.base_model)), self.code_levels, self.codes_per_level, dtype, self.seed
+        )

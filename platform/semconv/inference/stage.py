@@ -1,0 +1,134 @@
+"""The ``precache`` stage: ``splits/`` (test rows), ``item_codes/``, ``model/`` -> ``precache/``.
+
+Each user is ranked from the history of their *test* row (everything before the held-out last
+item), so the evaluate stage can score ``precache/`` against the test targets directly. Shards go
+to ``precache.partial/`` first (resumable, see :mod:`semconv.inference.precache`); when all are
+there they are checked (every user exactly once) and published as ``precache/`` with a manifest
+naming the model, codebook, K and user count.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from semconv.artifacts import RunDir
+from semconv.inference.loading import ModelSpec
+from semconv.inference.precache import (
+    ShardPlan,
+    check_shards,
+    open_partial,
+    precache_users,
+    shard_name,
+)
+
+if TYPE_CHECKING:
+    from semconv.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+PRECACHE = "precache"
+PARTIAL = "precache.partial"
+INPUTS = ("splits", "item_codes", "model")
+
+
+def _parquet_files(run: RunDir, name: str) -> list[str]:
+    sel = pafs.FileSelector(run.path(name), recursive=True)
+    return sorted(f.path for f in run.fs.get_file_info(sel) if f.path.endswith(".parquet"))
+
+
+def load_item_codes(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
+    """``item_codes/`` as (item_ids (N,), codes (N, L)) int64 arrays."""
+    table = run.read_table("item_codes", columns=["item_id", "codes"])
+    codes = table["codes"].combine_chunks()
+    levels = codes.type.list_size
+    flat = codes.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    return table["item_id"].to_numpy().astype(np.int64), flat.reshape(-1, levels)
+
+
+def test_user_ids(run: RunDir) -> tuple[np.ndarray, bool]:
+    """User ids of the test rows in file order, and whether they are already sorted."""
+    ids = []
+    for path in _parquet_files(run, "splits"):
+        t = pq.read_table(path, columns=["split", "user_id"], filesystem=run.fs)
+        ids.append(t.filter(pc.equal(t["split"], "test"))["user_id"].to_numpy())
+    ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+    return ids, bool((np.diff(ids) > 0).all())
+
+
+def _test_rows(batch):
+    return batch.filter(pc.equal(batch["split"], "test"))
+
+
+def run_precache(cfg: PipelineConfig) -> dict[str, str]:
+    """Rank the top-K items of every test user with the fine-tuned model; returns ``{"precache": path}``."""
+    import ray.data
+
+    from semconv.ray_env import init_ray
+
+    run = RunDir(cfg.run_dir)
+    pc_cfg = cfg.precache
+    if run.is_complete(PRECACHE):
+        return {PRECACHE: run.path(PRECACHE)}
+    run.require(*INPUTS)
+    item_ids, codes = load_item_codes(run)
+    user_ids, presorted = test_user_ids(run)
+    if len(user_ids) == 0:
+        raise ValueError(f"{run.path('splits')} has no test rows: nothing to precache")
+    plan = ShardPlan.from_user_ids(user_ids, pc_cfg.users_per_shard)
+    dtype = "bfloat16" if pc_cfg.bf16 else "float32"
+    model_dir = str(run.local("model"))
+    spec = ModelSpec(model_dir=model_dir, base_model=cfg.finetune.base_model, dtype=dtype)
+    fingerprint = {
+        **{name: run.manifest(name).get("created_at") for name in INPUTS},
+        "base_model": cfg.finetune.base_model, "dtype": dtype, "top_k": pc_cfg.top_k,
+        "num_beams": pc_cfg.num_beams, "exclude_history": pc_cfg.exclude_history,
+    }
+    partial = run.path(PARTIAL)
+    done = open_partial(run.fs, partial, plan, fingerprint)
+    log.info("precache: %d users in %d shards, %d already done", plan.num_users, plan.num_shards, len(done))
+
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    users = ray.data.read_parquet(_parquet_files(run, "splits"), filesystem=run.fs,
+                                  columns=["split", "user_id", "history"])
+    users = users.map_batches(_test_rows, batch_format="pyarrow")
+    stats = precache_users(
+        users, plan, run.fs, partial, spec, codes, item_ids, done=done,
+        num_beams=pc_cfg.num_beams, top_k=pc_cfg.top_k, batch_size=pc_cfg.batch_size,
+        sort_window=pc_cfg.sort_window, num_actors=pc_cfg.num_actors, use_gpu=pc_cfg.use_gpu,
+        cpus_per_actor=pc_cfg.cpus_per_actor, exclude_history=pc_cfg.exclude_history,
+        share_prefix=pc_cfg.share_prefix, presorted=presorted,
+    )
+    check_shards(run.fs, partial, plan)
+    manifest = {
+        "model": model_dir, "base_model": cfg.finetune.base_model, "codebook": run.path("codebook"),
+        "item_codes": run.path("item_codes"), "top_k": pc_cfg.top_k, "num_beams": pc_cfg.num_beams,
+        "exclude_history": pc_cfg.exclude_history, "dtype": dtype, "users": plan.num_users,
+        "shards": plan.num_shards, "inputs": fingerprint, "config_hash": cfg.config_hash(),
+        "last_run": stats,
+    }
+    publish_shards(run, partial, plan, manifest)
+    return {PRECACHE: run.path(PRECACHE)}
+
+
+def publish_shards(run: RunDir, partial: str, plan: ShardPlan, manifest: dict) -> None:
+    """Move the checked shards into ``precache/`` atomically, then drop ``precache.partial/``."""
+    with run.writing(PRECACHE, manifest) as tmp:
+        for shard in range(plan.num_shards):
+            src, dst = f"{partial}/{shard_name(shard)}", Path(tmp) / shard_name(shard)
+            if run.is_local:
+                try:  # same filesystem: a hard link, no copy; the partial file stays until publish
+                    Path(dst).hardlink_to(src)
+                except OSError:
+                    shutil.copyfile(src, dst)
+            else:
+                pafs.copy_files(src, str(dst), source_filesystem=run.fs,
+                                destination_filesystem=pafs.LocalFileSystem())
+    run.fs.delete_dir(partial)

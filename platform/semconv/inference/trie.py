@@ -1,0 +1,124 @@
+"""The code trie: every valid item code tuple, as per-level lookup tables for tensor decoding.
+
+Constrained beam search must only ever extend a beam with a code that leads to a real item.
+Instead of walking a Python dict per beam per step, the trie is stored level by level as dense
+tables: ``children[l][node, code]`` is the id of the child node at level ``l + 1`` (at the last
+level: the item id) or ``-1`` when ``code`` does not continue the prefix ``node``. One gather
+``children[l][beam_nodes]`` gives every beam's allowed-code mask and next node at once.
+
+Nodes at level ``l`` are the distinct code prefixes of length ``l`` (level 0 has one node, the
+root), so table ``l`` holds ``n_prefixes(l) x codes_per_level(l)`` int32 entries: a few MB for
+tens of thousands of items with 256 codes per level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+class CodeTrieError(ValueError):
+    """Item codes that cannot form a trie (wrong shape, negative or duplicate codes)."""
+
+
+class CodeTrie:
+    """Per-level trie tables over the code tuples of items ``0..N-1`` (row ``i`` = item ``i``).
+
+    ``token_ids[l][c]`` is the LLM vocabulary id of code ``c`` at level ``l`` (from the tokenizer),
+    so decoding gathers the logits of exactly the code tokens of each level.
+    """
+
+    def __init__(
+        self,
+        codes: np.ndarray | Sequence[Sequence[int]],
+        token_ids: Sequence[Sequence[int]] | None = None,
+        item_ids: Sequence[int] | np.ndarray | None = None,
+    ):
+        codes = np.asarray(codes, dtype=np.int64)
+        if codes.ndim != 2 or codes.shape[0] == 0 or codes.shape[1] == 0:
+            raise CodeTrieError(f"codes must be a non-empty (items, levels) array, got shape {codes.shape}")
+        if (codes < 0).any():
+            row = int(np.argwhere(codes < 0)[0, 0])
+            raise CodeTrieError(f"negative code in row {row}: {codes[row].tolist()}")
+        items = np.arange(len(codes)) if item_ids is None else np.asarray(item_ids, dtype=np.int64)
+        if items.shape != (len(codes),):
+            raise CodeTrieError(f"item_ids has shape {items.shape}, expected ({len(codes)},)")
+        self.num_items = len(codes)
+        self.max_item_id = int(items.max())
+        self.levels = codes.shape[1]
+        self.codes_per_level = [int(codes[:, l].max()) + 1 for l in range(self.levels)]
+        if token_ids is not None:
+            if len(token_ids) != self.levels:
+                raise CodeTrieError(f"token_ids has {len(token_ids)} levels, codes have {self.levels}")
+            for l, ids in enumerate(token_ids):
+                if len(ids) < self.codes_per_level[l]:
+                    raise CodeTrieError(
+                        f"level {l} uses code {self.codes_per_level[l] - 1} but token_ids has only "
+                        f"{len(ids)} ids: the tokenizer lacks code tokens of that level"
+                    )
+            self.codes_per_level = [len(ids) for ids in token_ids]
+            self.token_ids = [torch.as_tensor(list(ids), dtype=torch.long) for ids in token_ids]
+        else:
+            self.token_ids = []
+
+        self.children: list[torch.Tensor] = []
+        node = np.zeros(len(codes), dtype=np.int64)  # every item starts at the root
+        for l in range(self.levels):
+            k = self.codes_per_level[l]
+            n_nodes = int(node.max()) + 1
+            if l == self.levels - 1:
+                key = node * k + codes[:, l]
+                if len(np.unique(key)) != len(key):
+                    _, first, counts = np.unique(key, return_index=True, return_counts=True)
+                    dup = int(np.flatnonzero(key == key[first[counts > 1][0]])[0])
+                    raise CodeTrieError(
+                        f"duplicate code tuple {codes[dup].tolist()} (items must have unique codes)"
+                    )
+                nxt = items
+            else:
+                key = node * k + codes[:, l]
+                uniq, nxt = np.unique(key, return_inverse=True)
+            table = np.full((n_nodes, k), -1, dtype=np.int64)
+            table[node, codes[:, l]] = nxt
+            self.children.append(torch.from_numpy(table.astype(np.int32 if table.max() < 2**31 else np.int64)))
+            node = nxt
+
+    def num_nodes(self, level: int) -> int:
+        return int(self.children[level].shape[0])
+
+    def step(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
+        """Next-node ids for every code of each node in ``nodes`` (any shape): ``-1`` = not allowed.
+
+        Returns ``nodes.shape + (codes_per_level[level],)``; at the last level the values are
+        item ids. Pure tensor indexing: no loop over beams or over the vocabulary.
+        """
+        return self.children[level][nodes].long()
+
+    def __contains__(self, codes: Sequence[int]) -> bool:
+        if len(codes) != self.levels:
+            return False
+        node = 0
+        for l, c in enumerate(codes):
+            if not 0 <= int(c) < self.codes_per_level[l]:
+                return False
+            node = int(self.children[l][node, int(c)])
+            if node < 0:
+                return False
+        return True
+
+    def item_of(self, codes: Sequence[int]) -> int | None:
+        """The item id of a full code tuple, or None when it is not a valid item."""
+        if codes not in self:
+            return None
+        node = 0
+        for l, c in enumerate(codes):
+            node = int(self.children[l][node, int(c)])
+        return node
+
+    def to(self, device: torch.device | str) -> CodeTrie:
+        """Move the tables to ``device`` (in place; returns self)."""
+        self.children = [t.to(device) for t in self.children]
+        self.token_ids = [t.to(device) for t in self.token_ids]
+        return self

@@ -1,0 +1,71 @@
+"""run_precache: test-row histories in, one ranked row per test user out, published atomically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from semconv.artifacts import ArtifactError, RunDir
+from semconv.config import PipelineConfig
+from semconv.inference.stage import PARTIAL, PRECACHE, run_precache
+
+from .conftest import CODES, LEVELS, random_item_codes
+
+NUM_ITEMS, NUM_USERS = 30, 120
+
+
+def _make_run_dir(path, base_dir) -> RunDir:
+    from semconv.finetune.model import build_finetune_model
+
+    run = RunDir(path)
+    rng = np.random.default_rng(0)
+    codes = random_item_codes(NUM_ITEMS, seed=21)
+    run.write_table("item_codes", pa.table({
+        "item_id": pa.array(np.arange(NUM_ITEMS), pa.int64()),
+        "codes": pa.FixedSizeListArray.from_arrays(pa.array(codes.ravel().astype(np.int16)), LEVELS),
+    }))
+    rows = []
+    for u in range(NUM_USERS):  # like prepare: users in order, train and test rows mixed
+        seq = rng.integers(0, NUM_ITEMS, size=rng.integers(3, 9)).tolist()
+        rows.append(("train", int(u), seq[:1], seq[1]))
+        rows.append(("test", int(u), seq[:-1], seq[-1]))
+    split, user, hist, target = zip(*rows)
+    run.write_table("splits", pa.table({"split": list(split), "user_id": pa.array(user, pa.int64()),
+                                        "history": pa.array(hist, pa.list_(pa.int64())),
+                                        "target": pa.array(target, pa.int64())}), num_shards=3)
+    model, tok, _ = build_finetune_model(base_dir, LEVELS, CODES, lora={"r": 2, "target_modules": ["q_proj"]})
+    with run.writing("model", {"base_model": str(base_dir)}) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return run
+
+
+def test_run_precache_ranks_every_test_user_once_and_then_skips(ray_local, tiny_lm_dir, tmp_path):
+    run = _make_run_dir(tmp_path / "run", tiny_lm_dir)
+    cfg = PipelineConfig(run_dir=str(tmp_path / "run"), finetune={"base_model": str(tiny_lm_dir)},
+                         precache={"bf16": False, "num_beams": 8, "top_k": 5, "users_per_shard": 50,
+                                   "batch_size": 8, "sort_window": 2, "exclude_history": True})
+    out = run_precache(cfg)
+    assert out == {PRECACHE: run.path(PRECACHE)}
+    manifest = run.manifest(PRECACHE)
+    assert manifest["users"] == NUM_USERS and manifest["top_k"] == 5 and manifest["shards"] == 3
+    assert manifest["model"].endswith("model") and manifest["item_codes"].endswith("item_codes")
+    table = run.read_table(PRECACHE)
+    assert table.schema.field("items").type == pa.list_(pa.int64())
+    assert table.schema.field("scores").type == pa.list_(pa.float32())
+    assert sorted(table["user_id"].to_pylist()) == list(range(NUM_USERS))
+    splits = run.read_table("splits").to_pylist()
+    history = {r["user_id"]: r["history"] for r in splits if r["split"] == "test"}
+    for row in table.to_pylist():
+        assert len(set(row["items"])) == 5 and not set(row["items"]) & set(history[row["user_id"]])
+    assert not (tmp_path / "run" / PARTIAL).exists()
+    created = manifest["created_at"]
+    run_precache(cfg)  # complete: skipped, not rewritten
+    assert run.manifest(PRECACHE)["created_at"] == created
+
+
+def test_run_precache_names_the_missing_input(tmp_path):
+    cfg = PipelineConfig(run_dir=str(tmp_path / "empty"))
+    with pytest.raises(ArtifactError, match="splits"):
+        run_precache(cfg)
