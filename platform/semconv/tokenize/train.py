@@ -1,0 +1,256 @@
+"""Codebook training: a plain ``train_func(config)`` that Ray Train runs on N DDP workers.
+
+Each worker reads the inputs, takes its shard (padded to equal length, like
+``DistributedSampler``, so every worker takes the same number of steps), and rank 0 runs the
+faiss k-means initialisation; DDP then broadcasts rank 0's codebook to every worker. At every
+epoch end, code usage and high-error residuals are reduced over workers so every worker
+re-seeds the same dead codes. Rank 0 writes a checkpoint (``save_pretrained`` + optimizer
+state + history) every ``checkpoint_every`` epochs; after a worker failure Ray Train restarts
+the group (``FailureConfig(max_failures)``) and ``ray.train.get_checkpoint()`` resumes from the
+last completed checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from semconv.tokenize.codebook import CodebookConfig, ResidualCodebook
+from semconv.tokenize.config import TokenizeConfig
+from semconv.tokenize.losses import total_loss
+
+STATE_NAME = "train_state.pt"
+
+
+def build_codebook(cfg: TokenizeConfig, dim: int, d_llm: int) -> ResidualCodebook:
+    """An uninitialised codebook shaped by the stage config (``d_llm=0``: no LLM alignment)."""
+    return ResidualCodebook(
+        CodebookConfig(
+            dim=dim, levels=cfg.levels, codes_per_level=cfg.codes_per_level,
+            distance=cfg.distance, commitment_weight=cfg.commitment_weight,
+            d_llm=d_llm if cfg.llm_alignment else 0, llm_distance=cfg.llm_distance,
+            encoder_decoder=cfg.encoder_decoder, hidden_dim=cfg.ed_hidden_dim,
+            latent_dim=cfg.ed_latent_dim,
+        )
+    )
+
+
+def shard_indices(n: int, rank: int, world: int, seed: int) -> np.ndarray:
+    """This worker's items: a seeded permutation split round-robin, padded to ``ceil(n/world)``."""
+    perm = np.random.default_rng(seed).permutation(n)
+    per = math.ceil(n / world)
+    padded = np.concatenate([perm, perm[: per * world - n]])
+    return padded[rank::world]
+
+
+@torch.no_grad()
+def codebook_stats(model: ResidualCodebook, x: torch.Tensor, chunk: int = 65536):
+    """Per level: code usage ``(L, K)``, and the ``K`` highest-error inputs with their errors."""
+    L, K = model.config.levels, model.config.codes_per_level
+    usage = torch.zeros(L, K, dtype=torch.int64, device=x.device)
+    res, err = [], []
+    for s in range(0, len(x), chunk):
+        q = model(x[s : s + chunk])
+        for l in range(L):
+            usage[l] += torch.bincount(q.codes[:, l], minlength=K)
+        res.append(q.residuals)
+        err.append((q.residuals - q.selected).pow(2).sum(-1))
+    residuals, errors = torch.cat(res), torch.cat(err)  # (n, L, d), (n, L)
+    m = min(K, len(x))
+    top = torch.topk(errors.T, m, dim=1).indices  # (L, m)
+    cand = torch.stack([residuals[top[l], l] for l in range(L)])
+    cerr = torch.gather(errors.T, 1, top)
+    if m < K:  # pad so every worker contributes equally shaped tensors
+        cand = torch.cat([cand, cand.new_zeros(L, K - m, cand.shape[-1])], 1)
+        cerr = torch.cat([cerr, cerr.new_full((L, K - m), -math.inf)], 1)
+    return usage, cand, cerr
+
+
+def _gather(t: torch.Tensor, world: int) -> torch.Tensor:
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, dim=1)
+
+
+def reseed_across_workers(model: ResidualCodebook, x: torch.Tensor, world: int) -> int:
+    """Reduce usage and candidates over workers, then re-seed dead codes identically everywhere."""
+    import torch.distributed as dist
+
+    usage, cand, cerr = codebook_stats(model, x)
+    if world > 1:
+        dist.all_reduce(usage)
+        cand, cerr = _gather(cand, world), _gather(cerr, world)
+    return model.reseed_dead_codes(usage, cand, cerr)
+
+
+def run_epoch(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, t: torch.Tensor | None,
+    cfg: TokenizeConfig, epoch: int, seed: int, rank: int = 0, world: int = 1,
+) -> dict[str, float]:
+    """One pass over this worker's items, then (except after the last epoch) dead-code re-seeding."""
+    core = model.module if hasattr(model, "module") else model
+    steps = math.ceil(len(x) / cfg.batch_size)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + rank)
+    perm = torch.randperm(len(x), generator=gen).to(x.device)
+    sums: dict[str, float] = {}
+    for b in range(steps):
+        idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        loss, parts = total_loss(model, x[idx], None if t is None else t[idx], cfg.llm_alignment_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for k, v in {"loss": float(loss.detach()), **parts}.items():
+            sums[k] = sums.get(k, 0.0) + v / steps
+    moved = 0
+    if cfg.reseed_dead_codes and epoch + 1 < cfg.epochs:
+        moved = reseed_across_workers(core, x, world)
+    return {"epoch": epoch + 1, "reseeded": moved, **sums}
+
+
+def fit(
+    cfg: TokenizeConfig, embeddings: np.ndarray, text_embeddings: np.ndarray | None = None,
+    seed: int = 0,
+) -> tuple[ResidualCodebook, list[dict]]:
+    """Single-process training with exactly the worker's maths (no Ray): for tests and notebooks."""
+    torch.manual_seed(seed)
+    d_llm = text_embeddings.shape[1] if (text_embeddings is not None and cfg.llm_alignment) else 0
+    model = build_codebook(cfg, embeddings.shape[1], d_llm)
+    model.kmeans_init(embeddings, cfg.kmeans_iters, seed, cfg.kmeans_max_points)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    x = torch.as_tensor(embeddings, dtype=torch.float32)
+    t = torch.as_tensor(text_embeddings, dtype=torch.float32) if d_llm else None
+    history = [run_epoch(model, opt, x, t, cfg, e, seed) for e in range(cfg.epochs)]
+    return model, history
+
+
+def _inputs(config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    if "embeddings" in config:
+        return config["embeddings"], config.get("text_embeddings")
+    from semconv.artifacts import RunDir
+    from semconv.tokenize.inputs import load_inputs
+
+    cfg = TokenizeConfig(**config["tokenize"])
+    inputs = load_inputs(RunDir(config["run_dir"]), need_text=cfg.llm_alignment)
+    return inputs.embeddings, inputs.text_embeddings
+
+
+def _save_checkpoint(model: ResidualCodebook, opt, epoch: int, history: list) -> str:
+    directory = tempfile.mkdtemp(prefix="semconv-codebook-ckpt-")
+    model.save_pretrained(directory)
+    torch.save({"epoch": epoch, "optimizer": opt.state_dict(), "history": history},
+               Path(directory) / STATE_NAME)
+    return directory
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """Ray Train worker loop. ``config``: ``tokenize`` (dict), ``seed``, and either ``run_dir``
+    or ``embeddings`` [+ ``text_embeddings``] arrays; optional ``crash_once`` (a chaos drill:
+    ``{"after_epoch", "marker", "rank", "delay_s"}`` kills that worker once, to prove resume
+    works)."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TokenizeConfig(**config["tokenize"])
+    seed = int(config.get("seed", 0))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(seed)
+
+    emb, text = _inputs(config)
+    d_llm = text.shape[1] if (text is not None and cfg.llm_alignment) else 0
+    model = build_codebook(cfg, emb.shape[1], d_llm)
+    start_epoch, history, opt_state = 0, [], None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            model = ResidualCodebook.from_pretrained(d)
+            state = torch.load(Path(d) / STATE_NAME, weights_only=False)
+        start_epoch, history, opt_state = state["epoch"], state["history"], state["optimizer"]
+    elif rank == 0:
+        model.kmeans_init(emb, cfg.kmeans_iters, seed, cfg.kmeans_max_points, cfg.use_gpu)
+
+    ddp = ray.train.torch.prepare_model(model)  # DDP (world > 1) broadcasts rank 0's weights
+    core = ddp.module if hasattr(ddp, "module") else ddp
+    opt = torch.optim.Adam(core.parameters(), lr=cfg.lr)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+
+    shard = shard_indices(len(emb), rank, world, seed)
+    x = torch.as_tensor(emb[shard], dtype=torch.float32, device=device)
+    t = torch.as_tensor(text[shard], dtype=torch.float32, device=device) if d_llm else None
+    reported_checkpoint = False
+    for epoch in range(start_epoch, cfg.epochs):
+        metrics = run_epoch(ddp, opt, x, t, cfg, epoch, seed, rank, world)
+        metrics["start_epoch"] = start_epoch
+        history.append(metrics)
+        ckpt_dir = None
+        if rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
+            ckpt_dir = _save_checkpoint(core, opt, epoch + 1, history)
+        ray.train.report(
+            metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None
+        )
+        reported_checkpoint = reported_checkpoint or ckpt_dir is not None
+        crash = config.get("crash_once")
+        if crash and rank == crash.get("rank", 0) and epoch + 1 == crash["after_epoch"]:
+            marker = Path(crash["marker"])
+            if not marker.exists():
+                # let the controller (it polls workers every ~2 s) record the last checkpoint first
+                time.sleep(crash.get("delay_s", 5.0))
+                marker.write_text(f"killed worker {rank} after epoch {epoch + 1}\n")
+                os._exit(1)
+    if not reported_checkpoint and checkpoint is None:  # epochs == 0: publish the k-means init
+        ckpt_dir = _save_checkpoint(core, opt, start_epoch, history) if rank == 0 else None
+        final = {"epoch": start_epoch, "start_epoch": start_epoch}
+        ckpt = ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None
+        ray.train.report(final, checkpoint=ckpt)
+
+
+def train_codebook(
+    cfg: TokenizeConfig, storage_path: str, name: str, *, run_dir: str | None = None,
+    embeddings: np.ndarray | None = None, text_embeddings: np.ndarray | None = None,
+    seed: int = 0, crash_once: dict | None = None,
+) -> tuple[ResidualCodebook, list[dict]]:
+    """Run :func:`train_func` under a ``TorchTrainer``; return the trained codebook and history.
+
+    Checkpoints go to ``<storage_path>/<name>``; a new ``fit`` with the same name resumes there.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    loop: dict[str, Any] = {"tokenize": cfg.model_dump(), "seed": seed}
+    if embeddings is not None:
+        loop.update(embeddings=embeddings, text_embeddings=text_embeddings)
+    elif run_dir is not None:
+        loop["run_dir"] = run_dir
+    else:
+        raise ValueError("train_codebook needs run_dir or embeddings")
+    if crash_once:
+        loop["crash_once"] = crash_once
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=loop,
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"codebook training under {storage_path}/{name} produced no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        model = ResidualCodebook.from_pretrained(d)
+        state = torch.load(Path(d) / STATE_NAME, weights_only=False)
+    return model, state["history"]
