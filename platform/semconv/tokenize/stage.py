@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -27,17 +26,7 @@ from semconv.tokenize.collisions import resolve_collisions
 from semconv.tokenize.inputs import TokenizeInputError, TokenizeInputs, load_inputs
 from semconv.tokenize.quality import codebook_metrics, text_alignment_distance
 from semconv.tokenize.train import fit, train_codebook
-
-
-def _ensure_ray(cfg: PipelineConfig) -> None:
-    """Join ``ray.address`` (or ``RAY_ADDRESS``, set by ``ray job submit``); else start a local
-    Ray ("local": never silently join another user's cluster on a shared machine)."""
-    import ray
-
-    if not ray.is_initialized():
-        address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"
-        kwargs = {"num_cpus": cfg.ray.num_cpus} if address == "local" else {}
-        ray.init(address=address, include_dashboard=False, configure_logging=False, **kwargs)
+from semconv.ray_env import init_ray
 
 
 def _run_name(cfg: PipelineConfig) -> str:
@@ -81,7 +70,7 @@ def _train(cfg: PipelineConfig, rd: RunDir, inputs: TokenizeInputs):
         return model, json.loads((rd.local("codebook") / "history.json").read_text())
     if tk.num_workers == 0:  # same maths in this process, no Ray Train
         return fit(tk, inputs.embeddings, inputs.text_embeddings, seed=cfg.seed)
-    _ensure_ray(cfg)
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
     return train_codebook(
         tk, _checkpoint_root(rd), _run_name(cfg), run_dir=cfg.run_dir, seed=cfg.seed
     )
