@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_demo_yaml_is_the_default():
     cfg = load_config(REPO / "configs" / "demo.yaml")
-    assert cfg.prepare.dataset == "data/Scientific"
+    assert cfg.prepare.dataset == str(REPO / "data" / "Scientific")
     assert cfg.tokenize.levels == 4 and cfg.tokenize.codes_per_level == 256
 
 
@@ -54,3 +54,12 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
 def test_config_hash_changes_with_content():
     a, b = PipelineConfig(), load_config(None, ["tokenize.levels=3"])
     assert a.config_hash() == PipelineConfig().config_hash() != b.config_hash()
+
+
+def test_local_paths_become_absolute_for_ray_workers(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = load_config(None, ["run_dir=runs/x", "finetune.deepspeed_config=configs/deepspeed_zero2.json"])
+    assert cfg.run_dir == str(REPO / "runs" / "x")
+    assert cfg.finetune.deepspeed_config == str(REPO / "configs" / "deepspeed_zero2.json")
+    assert cfg.finetune.base_model == "smollm2-135m"  # a bundled name is not a path
+    assert load_config(None, ["run_dir=s3://bucket/run"]).run_dir == "s3://bucket/run"

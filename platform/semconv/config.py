@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from semconv.data.config import PrepareConfig
 from semconv.embed.config import EmbedConfig
@@ -36,6 +37,20 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (None: all)")
 
 
+_PATH_FIELDS = [("prepare", "dataset"), ("prepare", "interactions"), ("prepare", "items"),
+                ("embed", "item_embeddings"), ("embed", "text_model"),
+                ("finetune", "base_model"), ("finetune", "deepspeed_config")]
+
+
+def _absolute(value: str, must_exist: bool) -> str:
+    """``value`` made absolute when it is a local path (not a URI, not a bundled model name)."""
+    if "://" in value or os.path.isabs(value):
+        return value
+    if must_exist and not os.path.exists(value):
+        return value  # a model name such as "smollm2-135m", or a path the stage will report
+    return os.path.abspath(value)
+
+
 class PipelineConfig(Section):
     run_dir: str = Field("runs/demo", description="local path or pyarrow.fs URI (s3://, gs://)")
     seed: int = 0
@@ -47,6 +62,17 @@ class PipelineConfig(Section):
     finetune: FinetuneConfig = FinetuneConfig()
     precache: PrecacheConfig = PrecacheConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _absolute_local_paths(self) -> PipelineConfig:
+        """Make local paths absolute: Ray workers run in other directories than the driver."""
+        object.__setattr__(self, "run_dir", _absolute(self.run_dir, must_exist=False))
+        for section, field in _PATH_FIELDS:
+            sec = getattr(self, section)
+            value = getattr(sec, field)
+            if value is not None:
+                object.__setattr__(sec, field, _absolute(value, must_exist=True))
+        return self
 
     def config_hash(self) -> str:
         """A stable short hash of the whole config, recorded in reports and manifests."""

@@ -1,6 +1,19 @@
-"""Config of the ``finetune`` stage (LoRA SFT on Ray Train)."""
+"""Config of the ``finetune`` stage (LoRA SFT on Ray Train).
+
+Defaults run the demo within a CPU budget: SmolLM2-135M, one worker on 2 cores, bf16 autocast,
+``max_steps`` sized so training takes about 8 minutes. Measured with ``bench/train_throughput.py``
+and an end-to-end ``run_finetune`` on 2 cores: a step of 8 demo-like prompts (about 1,160
+tokens) costs 5-8 s in bf16 (14 s when the host is busy); 30 steps took 207 s end to end, so 60
+steps plus two held-out evaluations, model loading and Ray start take about 6-7 minutes. The demo
+therefore trains on a few hundred ``sft/`` rows; quality needs the full-protocol run.
+A full-protocol run (``configs/full.yaml``) raises ``max_steps`` to a few epochs of ``sft/`` and
+runs on GPUs with DeepSpeed ZeRO-2 (``use_gpu: true``,
+``deepspeed_config: configs/deepspeed_zero2.json``).
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field
 
@@ -12,13 +25,29 @@ class FinetuneConfig(Section):
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    max_steps: int = Field(200, ge=1)
-    batch_size: int = Field(8, ge=1)
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1, description="module names that get LoRA",
+    )
+    max_steps: int = Field(60, ge=1, description="optimizer steps (demo: ~8 min on 2 CPU cores)")
+    batch_size: int = Field(8, ge=1, description="micro-batch per worker")
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(5, ge=0)
+    lr_schedule: Literal["cosine", "linear"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final LR as a fraction of lr")
+    grad_clip: float = Field(1.0, gt=0)
     max_seq_len: int = Field(192, ge=8)
+    bucket_by_length: bool = Field(True, description="sort by length within windows (less padding)")
+    eval_every: int = Field(30, ge=1, description="steps between held-out loss evaluations")
+    eval_samples: int = Field(32, ge=1, description="fixed sample of sft split=='valid' rows")
+    checkpoint_every: int = Field(30, ge=1, description="steps between checkpoints (resume points)")
+    log_every: int = Field(10, ge=1, description="steps between progress reports")
+    max_failures: int = Field(2, ge=-1, description="worker-group restarts (Ray FailureConfig)")
     num_workers: int = Field(1, ge=1)
+    cpus_per_worker: int | None = Field(None, ge=1, description="None: the Ray cluster's CPUs / workers")
     use_gpu: bool = False
-    deepspeed_config: str | None = None
-    bf16: bool = True
-    merge: bool = False
+    deepspeed_config: str | None = Field(None, description="DeepSpeed JSON (used with use_gpu)")
+    bf16: bool = Field(True, description="bf16 autocast where the CPU supports it; bf16 on GPU")
+    merge: bool = Field(False, description="also save a merged full model in model/merged/")

@@ -1,0 +1,198 @@
+"""The ``finetune`` stage: ``sft/`` -> ``model/`` (LoRA adapter + tokenizer + training metrics).
+
+Ray sits only here: a ``TorchTrainer`` runs :func:`semconv.finetune.train.train_func` on
+``num_workers`` workers, checkpoints to ``<run_dir>/_checkpoints/finetune`` and restarts failed
+workers from the latest checkpoint (``FailureConfig``). Re-running the stage after a crash resumes
+the same Ray Train run; a changed config or a rebuilt ``sft/`` starts it afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from semconv.artifacts import RunDir
+from semconv.config import PipelineConfig
+from semconv.finetune.checkpoint import FINAL
+from semconv.finetune.model import resolve_base
+from semconv.finetune.optim import deepspeed_config
+
+CHECKPOINTS = "_checkpoints"
+RUN_NAME = "finetune"
+_CODE = re.compile(r"<([a-z])_(\d+)>")
+
+
+class FinetuneInputError(ValueError):
+    """``sft/`` or ``sa_init.json`` that does not fit the configured code tokens."""
+
+
+def check_code_tokens_fit(table: Any, levels: int, codes_per_level: int) -> None:
+    """Every code token in the prompts and labels exists in the configured L x K vocabulary."""
+    for column in ("label", "prompt"):
+        texts = [t or "" for t in table.column(column).to_pylist()]
+        used = set(_CODE.findall("\n".join(texts)))  # one C-level scan; rows only on error
+        bad = sorted(f"<{l}_{c}>" for l, c in used if ord(l) - ord("a") >= levels or int(c) >= codes_per_level)
+        if bad:
+            row = next(i for i, t in enumerate(texts) if bad[0] in t)
+            raise FinetuneInputError(
+                f"sft/ row {row} {column} uses {bad[0]}, outside tokenize.levels={levels} x "
+                f"tokenize.codes_per_level={codes_per_level}; sft/ was built for another codebook"
+            )
+
+
+def read_sa_init(rd: RunDir) -> dict[str, list[str]]:
+    """``sft/sa_init.json`` ({code token: [keywords]}), required when ``tasks.sa_init`` is on."""
+    path = f"{rd.path('sft')}/sa_init.json"
+    if rd.fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise FinetuneInputError(f"tasks.sa_init is true but {path} does not exist; re-run the tasks stage")
+    with rd.fs.open_input_stream(path) as f:
+        data = json.loads(f.read().decode())
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise FinetuneInputError(f"{path} must map each code token to a list of keywords")
+    return data
+
+
+def train_config(cfg: PipelineConfig, base_path: Path, sa_init: dict[str, list[str]] | None) -> dict[str, Any]:
+    """The plain dict that ``train_func`` receives (everything a worker needs, nothing Ray)."""
+    ft = cfg.finetune
+    ds = None
+    if ft.use_gpu and ft.deepspeed_config:
+        ds = deepspeed_config(ft.deepspeed_config, ft.batch_size, ft.grad_accum, ft.num_workers, ft.grad_clip)
+    return {
+        "run_dir": cfg.run_dir, "base_path": str(base_path), "seed": cfg.seed,
+        "levels": cfg.tokenize.levels, "codes_per_level": cfg.tokenize.codes_per_level,
+        "lora": {"r": ft.lora_r, "alpha": ft.lora_alpha, "dropout": ft.lora_dropout,
+                 "target_modules": list(ft.target_modules)},
+        "sa_init": sa_init, "deepspeed": ds, "use_gpu": ft.use_gpu, "bf16": ft.bf16,
+        "threads": ft.cpus_per_worker,
+        **{k: getattr(ft, k) for k in (
+            "max_steps", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "lr_schedule",
+            "min_lr_ratio", "grad_clip", "max_seq_len", "bucket_by_length", "eval_every", "eval_samples",
+            "checkpoint_every", "log_every")},
+    }
+
+
+def _fingerprint(config: dict[str, Any], sft_manifest: dict[str, Any]) -> str:
+    blob = json.dumps({k: v for k, v in config.items() if k != "step_hook"}, sort_keys=True, default=str)
+    return hashlib.sha256((blob + str(sft_manifest.get("created_at"))).encode()).hexdigest()[:16]
+
+
+def _reset_stale_run(rd: RunDir, fingerprint: str) -> None:
+    """Drop checkpoints of a run with another config: resuming them would mix two trainings."""
+    run = f"{rd.path(CHECKPOINTS)}/{RUN_NAME}"
+    stamp = f"{rd.path(CHECKPOINTS)}/{RUN_NAME}.fingerprint"
+    old = None
+    if rd.fs.get_file_info(stamp).type != pafs.FileType.NotFound:
+        with rd.fs.open_input_stream(stamp) as f:
+            old = f.read().decode().strip()
+    if old != fingerprint and rd.fs.get_file_info(run).type != pafs.FileType.NotFound:
+        rd.fs.delete_dir(run)
+    rd.fs.create_dir(rd.path(CHECKPOINTS), recursive=True)
+    with rd.fs.open_output_stream(stamp) as f:
+        f.write(fingerprint.encode())
+
+
+def fit(config: dict[str, Any], cfg: PipelineConfig, storage: str) -> Any:
+    """Run ``train_func`` on a ``TorchTrainer``; returns the Ray Train ``Result``."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from semconv.finetune.train import train_func
+    from semconv.ray_env import init_ray
+
+    ft = cfg.finetune
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    cpus = ft.cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1)) // ft.num_workers)
+    config = {**config, "threads": config.get("threads") or cpus}
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if ft.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=ft.num_workers, use_gpu=ft.use_gpu,
+                                     resources_per_worker={"CPU": cpus}),
+        run_config=RunConfig(
+            name=RUN_NAME, storage_path=storage,
+            failure_config=FailureConfig(max_failures=ft.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    return trainer.fit()
+
+
+def plot_curve(metrics: dict[str, Any], path: Path) -> None:
+    """``train_curve.png``: train loss per step and held-out loss at evaluation steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(metrics["train_steps"], metrics["train_loss"], label="train", lw=1)
+    if metrics["eval_loss"]:
+        ax.plot(metrics["eval_steps"], metrics["eval_loss"], "o-", label="held-out")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("label cross-entropy")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_finetune(cfg: PipelineConfig, step_hook: Any = None) -> dict[str, str]:
+    """LoRA fine-tune on ``sft/`` and publish ``model/``; skips when ``model/`` is complete.
+
+    ``step_hook(step, rank)`` runs on every worker after each optimizer step (tests use it to
+    kill a worker once and watch the run resume).
+    """
+    rd = RunDir(cfg.run_dir)
+    if rd.is_complete("model"):
+        return {"model": rd.path("model")}
+    rd.require("sft")
+    table = rd.read_table("sft", columns=["prompt", "label", "split"])
+    check_code_tokens_fit(table, cfg.tokenize.levels, cfg.tokenize.codes_per_level)
+    sa_init = read_sa_init(rd) if cfg.tasks.sa_init else None
+    base_path = resolve_base(cfg.finetune.base_model)
+    config = train_config(cfg, base_path, sa_init)
+    _reset_stale_run(rd, _fingerprint(config, rd.manifest("sft")))
+    if step_hook is not None:
+        config["step_hook"] = step_hook
+    storage = rd.path(CHECKPOINTS) if rd.is_local else f"{rd.uri.rstrip('/')}/{CHECKPOINTS}"
+    result = fit(config, cfg, storage)
+    if result.error is not None:
+        raise RuntimeError(f"fine-tuning failed: {result.error}") from result.error
+    with result.checkpoint.as_directory() as ckpt_dir:
+        final = Path(ckpt_dir) / FINAL
+        if not final.exists():
+            raise RuntimeError(f"the last checkpoint {result.checkpoint.path} has no {FINAL}/ payload")
+        metrics = json.loads((final / "train_metrics.json").read_text())
+        manifest = {
+            "base_model": cfg.finetune.base_model, "base_path": str(base_path),
+            "levels": cfg.tokenize.levels, "codes_per_level": cfg.tokenize.codes_per_level,
+            "steps": metrics["steps"], "final_train_loss": metrics["train_loss"][-1],
+            "final_eval_loss": metrics["eval_loss"][-1] if metrics["eval_loss"] else None,
+            "sa_init": sa_init is not None, "merged": cfg.finetune.merge, "config_hash": cfg.config_hash(),
+        }
+        with rd.writing("model", manifest) as tmp:
+            for item in final.iterdir():
+                if item.is_file() and item.name != "README.md":
+                    shutil.copy2(item, tmp / item.name)
+            plot_curve(metrics, tmp / "train_curve.png")
+            if cfg.finetune.merge:
+                _save_merged(tmp, base_path)
+    return {"model": rd.path("model")}
+
+
+def _save_merged(model_dir: Path, base_path: Path) -> None:
+    """``model/merged/``: a full Hugging Face model with LoRA and code rows folded in."""
+    from semconv.finetune.model import load_for_inference
+
+    model, tokenizer = load_for_inference(model_dir, base_path)
+    model.save_pretrained(model_dir / "merged")
+    tokenizer.save_pretrained(model_dir / "merged")

@@ -1,0 +1,238 @@
+"""Alignment-task fine-tuning loop: a plain ``train_func(config)`` for Ray Train's TorchTrainer.
+
+Reads top to bottom like the procedure: build base + code tokens + LoRA, read ``sft/``, restore
+the latest checkpoint if Ray restarted us, then optimizer steps over a deterministic batch plan
+with periodic held-out loss, checkpoints and progress reports. On CPU the workers run DDP over
+gloo with bf16 autocast (fp32 master weights); on GPU with a DeepSpeed config, ZeRO-2 in bf16.
+
+``config`` is a plain dict (built by :func:`semconv.finetune.stage.train_config`), so the same
+function runs in one process (tests, benchmarks) or on N Ray workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semconv.finetune import checkpoint as ckpt
+from semconv.finetune.data import BatchPlan, SftExamples, encode_batch, eval_sample, split_examples
+from semconv.finetune.model import build_finetune_model
+from semconv.finetune.optim import build_optimizer, build_scheduler
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (oneDNN with AVX512-BF16 or AMX)."""
+    try:
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() and native)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast when asked and supported, else a no-op (fp32)."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if bf16 and device.type == "cpu" and cpu_bf16_supported():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def label_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens the loss is taken over (shifted labels that are not masked)."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def optimizer_step(
+    model: Any, micro_batches: Sequence[dict[str, torch.Tensor]], optimizer: Any, scheduler: Any,
+    params: Sequence[torch.nn.Parameter], grad_clip: float, bf16: bool, device: torch.device,
+) -> float:
+    """One optimizer step over ``len(micro_batches)`` accumulated micro-batches; mean loss."""
+    total = 0.0
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(device, bf16):
+                loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            (loss / len(micro_batches)).backward()
+        total += float(loss.detach())
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total / len(micro_batches)
+
+
+@torch.no_grad()
+def evaluation_loss(
+    model: Any, tokenizer: Any, examples: SftExamples, index: Sequence[int], batch_size: int,
+    max_len: int, bf16: bool, device: torch.device,
+) -> tuple[float, int]:
+    """Summed label-token loss and token count over ``index`` (callers all-reduce, then divide)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, tokens = 0.0, 0
+    for start in range(0, len(index), batch_size):
+        batch = encode_batch(tokenizer, examples, index[start : start + batch_size], max_len)
+        with autocast(device, bf16):
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        n = label_tokens(batch)
+        loss_sum += float(loss) * n
+        tokens += n
+    model.train(was_training)
+    return loss_sum, tokens
+
+
+def _all_reduce(values: list[float], device: torch.device) -> list[float]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _log(rank: int, msg: str) -> None:
+    if rank == 0:
+        print(f"[finetune] {msg}", flush=True)
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """Fine-tune on ``sft/`` of ``config['run_dir']``; reports metrics and checkpoints to Ray Train."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    torch.manual_seed(config["seed"])
+    use_ds = bool(config.get("use_gpu") and config.get("deepspeed"))
+    device = ray.train.torch.get_device() if config.get("use_gpu") else torch.device("cpu")
+    bf16 = bool(config["bf16"])
+
+    model, tokenizer, _ = build_finetune_model(
+        config["base_path"], config["levels"], config["codes_per_level"], lora=config["lora"],
+        sa_init=config.get("sa_init"),
+    )
+    from semconv.artifacts import RunDir
+
+    table = RunDir(config["run_dir"]).read_table("sft", columns=["prompt", "label", "split"])
+    train, valid = split_examples(table, "train"), split_examples(table, "valid")
+    bs, accum, max_len = config["batch_size"], config["grad_accum"], config["max_seq_len"]
+    plan = BatchPlan(train.lengths(), bs, config["seed"], config["bucket_by_length"])
+    eval_idx = eval_sample(valid, config["eval_samples"], config["seed"])[rank::world]
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, config["lr"], config["weight_decay"])
+    scheduler = build_scheduler(optimizer, config["warmup_steps"], config["max_steps"],
+                                config["lr_schedule"], config["min_lr_ratio"])
+    history = ckpt.new_history()
+    engine = None
+    resume = ray.train.get_checkpoint()
+    if use_ds:
+        import deepspeed
+
+        model.to(device)
+        engine, optimizer, _, scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config["deepspeed"])
+        if resume is not None:
+            with resume.as_directory() as d:
+                engine.load_checkpoint(d, tag=ckpt.DEEPSPEED_TAG)
+                history = ckpt.read_history(Path(d))
+    else:
+        if resume is not None:
+            with resume.as_directory() as d:
+                history = ckpt.load_state(Path(d), model, optimizer, scheduler)
+        model.to(device)
+    if resume is not None:
+        history["resumed_from_step"].append(history["step"])
+        _log(rank, f"resumed from step {history['step']}")
+    runner = engine if engine is not None else ray.train.torch.prepare_model(model, move_to_device=False)
+    runner.train()
+    peft_model = model
+    hook: Callable[[int, int], None] | None = config.get("step_hook")
+
+    def report(metrics: dict[str, Any], save: bool, final: bool = False) -> None:
+        if not save:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp)
+            if engine is not None:
+                engine.save_checkpoint(tmp, tag=ckpt.DEEPSPEED_TAG)
+            if rank == 0:
+                if engine is None:
+                    ckpt.save_state(path, peft_model, optimizer, scheduler, history)
+                else:
+                    (path / ckpt.STATE).write_text(json.dumps(history))
+                if final:
+                    ckpt.save_final(path / ckpt.FINAL, peft_model, tokenizer, final_metrics(history, world))
+            has_files = any(path.iterdir())
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if has_files else None)
+
+    start_step, time_before, t0 = history["step"], history["train_time_s"], time.perf_counter()
+    samples_here = 0
+    for step in range(start_step, config["max_steps"]):
+        batches = [encode_batch(tokenizer, train, plan.micro_batch(step, a, accum, rank, world), max_len)
+                   for a in range(accum)]
+        if engine is not None:
+            losses = []
+            for batch in batches:
+                with autocast(device, bf16):
+                    loss = engine(**{k: v.to(device) for k, v in batch.items()}).loss
+                engine.backward(loss)
+                engine.step()
+                losses.append(float(loss.detach()))
+            loss_value = sum(losses) / len(losses)
+        else:
+            loss_value = optimizer_step(runner, batches, optimizer, scheduler, params,
+                                        config["grad_clip"], bf16, device)
+        n_samples = sum(len(b["input_ids"]) for b in batches)
+        loss_value, n_samples = _all_reduce([loss_value, float(n_samples)], device)
+        loss_value /= world
+        samples_here += int(n_samples)
+        elapsed = time.perf_counter() - t0
+        done = step + 1
+        history.update(step=done, samples=history["samples"] + int(n_samples),
+                       train_time_s=time_before + elapsed)
+        history["train_loss"].append(loss_value)
+        history["train_steps"].append(done)
+        history["lr"].append(scheduler.get_last_lr()[0])
+        metrics = {"step": done, "train_loss": loss_value, "lr": history["lr"][-1],
+                   "samples_per_s": samples_here / max(elapsed, 1e-9)}
+        last = done == config["max_steps"]
+        if len(valid) and (done % config["eval_every"] == 0 or last):
+            loss_sum, tokens = _all_reduce(
+                list(evaluation_loss(runner, tokenizer, valid, eval_idx, bs, max_len, bf16, device)), device)
+            metrics["eval_loss"] = loss_sum / max(tokens, 1)
+            history["eval_loss"].append(metrics["eval_loss"])
+            history["eval_steps"].append(done)
+        save = done % config["checkpoint_every"] == 0 or last
+        if save or done % config["log_every"] == 0:
+            _log(rank, f"step {done}/{config['max_steps']} loss {loss_value:.4f} lr {metrics['lr']:.2e} "
+                       f"{metrics['samples_per_s']:.2f} samples/s"
+                       + (f" eval_loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""))
+            report(metrics, save=save, final=last)
+        if hook is not None:
+            hook(done, rank)
+    if start_step >= config["max_steps"]:  # restored after the last step: publish the final payload again
+        report({"step": start_step}, save=True, final=True)
+
+
+def final_metrics(history: dict[str, Any], world: int) -> dict[str, Any]:
+    """``train_metrics.json``: losses in step order plus throughput and wall time."""
+    out = dict(history)
+    out["steps"] = history["step"]
+    out["workers"] = world
+    out["samples_per_s"] = history["samples"] / history["train_time_s"] if history["train_time_s"] else None
+    return out

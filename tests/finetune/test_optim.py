@@ -1,0 +1,55 @@
+"""Warmup + decay schedule, and the DeepSpeed ZeRO-2 file the GPU path uses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from semconv.finetune.optim import DeepSpeedConfigError, deepspeed_config, lr_factor
+
+REPO = Path(__file__).resolve().parents[2]
+ZERO2 = REPO / "configs" / "deepspeed_zero2.json"
+
+
+def test_warmup_then_cosine_decay_to_the_floor():
+    f = [lr_factor(s, warmup_steps=10, total_steps=110, kind="cosine", min_lr_ratio=0.1) for s in range(110)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0)
+    assert f[60] == pytest.approx(0.55, abs=1e-6)  # halfway through the decay
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert lr_factor(110, 10, 110, "cosine", 0.1) == pytest.approx(0.1)
+
+
+def test_linear_decay_without_warmup():
+    assert lr_factor(0, 0, 100, "linear") == pytest.approx(1.0)
+    assert lr_factor(50, 0, 100, "linear") == pytest.approx(0.5)
+    assert lr_factor(100, 0, 100, "linear") == pytest.approx(0.0)
+
+
+def test_zero2_file_validates_with_deepspeed():
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    raw = json.loads(ZERO2.read_text())
+    assert raw["zero_optimization"]["stage"] == 2 and raw["bf16"]["enabled"] is True
+    cfg = deepspeed_config(ZERO2, micro_batch=8, grad_accum=4, world_size=1, grad_clip=0.5)
+    assert cfg["train_batch_size"] == 32 and cfg["gradient_clipping"] == 0.5
+    ds = DeepSpeedConfig(cfg)  # DeepSpeed's own checks (batch arithmetic, known keys)
+    assert ds.zero_optimization_stage == 2
+    assert ds.bfloat16_config.enabled
+    assert ds.train_micro_batch_size_per_gpu == 8 and ds.gradient_accumulation_steps == 4
+
+
+def test_inconsistent_batch_sizes_are_rejected(tmp_path):
+    bad = json.loads(ZERO2.read_text()) | {"train_micro_batch_size_per_gpu": 16}
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(DeepSpeedConfigError, match="train_micro_batch_size_per_gpu = 16"):
+        deepspeed_config(path, micro_batch=8, grad_accum=1, world_size=2)
+    stage3 = json.loads(ZERO2.read_text()) | {"zero_optimization": {"stage": 3}}
+    path.write_text(json.dumps(stage3))
+    with pytest.raises(DeepSpeedConfigError, match="stage = 3"):
+        deepspeed_config(path, 8, 1, 1)
+    with pytest.raises(DeepSpeedConfigError, match="not found"):
+        deepspeed_config(tmp_path / "missing.json", 8, 1, 1)

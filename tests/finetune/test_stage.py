@@ -1,0 +1,92 @@
+"""``run_finetune`` on Ray Train: a complete ``model/``, loadable for decoding; resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+
+from semconv.artifacts import RunDir
+from semconv.finetune.data import encode_batch, split_examples
+from semconv.finetune.model import load_for_inference
+from semconv.finetune.stage import FinetuneInputError, run_finetune
+
+from .conftest import sft_table, tiny_config
+
+
+def test_run_finetune_writes_a_complete_model_that_loads(ray_local, planted_run_dir, tiny_lm_dir):
+    cfg = tiny_config(planted_run_dir, tiny_lm_dir, max_steps=4, eval_every=2, checkpoint_every=2, merge=True)
+    out = run_finetune(cfg)
+    model_dir = Path(out["model"])
+    rd = RunDir(planted_run_dir)
+    assert rd.is_complete("model")
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "train_metrics.json",
+                 "train_curve.png", "merged/config.json"):
+        assert (model_dir / name).is_file(), name
+    metrics = json.loads((model_dir / "train_metrics.json").read_text())
+    assert metrics["train_steps"] == [1, 2, 3, 4] and len(metrics["train_loss"]) == 4
+    assert metrics["eval_steps"] == [2, 4] and all(x > 0 for x in metrics["eval_loss"])
+    assert metrics["samples"] == 4 * 4 and metrics["samples_per_s"] > 0
+    # The adapter holds the code rows but not the whole resized vocabulary.
+    assert (model_dir / "adapter_model.safetensors").stat().st_size < 200_000
+    assert list((planted_run_dir / "_checkpoints" / "finetune").glob("checkpoint_*"))
+
+    model, tok = load_for_inference(model_dir, str(tiny_lm_dir))
+    batch = encode_batch(tok, split_examples(sft_table(0, 4), "valid"), range(4), 128)
+    with torch.no_grad():
+        loss = model(**batch).loss
+    assert abs(float(loss) - metrics["eval_loss"][-1]) < 0.5  # same model the run evaluated
+    merged_logits = _logits(model_dir / "merged", batch)
+    assert torch.allclose(merged_logits, model(**batch).logits.detach(), atol=1e-4)
+
+    before = (model_dir / "_SUCCESS").read_text()
+    assert run_finetune(cfg) == out and (model_dir / "_SUCCESS").read_text() == before  # complete: skipped
+
+
+def _logits(path: Path, batch: dict) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    with torch.no_grad():
+        return AutoModelForCausalLM.from_pretrained(path)(**batch).logits
+
+
+def test_codes_outside_the_configured_vocabulary_are_rejected(tmp_path, tiny_lm_dir):
+    run = tmp_path / "run"
+    table = sft_table(4, 2)
+    bad = table.set_column(2, "label", pa.array(["<a_1><b_9><c_0><d_0>"] * table.num_rows))
+    RunDir(run).write_table("sft", bad)
+    with pytest.raises(FinetuneInputError, match=r"row 0 label uses <b_9>"):
+        run_finetune(tiny_config(run, tiny_lm_dir))
+    cfg = tiny_config(run, tiny_lm_dir)
+    cfg.tasks.sa_init = True
+    RunDir(run).write_table("sft", table)
+    with pytest.raises(FinetuneInputError, match="sa_init.json"):
+        run_finetune(cfg)
+
+
+def _fail_once(marker: str, at_step: int):
+    """A step hook that kills worker 1 once, right after the first checkpoint."""
+
+    def hook(step: int, rank: int) -> None:
+        if rank == 1 and step == at_step and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+
+    return hook
+
+
+@pytest.mark.slow
+def test_two_workers_resume_after_a_killed_worker(ray_local, planted_run_dir, tiny_lm_dir, tmp_path):
+    marker = str(tmp_path / "failed-once")
+    cfg = tiny_config(planted_run_dir, tiny_lm_dir, num_workers=2, max_steps=6, checkpoint_every=3,
+                      eval_every=3, max_failures=1)
+    out = run_finetune(cfg, step_hook=_fail_once(marker, at_step=4))
+    assert os.path.exists(marker), "the hook must have killed a worker"
+    metrics = json.loads((Path(out["model"]) / "train_metrics.json").read_text())
+    assert metrics["resumed_from_step"] == [3]  # restarted from the step-3 checkpoint
+    assert metrics["train_steps"] == [1, 2, 3, 4, 5, 6]  # the counter went on, no step twice
+    assert metrics["workers"] == 2 and metrics["samples"] == 6 * 2 * 4
