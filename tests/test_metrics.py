@@ -44,3 +44,17 @@ def test_topk_from_scores_excludes_and_breaks_ties_by_id():
     scores = np.array([[0.1, 0.9, 0.9, 0.5], [1.0, 0.0, 0.2, 0.3]])
     assert topk_from_scores(scores, 2).tolist() == [[1, 2], [0, 3]]
     assert topk_from_scores(scores, 2, exclude=[[1], [0, 3]]).tolist() == [[2, 3], [2, 1]]
+
+
+def test_topk_matches_a_stable_full_sort_with_ties_and_exclusions():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, (40, 30)).astype(np.float32)  # many ties
+    exclude = [rng.choice(30, rng.integers(0, 21), replace=False) for _ in range(40)]
+    masked = scores.copy()
+    for r, items in enumerate(exclude):
+        masked[r, items] = -np.inf
+    expected = np.argsort(-masked, axis=1, kind="stable")[:, :10]
+    expected = np.where(np.take_along_axis(masked, expected, 1) == -np.inf, -1, expected)
+    np.testing.assert_array_equal(topk_from_scores(scores, 10, exclude), expected)
+    few = topk_from_scores(scores[:1], 10, [np.arange(25)])  # 5 candidates left: padded with -1
+    assert few[0, 5:].tolist() == [-1] * 5 and sorted(few[0, :5].tolist()) == list(range(25, 30))

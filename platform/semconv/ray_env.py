@@ -26,6 +26,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address is None:
         # "local" always starts a fresh instance: a bare ray.init() would join whatever cluster
         # /tmp/ray/ray_current_cluster names on a shared machine.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # the dashboard hosts the state API that Ray Train's placement-group cleaner polls
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
     else:
         ray.init(address=address, **kwargs)

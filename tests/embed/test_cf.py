@@ -121,17 +121,3 @@ def test_saved_model_recommends_the_same_top_k_and_excludes_history(planted, tmp
     assert top[0, 0] == max(set(range(100)) - set(hist[0].tolist()), key=lambda i: scores[0, i])
     with pytest.raises(UnknownUserError, match="user_id 999"):
         recommend_topk(tmp_path / "cf", np.array([999]), k=5)
-
-
-def test_top_k_matches_the_shared_full_sort_including_ties_and_exclusions():
-    from semconv.embed.cf import top_k
-    from semconv.metrics import topk_from_scores
-
-    rng = np.random.default_rng(0)
-    scores = rng.integers(0, 4, (40, 30)).astype(np.float32)  # many ties
-    exclude = [rng.choice(30, rng.integers(0, 21), replace=False) for _ in range(40)]
-    expected = topk_from_scores(scores, 10, exclude)
-    got = top_k(scores, 10, exclude)
-    np.testing.assert_array_equal(got, expected)
-    few = top_k(scores[:1], 10, [np.arange(25)])  # only 5 candidates left: padded with -1
-    assert few[0, 5:].tolist() == [-1] * 5 and sorted(few[0, :5].tolist()) == list(range(25, 30))

@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from semconv.metrics import ranking_metrics
+from semconv.metrics import ranking_metrics, topk_from_scores
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -175,38 +175,11 @@ class CFRecommender:
         """Top-``k`` item ids per user, best first; ``exclude[j]`` masks items for user ``j``."""
         rows = self.user_rows(user_ids)
         out = [
-            top_k(self.user_embedding[rows[s : s + chunk]] @ self.item_embedding.T, k,
+            topk_from_scores(self.user_embedding[rows[s : s + chunk]] @ self.item_embedding.T, k,
                   None if exclude is None else exclude[s : s + chunk])
             for s in range(0, len(rows), chunk)
         ]
         return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
-
-
-def top_k(scores: np.ndarray, k: int, exclude: list[np.ndarray] | None = None) -> np.ndarray:
-    """Top-``k`` columns per row, best first, ties to the lower id (as ``metrics.topk_from_scores``);
-    excluded items never appear (a row with fewer than ``k`` candidates is padded with -1).
-
-    ``argpartition`` + a sort of the ``k`` winners, about 5x faster than a full sort on 4k items;
-    a row whose boundary score is tied beyond the winners is re-ranked with a stable full sort.
-    """
-    scores = np.array(scores, dtype=np.float32, copy=True)
-    if exclude is not None:
-        for r, items in enumerate(exclude):
-            if len(items):
-                scores[r, np.asarray(items, dtype=np.int64)] = -np.inf
-    k = min(k, scores.shape[1])
-    if k == 0:
-        return np.zeros((len(scores), 0), dtype=np.int64)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    vals = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -vals), axis=1)
-    top = np.take_along_axis(part, order, axis=1)
-    edge = vals.min(axis=1, keepdims=True)
-    tied = (scores == edge).sum(1) > (vals == edge).sum(1)
-    for r in np.flatnonzero(tied):
-        top[r] = np.argsort(-scores[r], kind="stable")[:k]
-    top_vals = np.take_along_axis(scores, top, axis=1)
-    return np.where(top_vals == -np.inf, -1, top)
 
 
 def recommend_topk(

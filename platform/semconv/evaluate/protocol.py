@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 import torch
 
-from semconv.metrics import ranking_metrics
+from semconv.metrics import topk_from_scores, ranking_metrics
 
 SPLITS = ("train", "valid", "test")
 
@@ -108,23 +108,5 @@ def history_exclusions(rows: SplitRows, exclude_history: bool) -> list[np.ndarra
 
 
 def exact_topk(scores: torch.Tensor, k: int) -> np.ndarray:
-    """Top-``k`` columns per row, best first, ties broken by the lower column (like a stable sort).
-
-    ``torch.topk`` finds the k-th value fast; every column scoring at least that much is a
-    candidate, and candidates are ordered by (score desc, id asc). A full sort of each row
-    would give the same answer at many times the cost.
-    """
-    kth = torch.topk(scores, k, dim=1).values[:, -1:]
-    cand = scores >= kth
-    out = np.empty((scores.shape[0], k), dtype=np.int64)
-    exact = cand.sum(1) == k
-    if exact.any():  # the usual case: exactly k candidates, order them in one vectorised step
-        rows = scores[exact]
-        idx = cand[exact].nonzero()[:, 1].view(-1, k).numpy()
-        vals = np.take_along_axis(rows.numpy(), idx, axis=1)
-        order = np.lexsort((idx, -vals), axis=-1)
-        out[exact.numpy()] = np.take_along_axis(idx, order, axis=1)
-    for r in (~exact).nonzero()[:, 0].tolist():  # ties at the cut-off
-        ids = cand[r].nonzero()[:, 0]
-        out[r] = ids[torch.sort(-scores[r, ids], stable=True).indices[:k]].numpy()
-    return out
+    """Top-``k`` columns per row of a score tensor, best first, ties to the lower column."""
+    return topk_from_scores(scores.detach().float().cpu().numpy(), k)

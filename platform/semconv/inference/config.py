@@ -15,7 +15,8 @@ class PrecacheConfig(Section):
                                                    "length inside it to limit padding")
     num_actors: int = Field(1, ge=1, description="Ray Data actor pool size (one model each)")
     cpus_per_actor: int = Field(1, ge=1, description="CPU threads per actor when not use_gpu")
-    exclude_history: bool = Field(False, description="never recommend items already in the history")
+    exclude_history: bool = Field(True, description="never recommend items already in the history "
+                                  "(the demo data has no repeat purchases)")
     share_prefix: bool = Field(True, description="compute the shared prompt preamble's KV once")
     bf16: bool = True
     use_gpu: bool = False
