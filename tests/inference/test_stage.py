@@ -69,3 +69,15 @@ def test_run_precache_names_the_missing_input(tmp_path):
     cfg = PipelineConfig(run_dir=str(tmp_path / "empty"))
     with pytest.raises(ArtifactError, match="splits"):
         run_precache(cfg)
+
+
+def test_cpu_actors_must_leave_a_cpu_for_reading_users():
+    from semconv.config import load_config
+    from semconv.inference.precache import PrecacheError
+    from semconv.inference.stage import check_actor_budget
+
+    cfg = load_config(None, ["precache.num_actors=2"]).precache
+    with pytest.raises(PrecacheError, match=r"precache.num_actors x precache.cpus_per_actor = 2 CPUs"):
+        check_actor_budget(cfg, 2.0)
+    check_actor_budget(cfg, 3.0)
+    check_actor_budget(load_config(None, ["precache.num_actors=8", "precache.use_gpu=true"]).precache, 2.0)

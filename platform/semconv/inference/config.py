@@ -14,7 +14,11 @@ class PrecacheConfig(Section):
     sort_window: int = Field(8, ge=1, description="batches per actor call; users sorted by prompt "
                                                    "length inside it to limit padding")
     num_actors: int = Field(1, ge=1, description="Ray Data actor pool size (one model each)")
-    cpus_per_actor: int = Field(1, ge=1, description="CPU threads per actor when not use_gpu")
+    cpus_per_actor: int = Field(1, ge=1, description="CPUs each actor reserves when not use_gpu "
+                                "(the actors must leave one CPU for Ray Data's read tasks)")
+    threads_per_actor: int | None = Field(
+        2, ge=1, description="torch threads per actor (None: cpus_per_actor); the demo reserves "
+                             "1 CPU per actor but runs 2 threads to use both cores of a laptop")
     exclude_history: bool = Field(True, description="never recommend items already in the history "
                                   "(the demo data has no repeat purchases)")
     share_prefix: bool = Field(True, description="compute the shared prompt preamble's KV once")

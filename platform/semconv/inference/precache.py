@@ -178,6 +178,13 @@ class PrecacheActor:
         )
 
 
+LIGHT_CPU = 0.1  # CPU share requested by read / filter / re-blocking tasks
+
+
+def _identity(batch: pa.Table) -> pa.Table:
+    return batch
+
+
 def _pending_rows(batch: pa.Table, starts: np.ndarray, pending: np.ndarray) -> pa.Table:
     """Keep the rows of users whose shard is still missing (shards from ``starts``)."""
     shard = np.searchsorted(starts, batch["user_id"].to_numpy(), side="right") - 1
@@ -232,6 +239,7 @@ def precache_users(
     num_actors: int = 1,
     use_gpu: bool = False,
     cpus_per_actor: int = 1,
+    threads_per_actor: int | None = None,
     exclude_history: bool = False,
     share_prefix: bool = True,
     presorted: bool = False,
@@ -250,14 +258,17 @@ def precache_users(
     t0 = time.perf_counter()
     if not pending.any():
         return {"shards_written": 0, "users_written": 0, "seconds": 0.0}
+    # The light operators ask for a sliver of CPU: the actor pool may hold every whole CPU of a
+    # small machine, and a read or filter task that waits for a whole CPU would never run.
     ds = users.select_columns(["user_id", "history"]).map_batches(
-        _pending_rows, batch_format="pyarrow",
+        _pending_rows, batch_format="pyarrow", num_cpus=LIGHT_CPU,
         fn_kwargs={"starts": np.asarray(plan.starts, dtype=np.int64), "pending": pending},
     )
     if not presorted:
         ds = ds.sort("user_id")
     # one block per actor call: an actor task takes whole blocks, so big blocks would starve the pool
-    ds = ds.repartition(target_num_rows_per_block=batch_size * sort_window)
+    ds = ds.map_batches(_identity, batch_format="pyarrow", batch_size=batch_size * sort_window,
+                        num_cpus=LIGHT_CPU)
     ds = ds.map_batches(
         PrecacheActor,
         batch_format="pyarrow",
@@ -268,7 +279,7 @@ def precache_users(
         fn_constructor_kwargs={
             "spec": spec, "item_codes": item_codes, "item_ids": item_ids, "num_beams": num_beams,
             "top_k": top_k, "batch_size": batch_size, "exclude_history": exclude_history,
-            "use_gpu": use_gpu, "num_threads": cpus_per_actor, "share_prefix": share_prefix,
+            "use_gpu": use_gpu, "num_threads": threads_per_actor or cpus_per_actor, "share_prefix": share_prefix,
         },
     )
     ds.context.execution_options.preserve_order = True

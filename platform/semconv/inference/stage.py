@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 from semconv.artifacts import RunDir
 from semconv.inference.loading import ModelSpec
 from semconv.inference.precache import (
+    LIGHT_CPU,
+    PrecacheError,
     ShardPlan,
     check_shards,
     open_partial,
@@ -67,6 +69,18 @@ def _test_rows(batch):
     return batch.filter(pc.equal(batch["split"], "test"))
 
 
+def check_actor_budget(pc_cfg, cluster_cpus: float) -> None:
+    """CPU actors must leave a whole CPU for Ray Data's read / filter tasks, or nothing runs."""
+    if pc_cfg.use_gpu:
+        return
+    need = pc_cfg.num_actors * pc_cfg.cpus_per_actor
+    if need > cluster_cpus - 1:
+        raise PrecacheError(
+            f"precache.num_actors x precache.cpus_per_actor = {need} CPUs, but the cluster has "
+            f"{cluster_cpus:g}: leave at least one CPU for reading users (use "
+            f"precache.threads_per_actor to give an actor more torch threads than CPUs it reserves)")
+
+
 def run_precache(cfg: PipelineConfig) -> dict[str, str]:
     """Rank the top-K items of every test user with the fine-tuned model; returns ``{"precache": path}``."""
     import ray.data
@@ -96,14 +110,17 @@ def run_precache(cfg: PipelineConfig) -> dict[str, str]:
     log.info("precache: %d users in %d shards, %d already done", plan.num_users, plan.num_shards, len(done))
 
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    check_actor_budget(pc_cfg, ray.cluster_resources().get("CPU", 0))
     users = ray.data.read_parquet(_parquet_files(run, "splits"), filesystem=run.fs,
-                                  columns=["split", "user_id", "history"])
-    users = users.map_batches(_test_rows, batch_format="pyarrow")
+                                  columns=["split", "user_id", "history"],
+                                  ray_remote_args={"num_cpus": LIGHT_CPU})
+    users = users.map_batches(_test_rows, batch_format="pyarrow", num_cpus=LIGHT_CPU)
     stats = precache_users(
         users, plan, run.fs, partial, spec, codes, item_ids, done=done,
         num_beams=pc_cfg.num_beams, top_k=pc_cfg.top_k, batch_size=pc_cfg.batch_size,
         sort_window=pc_cfg.sort_window, num_actors=pc_cfg.num_actors, use_gpu=pc_cfg.use_gpu,
-        cpus_per_actor=pc_cfg.cpus_per_actor, exclude_history=pc_cfg.exclude_history,
+        cpus_per_actor=pc_cfg.cpus_per_actor, threads_per_actor=pc_cfg.threads_per_actor,
+        exclude_history=pc_cfg.exclude_history,
         share_prefix=pc_cfg.share_prefix, presorted=presorted,
     )
     check_shards(run.fs, partial, plan)
