@@ -15,7 +15,7 @@ from semconv.config import load_config
 from semconv.data import prepare as prep
 from semconv.data.readers import DataError
 
-from conftest import DEMO_DATA
+DEMO_DATA = Path(__file__).resolve().parents[2] / "data" / "Scientific"
 
 INTER = [  # user, item, timestamp, review  (deliberately out of time order in the file)
     ("u1", "i2", 20, "great"), ("u1", "i1", 10, ""), ("u1", "i3", 30, "ok"), ("u1", "i4", 40, "meh"),

@@ -9,7 +9,7 @@ from semconv.tokenize.assign import assign_codes
 from semconv.tokenize.config import TokenizeConfig
 from semconv.tokenize.train import shard_indices, train_codebook
 
-from conftest import planted
+from tokenize_helpers import planted
 
 
 def test_shards_cover_every_item_with_equal_lengths():

@@ -13,7 +13,7 @@ from semconv.tokenize.cold_start import CodebookTokenizer, read_code_table
 from semconv.tokenize.inputs import TokenizeInputError
 from semconv.tokenize.stage import run_tokenize
 
-from conftest import planted, write_inputs
+from tokenize_helpers import planted, write_inputs
 
 
 def small_cfg(run_dir, **tokenize) -> PipelineConfig:
