@@ -81,3 +81,22 @@ def test_cpu_actors_must_leave_a_cpu_for_reading_users():
         check_actor_budget(cfg, 2.0)
     check_actor_budget(cfg, 3.0)
     check_actor_budget(load_config(None, ["precache.num_actors=8", "precache.use_gpu=true"]).precache, 2.0)
+
+
+def test_max_users_precaches_a_seeded_sample_and_evaluate_scores_that_sample(ray_local, tiny_lm_dir, tmp_path):
+    from semconv.evaluate.stage import evaluate_systems
+
+    run = _make_run_dir(tmp_path / "run", tiny_lm_dir)
+    cfg = PipelineConfig(run_dir=str(tmp_path / "run"), finetune={"base_model": str(tiny_lm_dir)},
+                         precache={"bf16": False, "num_beams": 8, "top_k": 5, "users_per_shard": 50,
+                                   "batch_size": 8, "max_users": 30},
+                         evaluate={"baselines": ["popularity"], "ks": [1, 5]})
+    run_precache(cfg)
+    manifest = run.manifest(PRECACHE)
+    assert manifest["users"] == 30 and manifest["test_users"] == NUM_USERS and manifest["sampled"]
+    users = run.read_table(PRECACHE)["user_id"].to_pylist()
+    assert len(set(users)) == 30 and set(users) <= set(range(NUM_USERS))
+    run.write_table("items", pa.table({"item_id": pa.array(range(NUM_ITEMS), pa.int64())}))
+    payload = evaluate_systems(cfg, run)
+    assert payload["users"] == 30 and payload["missing_users"]["semconv"] == 0
+    assert payload["protocol"]["users"].startswith("a seeded sample")

@@ -38,6 +38,12 @@ class SplitRows:
     def __len__(self) -> int:
         return len(self.user_ids)
 
+    def restrict(self, user_ids: np.ndarray) -> SplitRows:
+        """The rows of the users in ``user_ids`` (order kept): every system scored on one sample."""
+        keep = np.isin(self.user_ids, user_ids)
+        return SplitRows(self.split, self.user_ids[keep],
+                         [h for h, k in zip(self.histories, keep) if k], self.targets[keep])
+
 
 def split_rows(splits: pa.Table, split: str) -> SplitRows:
     """The ``split`` rows of a ``splits/`` table; valid and test must have one row per user."""

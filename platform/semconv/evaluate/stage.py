@@ -74,6 +74,10 @@ def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = T
         raise ValueError(f"{run.path('splits')}: no test rows to evaluate")
     precache = run.manifest(PRECACHE) if include_semconv else {}
     exclude = bool(precache.get("exclude_history", cfg.precache.exclude_history))
+    sampled = bool(precache.get("sampled"))
+    if sampled:  # a demo precache of a user sample: score every system on the same users
+        cached = run.read_table(PRECACHE, columns=["user_id"]).column("user_id").to_numpy()
+        rows = {s: (r.restrict(cached) if s != "train" else r) for s, r in rows.items()}
     out: dict[str, Any] = {
         split: {"users": len(rows[split]), "systems": {}, "missing_users": {}}
         for split in ("test", "valid")
@@ -101,7 +105,8 @@ def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = T
         log.info("baseline %s ranked in %.1f s", name, seconds[name])
         baselines[name] = info
         for split, ranking in ranked.items():
-            out[split]["systems"][name] = evaluate_rankings(ranking, rows[split], ks)
+            if len(rows[split]):  # a split can be empty (e.g. no valid rows in a tiny sample)
+                out[split]["systems"][name] = evaluate_rankings(ranking, rows[split], ks)
     test = out["test"]
     payload: dict[str, Any] = {
         "config_hash": cfg.config_hash(),
@@ -110,7 +115,8 @@ def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = T
         "items": num_items,
         "ks": ks,
         "protocol": {"split": "leave-last-out", "ranking": "all items",
-                     "exclude_history": exclude, "missing_users": "count as misses"},
+                     "exclude_history": exclude, "missing_users": "count as misses",
+                     "users": "a seeded sample (precache.max_users)" if sampled else "every test user"},
         "systems": test["systems"],
         "missing_users": test["missing_users"],
         "baselines": baselines,

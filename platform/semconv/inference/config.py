@@ -24,6 +24,10 @@ class PrecacheConfig(Section):
     share_prefix: bool = Field(True, description="compute the shared prompt preamble's KV once")
     bf16: bool = True
     use_gpu: bool = False
+    max_users: int | None = Field(
+        None, ge=1, description="None: every test user (production). A number precaches a seeded "
+                                "sample of that many users, for a CPU demo; evaluate then scores "
+                                "every system on the same sample")
     users_per_shard: int = Field(2048, ge=1, description="users per output shard (unit of resume)")
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -65,8 +66,12 @@ def test_user_ids(run: RunDir) -> tuple[np.ndarray, bool]:
     return ids, bool((np.diff(ids) > 0).all())
 
 
-def _test_rows(batch):
-    return batch.filter(pc.equal(batch["split"], "test"))
+def _test_rows(batch, keep: np.ndarray | None = None):
+    """The test rows of a batch, restricted to the users in ``keep`` when sampling."""
+    rows = batch.filter(pc.equal(batch["split"], "test"))
+    if keep is not None:
+        rows = rows.filter(pc.is_in(rows["user_id"], value_set=pa.array(keep)))
+    return rows
 
 
 def check_actor_budget(pc_cfg, cluster_cpus: float) -> None:
@@ -96,6 +101,11 @@ def run_precache(cfg: PipelineConfig) -> dict[str, str]:
     user_ids, presorted = test_user_ids(run)
     if len(user_ids) == 0:
         raise ValueError(f"{run.path('splits')} has no test rows: nothing to precache")
+    total_users = len(user_ids)
+    if pc_cfg.max_users is not None and pc_cfg.max_users < total_users:
+        rng = np.random.default_rng(cfg.seed)
+        user_ids = np.sort(rng.choice(user_ids, pc_cfg.max_users, replace=False))
+        presorted = False
     plan = ShardPlan.from_user_ids(user_ids, pc_cfg.users_per_shard)
     dtype = "bfloat16" if pc_cfg.bf16 else "float32"
     model_dir = str(run.local("model"))
@@ -104,6 +114,7 @@ def run_precache(cfg: PipelineConfig) -> dict[str, str]:
         **{name: run.manifest(name).get("created_at") for name in INPUTS},
         "base_model": cfg.finetune.base_model, "dtype": dtype, "top_k": pc_cfg.top_k,
         "num_beams": pc_cfg.num_beams, "exclude_history": pc_cfg.exclude_history,
+        "max_users": pc_cfg.max_users, "seed": cfg.seed,
     }
     partial = run.path(PARTIAL)
     done = open_partial(run.fs, partial, plan, fingerprint)
@@ -114,7 +125,8 @@ def run_precache(cfg: PipelineConfig) -> dict[str, str]:
     users = ray.data.read_parquet(_parquet_files(run, "splits"), filesystem=run.fs,
                                   columns=["split", "user_id", "history"],
                                   ray_remote_args={"num_cpus": LIGHT_CPU})
-    users = users.map_batches(_test_rows, batch_format="pyarrow", num_cpus=LIGHT_CPU)
+    users = users.map_batches(_test_rows, batch_format="pyarrow", num_cpus=LIGHT_CPU,
+                              fn_kwargs={"keep": user_ids if len(user_ids) < total_users else None})
     stats = precache_users(
         users, plan, run.fs, partial, spec, codes, item_ids, done=done,
         num_beams=pc_cfg.num_beams, top_k=pc_cfg.top_k, batch_size=pc_cfg.batch_size,
@@ -128,6 +140,7 @@ def run_precache(cfg: PipelineConfig) -> dict[str, str]:
         "model": model_dir, "base_model": cfg.finetune.base_model, "codebook": run.path("codebook"),
         "item_codes": run.path("item_codes"), "top_k": pc_cfg.top_k, "num_beams": pc_cfg.num_beams,
         "exclude_history": pc_cfg.exclude_history, "dtype": dtype, "users": plan.num_users,
+        "test_users": total_users, "sampled": plan.num_users < total_users,
         "shards": plan.num_shards, "inputs": fingerprint, "config_hash": cfg.config_hash(),
         "last_run": stats,
     }
