@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -34,7 +35,25 @@ def main(argv: Sequence[str] | None = None, stage: str | None = None) -> int:
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     stages = [args.stage] if args.stage != "pipeline" else (args.stages.split(",") if args.stages else None)
     run_pipeline(cfg, stages)
+    print_summary(cfg)
     return 0
+
+
+def print_summary(cfg) -> None:
+    """The end of a run: the metrics table, where the report is, how to serve the result."""
+    from semconv.artifacts import RunDir
+
+    run = RunDir(cfg.run_dir)
+    if run.is_complete("report"):
+        from semconv.evaluate.report import results_table
+
+        metrics = json.loads((run.local("report") / "metrics.json").read_text())
+        print(f"\nResults ({metrics['split']} split, {metrics['users']} users, all "
+              f"{metrics['items']} items ranked):")
+        print("\n".join(results_table(metrics["systems"], metrics["ks"])))
+        print(f"\nReport: {run.path('report')}/report.md")
+    if run.is_complete("precache"):
+        print(f"Serve it: serve run --address local serve_app.app:app_builder run_dir={cfg.run_dir}")
 
 
 if __name__ == "__main__":
