@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -74,6 +75,9 @@ def _fail_once(marker: str, at_step: int):
     def hook(step: int, rank: int) -> None:
         if rank == 1 and step == at_step and not os.path.exists(marker):
             open(marker, "w").close()
+            # Ray Train's controller registers a reported checkpoint when it next polls the
+            # workers (every ~2 s); dying before that loses the checkpoint on a loaded machine.
+            time.sleep(10)
             os._exit(1)
 
     return hook

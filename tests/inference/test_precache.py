@@ -74,7 +74,8 @@ def cluster():
     ray.shutdown()
     c.shutdown()
     if had_ray:  # the session-wide ``ray_local`` fixture expects its Ray back
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
 
 
 @pytest.fixture(scope="module")

@@ -181,10 +181,6 @@ class PrecacheActor:
 LIGHT_CPU = 0.1  # CPU share requested by read / filter / re-blocking tasks
 
 
-def _identity(batch: pa.Table) -> pa.Table:
-    return batch
-
-
 def _pending_rows(batch: pa.Table, starts: np.ndarray, pending: np.ndarray) -> pa.Table:
     """Keep the rows of users whose shard is still missing (shards from ``starts``)."""
     shard = np.searchsorted(starts, batch["user_id"].to_numpy(), side="right") - 1
@@ -267,8 +263,7 @@ def precache_users(
     if not presorted:
         ds = ds.sort("user_id")
     # one block per actor call: an actor task takes whole blocks, so big blocks would starve the pool
-    ds = ds.map_batches(_identity, batch_format="pyarrow", batch_size=batch_size * sort_window,
-                        num_cpus=LIGHT_CPU)
+    ds = ds.repartition(target_num_rows_per_block=batch_size * sort_window)
     ds = ds.map_batches(
         PrecacheActor,
         batch_format="pyarrow",
