@@ -171,13 +171,17 @@ class RunDir:
                 pq.write_table(part, tmp / f"part-{i:05d}.parquet")
         return self.path(name)
 
-    def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
-        self.manifest(name)
-        files = sorted(
+    def parquet_files(self, name: str) -> list[str]:
+        """The artifact's Parquet files (filesystem paths), in shard order."""
+        return sorted(
             f.path
             for f in self.fs.get_file_info(pafs.FileSelector(self.path(name), recursive=True))
             if f.type == pafs.FileType.File and f.path.endswith(".parquet")
         )
+
+    def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        self.manifest(name)
+        files = self.parquet_files(name)
         if not files:
             return pa.table({})
         return pa.concat_tables(

@@ -42,11 +42,6 @@ PARTIAL = "precache.partial"
 INPUTS = ("splits", "item_codes", "model")
 
 
-def _parquet_files(run: RunDir, name: str) -> list[str]:
-    sel = pafs.FileSelector(run.path(name), recursive=True)
-    return sorted(f.path for f in run.fs.get_file_info(sel) if f.path.endswith(".parquet"))
-
-
 def load_item_codes(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
     """``item_codes/`` as (item_ids (N,), codes (N, L)) int64 arrays."""
     table = run.read_table("item_codes", columns=["item_id", "codes"])
@@ -59,7 +54,7 @@ def load_item_codes(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
 def test_user_ids(run: RunDir) -> tuple[np.ndarray, bool]:
     """User ids of the test rows in file order, and whether they are already sorted."""
     ids = []
-    for path in _parquet_files(run, "splits"):
+    for path in run.parquet_files("splits"):
         t = pq.read_table(path, columns=["split", "user_id"], filesystem=run.fs)
         ids.append(t.filter(pc.equal(t["split"], "test"))["user_id"].to_numpy())
     ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
@@ -122,7 +117,7 @@ def run_precache(cfg: PipelineConfig) -> dict[str, str]:
 
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     check_actor_budget(pc_cfg, ray.cluster_resources().get("CPU", 0))
-    users = ray.data.read_parquet(_parquet_files(run, "splits"), filesystem=run.fs,
+    users = ray.data.read_parquet(run.parquet_files("splits"), filesystem=run.fs,
                                   columns=["split", "user_id", "history"],
                                   ray_remote_args={"num_cpus": LIGHT_CPU})
     users = users.map_batches(_test_rows, batch_format="pyarrow", num_cpus=LIGHT_CPU,
