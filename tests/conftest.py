@@ -75,6 +75,22 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
     return build_tiny_lm(tmp_path_factory.mktemp("tiny_lm") / "model")
 
 
+@pytest.fixture
+def one_thread():
+    """One torch and one faiss (OpenMP) thread. On a small CPU shared with other processes,
+    OpenMP threads spinning against them make tiny forwards, sparse ops and k-means 50-100x
+    slower. Opted into (autouse) by the embed, tokenize and inference test directories."""
+    import faiss
+    import torch
+
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(before[0])
+    faiss.omp_set_num_threads(before[1])
+
+
 @pytest.fixture(scope="session")
 def _ray_session_teardown():
     yield

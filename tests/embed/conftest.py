@@ -53,14 +53,8 @@ def planted_tables(
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small sparse ops run many times slower with 2 threads on a shared, loaded 2-core box."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """See ``tests/conftest.py::one_thread``."""
 
 
 @pytest.fixture(scope="session")

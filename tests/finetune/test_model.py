@@ -83,3 +83,23 @@ def test_trainable_state_is_small(tiny_lm_dir):
     hidden = model.get_input_embeddings().weight.shape[1]
     assert any(v.shape == (len(code_ids), hidden) for v in state.values())
     assert total < sum(p.numel() for p in model.parameters()) / 2
+
+
+def test_label_loss_equals_the_full_logits_loss_and_its_gradients(tiny_lm_dir):
+    """Projecting only the label positions changes the cost, not the loss or the gradients."""
+    from semconv.finetune.train import label_loss
+
+    torch.manual_seed(0)
+    model, tok, _ = build_finetune_model(tiny_lm_dir, LEVELS, K, lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    examples = split_examples(sft_table(8, 0), "train")
+    batch = encode_batch(tok, examples, range(8), 128)
+    assert (batch["labels"] == -100).float().mean() > 0.5  # mostly prompt: the masked projection matters
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    ours = label_loss(model, batch, torch.device("cpu"))
+    ours_grads = torch.autograd.grad(ours, params)
+    full = model(**batch).loss
+    full_grads = torch.autograd.grad(full, params)
+    torch.testing.assert_close(ours, full, rtol=1e-5, atol=1e-6)
+    for a, b in zip(ours_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -53,3 +53,27 @@ def test_inconsistent_batch_sizes_are_rejected(tmp_path):
         deepspeed_config(path, 8, 1, 1)
     with pytest.raises(DeepSpeedConfigError, match="not found"):
         deepspeed_config(tmp_path / "missing.json", 8, 1, 1)
+
+
+def test_code_token_rows_get_their_own_scaled_learning_rate():
+    import torch
+
+    from semconv.finetune.optim import build_optimizer, build_scheduler
+
+    lora = torch.nn.Parameter(torch.zeros(3))
+    rows = torch.nn.Parameter(torch.zeros(3))
+    frozen = torch.nn.Parameter(torch.zeros(3), requires_grad=False)
+    named = [("layer.lora_A.weight", lora), ("embed.token_adapter.trainable_tokens_delta", rows), ("w", frozen)]
+    opt = build_optimizer(named, lr=1e-3, weight_decay=0.0, code_token_lr_scale=10.0)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-2]
+    assert opt.param_groups[0]["params"] == [lora] and opt.param_groups[1]["params"] == [rows]
+    sched = build_scheduler(opt, 0, 10, "linear", 0.0)
+    for p in (lora, rows):
+        p.grad = torch.ones(3)
+    opt.step()
+    sched.step()
+    # Adam's first step moves each weight by ~lr: the rows move 10x as far, and keep 10x the LR
+    torch.testing.assert_close(rows.detach() / lora.detach(), torch.full((3,), 10.0))
+    assert sched.get_last_lr()[1] == 10 * sched.get_last_lr()[0] > 0
+    # plain parameters (no names) all share one group, as before
+    assert len(build_optimizer([lora, rows], lr=1e-3, weight_decay=0.0).param_groups) == 1

@@ -42,11 +42,6 @@ def code_lm(tiny_lm_dir):
     return load_with_random_code_tokens(str(tiny_lm_dir), LEVELS, CODES, torch.float32, seed=0)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a small shared CPU, OpenMP threads spinning against other processes
-    make tiny forwards 50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """See ``tests/conftest.py::one_thread``."""

@@ -33,6 +33,7 @@ ABLATIONS: dict[str, list[str]] = {
     "sa_init": ["tasks.sa_init=true"],
     "ts_align": ["tasks.ts_align=true"],
     "ts_rec": ["tasks.sa_init=true", "tasks.ts_align=true"],
+    "wo_sa_init": ["tasks.sa_init=false"],  # for configs that turn SA-Init on (configs/demo.yaml)
 }
 GROUPS: dict[str, list[str]] = {
     "paper": ["wo_llm_alignment", "wo_negative", "ed_tokenizer"],

@@ -33,6 +33,7 @@ class FinetuneConfig(Section):
     batch_size: int = Field(8, ge=1, description="micro-batch per worker")
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(5e-4, gt=0)
+    code_token_lr_scale: float = Field(1.0, gt=0, description="LR multiplier of the code-token rows")
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(5, ge=0)
     lr_schedule: Literal["cosine", "linear"] = "cosine"

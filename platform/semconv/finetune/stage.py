@@ -72,7 +72,8 @@ def train_config(cfg: PipelineConfig, base_path: Path, sa_init: dict[str, list[s
         "sa_init": sa_init, "deepspeed": ds, "use_gpu": ft.use_gpu, "bf16": ft.bf16,
         "threads": ft.cpus_per_worker,
         **{k: getattr(ft, k) for k in (
-            "max_steps", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "lr_schedule",
+            "max_steps", "batch_size", "grad_accum", "lr", "code_token_lr_scale", "weight_decay",
+            "warmup_steps", "lr_schedule",
             "min_lr_ratio", "grad_clip", "max_seq_len", "bucket_by_length", "eval_every", "eval_samples",
             "checkpoint_every", "log_every")},
     }
