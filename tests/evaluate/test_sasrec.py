@@ -93,3 +93,27 @@ def test_exact_topk_matches_a_stable_full_sort_including_ties():
     np.testing.assert_array_equal(exact_topk(scores, 7), expected)
     cont = torch.randn(20, 40, generator=gen)
     np.testing.assert_array_equal(exact_topk(cont, 10), torch.sort(-cont, dim=1, stable=True).indices[:, :10].numpy())
+
+
+def test_baselines_scored_on_a_user_sample_learn_from_every_user(build):
+    """A demo precache scores a user sample; popularity and SASRec still fit on all users."""
+    from semconv.evaluate.baselines import rank_popularity, rank_sasrec
+
+    seqs = planted_cycle(60, 20, seed=2)
+    seqs.update({100 + u: [19, 18, 19, 18, 19] for u in range(40)})  # 40 users outside the sample
+    splits = build.splits_table(seqs, max_len=10)
+    full = {s: split_rows(splits, s) for s in ("train", "valid", "test")}
+    sample_ids = full["test"].user_ids[full["test"].user_ids < 10]
+    sample = {s: (r.restrict(sample_ids) if s != "train" else r) for s, r in full.items()}
+
+    ranked, info = rank_popularity(sample, 20, 5, False, fit=full)
+    assert len(ranked["test"]) == len(sample_ids)
+    assert sorted(ranked["test"][0][:2].tolist()) == [18, 19]  # outside users dominate the counts
+    restricted, _ = rank_popularity(sample, 20, 5, False)
+    assert info["train_interactions"] == int(train_item_counts(full["train"], full["valid"], 20).sum())
+    assert len(restricted["test"]) == len(sample_ids)
+
+    cfg = load_config(None, ["evaluate.sasrec.epochs=1"]).evaluate.sasrec
+    ranked, log = rank_sasrec(sample, 20, 5, False, cfg, max_len=10, seed=0, fit=full)
+    assert log["sequences"] == len(full["valid"]) > len(sample["valid"])
+    assert len(ranked["test"]) == len(sample_ids) and len(ranked["valid"]) == len(sample["valid"])

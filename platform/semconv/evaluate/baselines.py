@@ -2,6 +2,9 @@
 
 Every function returns ``(rankings per split, info)``: rankings are ``(users, k)`` item ids,
 best first, aligned with that split's rows, so the stage scores them with the same code as ours.
+``fit`` holds every user's rows, what a baseline learns from; ``rows`` may be a user sample (a
+demo precache scores a sample): restricting what baselines *learn* to the sample would weaken
+them (SASRec trained on 2,000 instead of 8,317 sequences).
 A baseline that cannot run (e.g. no CF model because the user supplied item embeddings) raises
 :class:`BaselineUnavailable`, and the report says why instead of showing a number.
 """
@@ -27,10 +30,12 @@ class BaselineUnavailable(RuntimeError):
 
 
 def rank_popularity(
-    rows: dict[str, SplitRows], num_items: int, k: int, exclude_history: bool
+    rows: dict[str, SplitRows], num_items: int, k: int, exclude_history: bool,
+    fit: dict[str, SplitRows] | None = None,
 ) -> tuple[Rankings, dict[str, Any]]:
-    """Most-popular items of the train split for every user."""
-    counts = train_item_counts(rows["train"], rows["valid"], num_items)
+    """Most-popular items of the train split (of every user in ``fit``) for every row."""
+    fit = fit or rows
+    counts = train_item_counts(fit["train"], fit["valid"], num_items)
     out = {
         name: popularity_topk(counts, len(r), k, history_exclusions(r, exclude_history))
         for name, r in rows.items() if name != "train"
@@ -42,13 +47,13 @@ def rank_popularity(
 
 def rank_sasrec(
     rows: dict[str, SplitRows], num_items: int, k: int, exclude_history: bool,
-    cfg: SASRecConfig, max_len: int, seed: int,
+    cfg: SASRecConfig, max_len: int, seed: int, fit: dict[str, SplitRows] | None = None,
 ) -> tuple[Rankings, dict[str, Any]]:
-    """Train SASRec on each user's train sequence (the valid row's history), early-stopped on valid.
-
-    At test time the model reads the test row's history (train items + the valid target).
+    """Train SASRec on each user's train sequence (the valid row's history, every user in
+    ``fit``), early-stopped on valid. At test time the model reads the test row's history
+    (train items + the valid target).
     """
-    valid = rows["valid"]
+    valid = (fit or rows)["valid"]
     model, log = train_sasrec(valid.histories, valid, num_items, cfg, max_len, seed, exclude_history)
     with torch_threads(cfg.num_threads):
         out = {

@@ -75,6 +75,7 @@ def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = T
     precache = run.manifest(PRECACHE) if include_semconv else {}
     exclude = bool(precache.get("exclude_history", cfg.precache.exclude_history))
     sampled = bool(precache.get("sampled"))
+    fit = rows  # baselines learn from every user, whatever sample is scored
     if sampled:  # a demo precache of a user sample: score every system on the same users
         cached = run.read_table(PRECACHE, columns=["user_id"]).column("user_id").to_numpy()
         rows = {s: (r.restrict(cached) if s != "train" else r) for s, r in rows.items()}
@@ -91,10 +92,11 @@ def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = T
         start = time.perf_counter()
         try:
             if name == "popularity":
-                ranked, info = rank_popularity(rows, num_items, max(ks), exclude)
+                ranked, info = rank_popularity(rows, num_items, max(ks), exclude, fit)
             elif name == "sasrec":
                 max_len = ev.sasrec.max_len or cfg.prepare.max_len
-                ranked, info = rank_sasrec(rows, num_items, max(ks), exclude, ev.sasrec, max_len, cfg.seed)
+                ranked, info = rank_sasrec(rows, num_items, max(ks), exclude, ev.sasrec, max_len, cfg.seed,
+                                           fit)
             else:
                 ranked, info = rank_cf(run, rows, max(ks), exclude)
         except BaselineUnavailable as err:

@@ -1,11 +1,10 @@
 """Config of the ``finetune`` stage (LoRA SFT on Ray Train).
 
-Defaults run the demo within a CPU budget: SmolLM2-135M, one worker on 2 cores, bf16 autocast,
-``max_steps`` sized so training takes about 8 minutes. Measured with ``bench/train_throughput.py``
-and an end-to-end ``run_finetune`` on 2 cores: a step of 8 demo-like prompts (about 1,160
-tokens) costs 5-8 s in bf16 (14 s when the host is busy); 30 steps took 207 s end to end, so 60
-steps plus two held-out evaluations, model loading and Ray start take about 6-7 minutes. The demo
-therefore trains on a few hundred ``sft/`` rows; quality needs the full-protocol run.
+Defaults run on one worker on 2 cores with bf16 autocast. Measured on 2 cores in the demo job:
+2.3-2.5 samples/s (a step of 8 in ~3.3 s) on the sequential-weighted demo tasks (prompts of
+~73 tokens) with the loss projecting only label positions; 1.5-1.7 samples/s on the earlier
+all-task mix (~145 tokens per prompt) with full-sequence logits. ``configs/demo.yaml`` runs
+250 steps (~14 min): about 2,000 prompts, ~6% of one epoch of the sequential prompts.
 A full-protocol run (``configs/full.yaml``) raises ``max_steps`` to a few epochs of ``sft/`` and
 runs on GPUs with DeepSpeed ZeRO-2 (``use_gpu: true``,
 ``deepspeed_config: configs/deepspeed_zero2.json``).
@@ -29,7 +28,7 @@ class FinetuneConfig(Section):
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         min_length=1, description="module names that get LoRA",
     )
-    max_steps: int = Field(60, ge=1, description="optimizer steps (demo: ~8 min on 2 CPU cores)")
+    max_steps: int = Field(60, ge=1, description="optimizer steps (configs/demo.yaml: 250)")
     batch_size: int = Field(8, ge=1, description="micro-batch per worker")
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(5e-4, gt=0)
