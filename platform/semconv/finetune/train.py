@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -118,8 +119,10 @@ def _all_reduce(values: list[float], device: torch.device) -> list[float]:
 
 
 def _log(rank: int, msg: str) -> None:
+    """Progress on the worker's real stdout: Ray Train patches ``print`` to tee into its logger,
+    which Ray forwards as well, so a plain ``print`` reached the driver twice."""
     if rank == 0:
-        print(f"[finetune] {msg}", flush=True)
+        print(f"[finetune] {msg}", file=sys.__stdout__, flush=True)
 
 
 def train_func(config: dict[str, Any]) -> None:
