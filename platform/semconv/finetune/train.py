@@ -70,15 +70,18 @@ def label_loss(model: Any, batch: dict[str, torch.Tensor], device: torch.device)
 def optimizer_step(
     model: Any, micro_batches: Sequence[dict[str, torch.Tensor]], optimizer: Any, scheduler: Any,
     params: Sequence[torch.nn.Parameter], grad_clip: float, bf16: bool, device: torch.device,
+    loss_fn: Callable[[Any, dict[str, torch.Tensor], torch.device], torch.Tensor] | None = None,
 ) -> float:
-    """One optimizer step over ``len(micro_batches)`` accumulated micro-batches; mean loss."""
+    """One optimizer step over ``len(micro_batches)`` accumulated micro-batches; mean loss.
+    ``loss_fn`` defaults to :func:`label_loss` (benchmarks pass the full-logits loss)."""
+    loss_fn = loss_fn or label_loss
     total = 0.0
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(device, bf16):
-                loss = label_loss(model, batch, device)
+                loss = loss_fn(model, batch, device)
             (loss / len(micro_batches)).backward()
         total += float(loss.detach())
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
