@@ -81,8 +81,11 @@ def test_history_can_be_excluded_from_the_ranking():
     assert set(top[0, :7].tolist()) == set(range(10)) - {1, 2, 3}
 
 
-def test_exact_topk_matches_a_stable_full_sort_including_ties():
-    from semconv.evaluate.protocol import exact_topk
+def test_topk_of_tensor_scores_matches_a_stable_full_sort_including_ties():
+    from semconv.metrics import topk_from_scores
+
+    def exact_topk(scores, k):  # how sasrec_topk ranks: logits as float32 numpy
+        return topk_from_scores(scores.float().numpy(), k)
 
     gen = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 6, (50, 30), generator=gen).float()  # many ties, also at the cut-off

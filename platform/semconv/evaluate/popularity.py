@@ -8,13 +8,11 @@ rows, from their valid history, which is then exactly the train sequence).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-from semconv.evaluate.protocol import SplitRows, exact_topk
+from semconv.evaluate.protocol import SplitRows
 from semconv.metrics import topk_from_scores
 
 
@@ -47,12 +45,8 @@ def popularity_topk(
         return np.tile(top, (n_users, 1))
     k = min(k, len(counts))
     out = np.empty((n_users, k), dtype=np.int64)
-    base = torch.as_tensor(counts, dtype=torch.float64)
     for start in range(0, n_users, 1024):
         stop = min(start + 1024, n_users)
-        scores = base.repeat(stop - start, 1)
-        for r, items in enumerate(exclude[start:stop]):
-            if len(items):
-                scores[r, torch.as_tensor(np.asarray(items, dtype=np.int64))] = -math.inf
-        out[start:stop] = exact_topk(scores, k)
+        scores = np.broadcast_to(counts.astype(np.float64), (stop - start, len(counts)))
+        out[start:stop] = topk_from_scores(scores, k, exclude[start:stop])
     return out

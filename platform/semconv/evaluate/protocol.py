@@ -15,9 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import torch
-
-from semconv.metrics import topk_from_scores, ranking_metrics
+from semconv.metrics import ranking_metrics
 
 SPLITS = ("train", "valid", "test")
 
@@ -111,8 +109,3 @@ def evaluate_rankings(
 def history_exclusions(rows: SplitRows, exclude_history: bool) -> list[np.ndarray] | None:
     """The per-user items to mask out of a full ranking (their history) when configured."""
     return list(rows.histories) if exclude_history else None
-
-
-def exact_topk(scores: torch.Tensor, k: int) -> np.ndarray:
-    """Top-``k`` columns per row of a score tensor, best first, ties to the lower column."""
-    return topk_from_scores(scores.detach().float().cpu().numpy(), k)

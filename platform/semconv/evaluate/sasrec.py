@@ -22,7 +22,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from semconv.evaluate.config import SASRecConfig
-from semconv.evaluate.protocol import SplitRows, evaluate_rankings, exact_topk
+from semconv.evaluate.protocol import SplitRows, evaluate_rankings
+from semconv.metrics import topk_from_scores
 
 logger = logging.getLogger(__name__)
 
@@ -165,12 +166,9 @@ def sasrec_topk(model: SASRec, histories: Sequence[Sequence[int]], k: int,
     for start in range(0, len(histories), batch_size):
         chunk = histories[start:start + batch_size]
         (seqs,) = trim(torch.from_numpy(left_pad(chunk, model.max_len)))
-        scores = model.item_logits(model(seqs)[:, -1])
-        if exclude is not None:
-            for r, items in enumerate(exclude[start:start + batch_size]):
-                if len(items):
-                    scores[r, torch.as_tensor(np.asarray(items, dtype=np.int64))] = -math.inf
-        out[start:start + len(chunk)] = exact_topk(scores, k)
+        scores = model.item_logits(model(seqs)[:, -1]).float().numpy()
+        out[start:start + len(chunk)] = topk_from_scores(
+            scores, k, None if exclude is None else exclude[start:start + batch_size])
     return out
 
 
