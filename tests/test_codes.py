@@ -2,7 +2,7 @@
 
 import pytest
 
-from semconv.codes import all_code_tokens, code_token, item_tokens, parse_item_tokens
+from semconv.codes import all_code_tokens, code_token, code_tokens_in, item_tokens, parse_item_tokens
 
 
 def test_tokens_round_trip():
@@ -22,3 +22,9 @@ def test_all_tokens_are_level_major_and_unique():
 def test_malformed_code_strings_are_rejected(bad):
     with pytest.raises(ValueError):
         parse_item_tokens(bad)
+
+
+def test_code_tokens_in_free_text():
+    text = "history <a_12><b_7>, then <a_3><z_40> and <a_12> again; not <A_1> or <a_x>"
+    assert code_tokens_in(text) == {(0, 12), (1, 7), (0, 3), (25, 40)}
+    assert code_tokens_in("no codes here") == set()

@@ -33,6 +33,11 @@ def item_tokens(codes: Sequence[int]) -> str:
     return "".join(code_token(l, int(c)) for l, c in enumerate(codes))
 
 
+def code_tokens_in(text: str) -> set[tuple[int, int]]:
+    """``(level, code)`` of every code token spelled anywhere in ``text`` (one regex scan)."""
+    return {(ord(letter) - ord("a"), int(code)) for letter, code in _TOKEN.findall(text)}
+
+
 def parse_item_tokens(text: str) -> tuple[int, ...]:
     """Inverse of :func:`item_tokens`; raises on anything that is not a well-formed code run."""
     matches = list(_TOKEN.finditer(text))

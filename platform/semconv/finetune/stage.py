@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from semconv.artifacts import RunDir
+from semconv.codes import code_token, code_tokens_in
 from semconv.config import PipelineConfig
 from semconv.finetune.checkpoint import FINAL
 from semconv.finetune.model import resolve_base
@@ -25,7 +25,6 @@ from semconv.finetune.optim import deepspeed_config
 
 CHECKPOINTS = "_checkpoints"
 RUN_NAME = "finetune"
-_CODE = re.compile(r"<([a-z])_(\d+)>")
 
 
 class FinetuneInputError(ValueError):
@@ -36,8 +35,8 @@ def check_code_tokens_fit(table: Any, levels: int, codes_per_level: int) -> None
     """Every code token in the prompts and labels exists in the configured L x K vocabulary."""
     for column in ("label", "prompt"):
         texts = [t or "" for t in table.column(column).to_pylist()]
-        used = set(_CODE.findall("\n".join(texts)))  # one C-level scan; rows only on error
-        bad = sorted(f"<{l}_{c}>" for l, c in used if ord(l) - ord("a") >= levels or int(c) >= codes_per_level)
+        used = code_tokens_in("\n".join(texts))  # one scan of the column; rows only on error
+        bad = sorted(code_token(l, c) for l, c in used if l >= levels or c >= codes_per_level)
         if bad:
             row = next(i for i, t in enumerate(texts) if bad[0] in t)
             raise FinetuneInputError(
