@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from semconv.finetune.data import encode_batch, split_examples
@@ -85,10 +86,16 @@ def test_trainable_state_is_small(tiny_lm_dir):
     assert total < sum(p.numel() for p in model.parameters()) / 2
 
 
-def test_label_loss_equals_the_full_logits_loss_and_its_gradients(tiny_lm_dir):
-    """Projecting only the label positions changes the cost, not the loss or the gradients."""
+@pytest.mark.parametrize("masked", [True, False], ids=["label-positions", "older-transformers-fallback"])
+def test_label_loss_equals_the_full_logits_loss_and_its_gradients(tiny_lm_dir, monkeypatch, masked):
+    """Projecting only the label positions changes the cost, not the loss or the gradients; with a
+    transformers that cannot take a boolean ``logits_to_keep`` the fallback gives the same."""
+    from semconv.finetune import train
     from semconv.finetune.train import label_loss
 
+    assert train.masked_logits_supported()  # the pinned transformers takes the mask
+    if not masked:
+        monkeypatch.setattr(train, "masked_logits_supported", lambda: False)
     torch.manual_seed(0)
     model, tok, _ = build_finetune_model(tiny_lm_dir, LEVELS, K, lora={"r": 4, "alpha": 8, "dropout": 0.0})
     examples = split_examples(sft_table(8, 0), "train")

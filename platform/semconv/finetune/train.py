@@ -51,15 +51,27 @@ def label_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != -100).sum())
 
 
+def masked_logits_supported() -> bool:
+    """Whether the installed transformers takes a boolean ``(B, S)`` ``logits_to_keep``."""
+    from transformers import modeling_utils
+
+    return hasattr(modeling_utils, "slice_logits_to_keep")
+
+
 def label_loss(model: Any, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """Mean next-token cross-entropy over the label tokens, projecting only those positions.
 
     Equal to the model's own ``labels=`` loss, but the vocabulary projection (49k+ rows for
     SmolLM2, ~25% of a CPU step) runs on the few label positions (a recommendation label is 4
     codes + EOS) instead of every prompt token: ``logits_to_keep`` with a boolean ``(B, S)``
-    mask, which Hugging Face causal LMs take.
+    mask, which Hugging Face causal LMs take from transformers 5.2x (``slice_logits_to_keep``).
+    Older releases index with the mask and fail, so there it falls back to the ``labels=`` loss:
+    the same value, at the full projection's cost.
     """
     labels = batch["labels"].to(device)
+    if not masked_logits_supported():
+        return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                     labels=labels).loss
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != -100
     out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
