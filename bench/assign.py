@@ -2,8 +2,10 @@
 
 Synthetic items (a Gaussian mixture, d = 64) and a residual codebook (L = 4, K = 256) set by our
 faiss k-means initialisation on a sample; then every item is assigned its nearest code per level
-twice in the same run, by ``semconv.tokenize.assign.assign_codes`` (faiss ``IndexFlatL2``, with
-its exact near-tie re-ranking) and by torch ``cdist`` + ``argmin`` in chunks; codes are compared.
+by ``semconv.tokenize.assign.assign_codes`` (faiss ``IndexFlatL2``) and by torch ``cdist`` +
+``argmin`` in chunks, in the same run; codes are compared. Repeats alternate the two methods
+(faiss, cdist, cdist, faiss, ...) and each keeps its best time, so a noisy neighbour on a shared
+host slows both rather than one.
 
     python bench/assign.py            # 1,000,000 items
     python bench/assign.py --quick    # 200,000 items (about a minute)
@@ -63,12 +65,14 @@ def tie_gaps(z: np.ndarray, books: np.ndarray, a: np.ndarray, b: np.ndarray) -> 
     return gaps
 
 
-def timed(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
+def timed(fns: dict, repeats: int) -> tuple[dict[str, float], dict]:
+    """Best wall time and last output of each function, the order alternating per repeat."""
+    best, out = dict.fromkeys(fns, float("inf")), {}
+    for i in range(repeats):
+        for name in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
+            t0 = time.perf_counter()
+            out[name] = fns[name]()
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best, out
 
 
@@ -79,7 +83,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--levels", type=int, default=4)
     ap.add_argument("--codes", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=None, help="best of N timings (default 2 quick, 1 full)")
+    ap.add_argument("--repeats", type=int, default=None, help="best of N timings (default 3 quick, 2 full)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch and faiss threads")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
@@ -88,7 +92,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     n = args.items or (200_000 if args.quick else 1_000_000)
-    repeats = args.repeats or (2 if args.quick else 1)
+    repeats = args.repeats or (3 if args.quick else 2)
 
     z = synthetic_items(n, args.dim)
     t0 = time.perf_counter()
@@ -97,8 +101,9 @@ def main() -> None:
     books = model.codebook_vectors()
     init_s = time.perf_counter() - t0
 
-    faiss_s, (codes, _) = timed(lambda: assign_codes(z, books), repeats)
-    cdist_s, base = timed(lambda: cdist_assign(z, books), repeats)
+    best, out = timed({"faiss": lambda: assign_codes(z, books)[0], "cdist": lambda: cdist_assign(z, books)},
+                      repeats)
+    (faiss_s, codes), (cdist_s, base) = (best["faiss"], out["faiss"]), (best["cdist"], out["cdist"])
     mismatched = int((codes != base).any(1).sum())
     gaps = tie_gaps(z, books, codes, base)
     result = {

@@ -15,12 +15,15 @@ a 4096-row search per level for a single item (about 2 ms per level on one core)
 
 Big inputs go through all levels in chunks of ``CHUNK`` rows (a whole number of blocks), with
 the residual updated in place: per-level passes over a million rows allocated ~256 MB
-temporaries per level and ran ~20% slower (``bench/assign.py``).
+temporaries per level and ran ~20% slower (``bench/assign.py``). The update gathers the chosen
+codes with torch (``index_select`` + ``sub_``, multi-threaded): 0.14 ms per 16k-row chunk
+against 0.45-0.5 ms for numpy's ``take`` and subtract, measured on 2 cores.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 BLOCK = 4096  # faiss.cvar.distance_compute_blas_query_bs
 CHUNK = 4 * BLOCK
@@ -79,14 +82,15 @@ def assign_codes(
         indexes = level_indexes(books, use_gpu)
     codes = np.empty((len(z), books.shape[0]), dtype=np.int64)
     residual = z.copy()
-    picked = np.empty((min(CHUNK, len(z)), z.shape[1]), np.float32)
+    residual_t, books_t = torch.from_numpy(residual), torch.from_numpy(books)  # views, no copies
+    picked = torch.empty((min(CHUNK, len(z)), z.shape[1]), dtype=torch.float32)
     for start in range(0, len(z), CHUNK):
-        r = residual[start : start + CHUNK]
+        r = residual_t[start : start + CHUNK]
         for level, book in enumerate(books):
             c = codes[start : start + len(r), level]
-            c[:] = nearest_codes(r, book, index=indexes[level])
-            np.take(book, c, axis=0, out=picked[: len(r)])
-            r -= picked[: len(r)]
+            c[:] = nearest_codes(r.numpy(), book, index=indexes[level])
+            torch.index_select(books_t[level], 0, torch.from_numpy(c), out=picked[: len(r)])
+            r.sub_(picked[: len(r)])
     return codes, residual
 
 
