@@ -119,7 +119,7 @@ def run_precache(cfg: PipelineConfig) -> dict[str, str]:
     check_actor_budget(pc_cfg, ray.cluster_resources().get("CPU", 0))
     users = ray.data.read_parquet(run.parquet_files("splits"), filesystem=run.fs,
                                   columns=["split", "user_id", "history"],
-                                  ray_remote_args={"num_cpus": LIGHT_CPU})
+                                  num_cpus=LIGHT_CPU)
     users = users.map_batches(_test_rows, batch_format="pyarrow", num_cpus=LIGHT_CPU,
                               fn_kwargs={"keep": user_ids if len(user_ids) < total_users else None})
     stats = precache_users(
