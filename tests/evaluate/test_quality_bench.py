@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from bench import quality
 
 
-@pytest.fixture(scope="module")
-def quality():
-    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "bench" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_quick_sample_keeps_whole_histories_of_every_nth_user(tmp_path, quality):
+def test_quick_sample_keeps_whole_histories_of_every_nth_user(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     inter = {str(u): [u, u + 1, u + 2] for u in range(10)}
@@ -32,7 +23,7 @@ def test_quick_sample_keeps_whole_histories_of_every_nth_user(tmp_path, quality)
     assert (dst / "Scientific.item.json").read_text() == (src / "Scientific.item.json").read_text()
 
 
-def test_quick_config_is_valid_and_points_at_the_sample(tmp_path, quality):
+def test_quick_config_is_valid_and_points_at_the_sample(tmp_path):
     args = argparse.Namespace(quick=True, users=50, run_dir=str(tmp_path / "q"), config=None,
                               overrides=["seed=3"])
     cfg, overrides = quality.build_config(args)
@@ -42,7 +33,7 @@ def test_quick_config_is_valid_and_points_at_the_sample(tmp_path, quality):
     assert all(o in overrides for o in quality.QUICK_OVERRIDES)
 
 
-def test_table_prints_ratios_to_baselines_measured_in_the_same_run(quality):
+def test_table_prints_ratios_to_baselines_measured_in_the_same_run():
     systems = {
         "semconv": {"HR@1": 0.02, "HR@5": 0.06, "HR@10": 0.09, "NDCG@5": 0.04, "NDCG@10": 0.05},
         "popularity": {"HR@1": 0.01, "HR@5": 0.02, "HR@10": 0.03, "NDCG@5": 0.01, "NDCG@10": 0.02},

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
+from bench import precache as precache_bench
 from semconv.finetune.tokenizer import add_code_tokens
 from semconv.prompts import sequential_prompt
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_precache", REPO / "bench" / "precache.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_tiny_tokenizer_encodes_prompts_compactly_and_code_tokens_whole(tmp_path):
-    tok = _bench().tiny_tokenizer()
+    tok = precache_bench.tiny_tokenizer()
     assert 256 < len(tok) <= 400
     prompt = sequential_prompt([[3, 1, 4, 1], [5, 9, 2, 6]])
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
@@ -35,9 +24,8 @@ def test_tiny_tokenizer_encodes_prompts_compactly_and_code_tokens_whole(tmp_path
 
 
 def test_synthetic_users_are_deterministic_per_block():
-    bench = _bench()
-    a = bench._synthetic_users({"id": np.arange(100, 164)}, num_items=50)
-    b = bench._synthetic_users({"id": np.arange(100, 164)}, num_items=50)
+    a = precache_bench._synthetic_users({"id": np.arange(100, 164)}, num_items=50)
+    b = precache_bench._synthetic_users({"id": np.arange(100, 164)}, num_items=50)
     assert a["user_id"].tolist() == list(range(100, 164))
     assert all(np.array_equal(x, y) for x, y in zip(a["history"], b["history"]))
     assert all(5 <= len(h) <= 20 and h.max() < 50 for h in a["history"])

@@ -3,35 +3,24 @@ small run writes the JSON the issue asks for."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench import assign as bench
 from semconv.tokenize.assign import assign_codes
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_assign", REPO / "bench" / "assign.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_cdist_baseline_gives_the_same_codes_as_assign_codes(bench):
+def test_cdist_baseline_gives_the_same_codes_as_assign_codes():
     rng = np.random.default_rng(0)
     z = bench.synthetic_items(3000, 8, seed=1)
     books = rng.normal(size=(3, 16, 8)).astype(np.float32) * np.array([3.0, 1.0, 0.3], np.float32)[:, None, None]
     np.testing.assert_array_equal(bench.cdist_assign(z, books, chunk=700), assign_codes(z, books)[0])
 
 
-def test_tie_gaps_are_relative_distance_gaps_at_the_first_differing_level(bench):
+def test_tie_gaps_are_relative_distance_gaps_at_the_first_differing_level():
     books = np.array([[[1.0, 0.0], [0.0, 1.0]], [[0.5, 0.0], [0.0, 0.5]]], np.float32)
     z = np.array([[1.0, 1.0], [2.0, 0.0]], np.float32)
     a, b = np.array([[0, 0], [0, 0]]), np.array([[1, 0], [0, 1]])
@@ -40,7 +29,7 @@ def test_tie_gaps_are_relative_distance_gaps_at_the_first_differing_level(bench)
     assert bench.tie_gaps(z, books, a, b) == pytest.approx([0.0, 0.8])
 
 
-def test_a_small_run_writes_the_result_json(bench, tmp_path, monkeypatch):
+def test_a_small_run_writes_the_result_json(tmp_path, monkeypatch):
     out = tmp_path / "assign.json"
     monkeypatch.setattr(sys, "argv", ["assign.py", "--items", "4000", "--dim", "8", "--codes", "16",
                                       "--repeats", "1", "--threads", "1", "--json", str(out)])
