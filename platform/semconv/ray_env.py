@@ -1,4 +1,5 @@
-"""Starting or joining Ray from a job: the one place that calls ``ray.init``."""
+"""Starting or joining Ray from a job (the one place that calls ``ray.init``), and the run
+configuration every Ray Train trainer here shares."""
 
 from __future__ import annotations
 
@@ -30,3 +31,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
     else:
         ray.init(address=address, **kwargs)
+
+
+def train_run_config(name: str, storage_path: str, max_failures: int):
+    """Ray Train ``RunConfig``: checkpoints in ``storage_path/name`` (the last two kept), the
+    worker group restarted up to ``max_failures`` times, and Ray Train's own INFO lines (one
+    "Reporting training result ..." per report) kept off the console, since our loops print
+    their progress themselves; warnings and errors still show."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
+
+    return RunConfig(name=name, storage_path=storage_path,
+                     failure_config=FailureConfig(max_failures=max_failures),
+                     checkpoint_config=CheckpointConfig(num_to_keep=2),
+                     logging_config=LoggingConfig(log_level="WARNING"))

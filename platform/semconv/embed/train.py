@@ -137,8 +137,10 @@ def fit_cf(
 
     Checkpoints go to ``<storage_path>/<name>``; a re-run with the same name resumes from them.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from semconv.ray_env import train_run_config
 
     trainer = TorchTrainer(
         train_func,
@@ -147,12 +149,7 @@ def fit_cf(
         scaling_config=ScalingConfig(
             num_workers=num_workers, use_gpu=False, resources_per_worker={"CPU": cpus_per_worker}
         ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=2),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
+        run_config=train_run_config(name, storage_path, max_failures=2),
     )
     result = trainer.fit()
     if result.checkpoint is None:

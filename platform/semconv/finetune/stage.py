@@ -101,11 +101,11 @@ def _reset_stale_run(rd: RunDir, fingerprint: str) -> None:
 def fit(config: dict[str, Any], cfg: PipelineConfig, storage: str) -> Any:
     """Run ``train_func`` on a ``TorchTrainer``; returns the Ray Train ``Result``."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from semconv.finetune.train import train_func
-    from semconv.ray_env import init_ray
+    from semconv.ray_env import init_ray, train_run_config
 
     ft = cfg.finetune
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
@@ -117,11 +117,7 @@ def fit(config: dict[str, Any], cfg: PipelineConfig, storage: str) -> Any:
         torch_config=TorchConfig(backend="nccl" if ft.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=ft.num_workers, use_gpu=ft.use_gpu,
                                      resources_per_worker={"CPU": cpus}),
-        run_config=RunConfig(
-            name=RUN_NAME, storage_path=storage,
-            failure_config=FailureConfig(max_failures=ft.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
+        run_config=train_run_config(RUN_NAME, storage, ft.max_failures),
     )
     return trainer.fit()
 

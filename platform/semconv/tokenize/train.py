@@ -224,8 +224,10 @@ def train_codebook(
 
     Checkpoints go to ``<storage_path>/<name>``; a new ``fit`` with the same name resumes there.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from semconv.ray_env import train_run_config
 
     loop: dict[str, Any] = {"tokenize": cfg.model_dump(), "seed": seed}
     if embeddings is not None:
@@ -240,12 +242,7 @@ def train_codebook(
         train_func,
         train_loop_config=loop,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
+        run_config=train_run_config(name, storage_path, cfg.max_failures),
     )
     result = trainer.fit()
     if result.checkpoint is None:
