@@ -34,13 +34,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def train_run_config(name: str, storage_path: str, max_failures: int):
-    """Ray Train ``RunConfig``: checkpoints in ``storage_path/name`` (the last two kept), the
-    worker group restarted up to ``max_failures`` times, and Ray Train's own INFO lines (one
-    "Reporting training result ..." per report) kept off the console, since our loops print
-    their progress themselves; warnings and errors still show."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
+    """Ray Train ``RunConfig``: checkpoints in ``storage_path/name`` (the last two kept) and the
+    worker group restarted up to ``max_failures`` times, so a re-run resumes where it stopped."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     return RunConfig(name=name, storage_path=storage_path,
                      failure_config=FailureConfig(max_failures=max_failures),
-                     checkpoint_config=CheckpointConfig(num_to_keep=2),
-                     logging_config=LoggingConfig(log_level="WARNING"))
+                     checkpoint_config=CheckpointConfig(num_to_keep=2))
