@@ -103,7 +103,7 @@ def main() -> None:
 
     best, out = timed({"faiss": lambda: assign_codes(z, books)[0], "cdist": lambda: cdist_assign(z, books)},
                       repeats)
-    (faiss_s, codes), (cdist_s, base) = (best["faiss"], out["faiss"]), (best["cdist"], out["cdist"])
+    faiss_s, cdist_s, codes, base = best["faiss"], best["cdist"], out["faiss"], out["cdist"]
     mismatched = int((codes != base).any(1).sum())
     gaps = tie_gaps(z, books, codes, base)
     result = {

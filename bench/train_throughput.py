@@ -54,7 +54,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(model, tok, examples, batches, params, warmup: int, device: torch.device) -> dict[str, tuple[list[float], list[float]]]:
+def time_steps(
+    model, tok, examples, batches, params, warmup: int, device: torch.device
+) -> dict[str, tuple[list[float], list[float]]]:
     """Wall and process-CPU seconds per optimizer step, fp32 and bf16 interleaved step by step.
 
     Interleaving (fp32, bf16, bf16, fp32, ...) pairs the two modes under the same host load, which
@@ -119,8 +121,7 @@ def main() -> None:
     results["label_loss_speedup"] = results["modes"][FULL]["step_s"] / results["modes"]["bf16"]["step_s"]
 
     print(f"model {args.model}  trainable {results['trainable_params']:,}  device {results['gpu'] or 'cpu'}  "
-          f"threads {results['threads']}  "
-          f"batch {args.batch_size}  cpu bf16 {results['cpu_bf16']}  load {load_s:.1f}s")
+          f"threads {results['threads']}  batch {args.batch_size}  cpu bf16 {results['cpu_bf16']}  load {load_s:.1f}s")
     print(f"tokens per batch (mean) {statistics.mean(tokens):.0f}")
     print(f"{'mode':<18}{'step s':>10}{'cpu s':>10}{'samples/s':>12}{'tokens/s':>12}{'vs fp32':>10}")
     for mode, m in results["modes"].items():

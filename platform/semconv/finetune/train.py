@@ -69,13 +69,12 @@ def label_loss(model: Any, batch: dict[str, torch.Tensor], device: torch.device)
     the same value, at the full projection's cost.
     """
     labels = batch["labels"].to(device)
+    inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
     if not masked_logits_supported():
-        return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                     labels=labels).loss
+        return model(**inputs, labels=labels).loss
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != -100
-    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                logits_to_keep=keep)
+    out = model(**inputs, logits_to_keep=keep)
     return torch.nn.functional.cross_entropy(out.logits.float(), labels[:, 1:][keep[:, :-1]])
 
 

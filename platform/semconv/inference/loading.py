@@ -59,11 +59,13 @@ class ModelSpec:
     codes_per_level: int = 256
     seed: int = 0
 
+    def __post_init__(self):  # checked where the spec is made (the driver), not in each actor
+        if self.dtype not in DTYPES:
+            raise ValueError(f"ModelSpec.dtype must be one of {DTYPES}, not {self.dtype!r}")
+
     def load(self):
         import torch
 
-        if self.dtype not in DTYPES:
-            raise ValueError(f"ModelSpec.dtype must be one of {DTYPES}, not {self.dtype!r}")
         dtype = getattr(torch, self.dtype)
         if self.model_dir is not None:
             from semconv.finetune.model import load_for_inference
