@@ -1,0 +1,93 @@
+"""What this machine runs fast: native bf16 on the CPU, and so the dtype inference should use.
+
+bf16 halves a CPU matmul's time only where oneDNN has native kernels (AVX512-BF16 or AMX).
+Elsewhere it emulates them: on this repo's 2-core EPYC with oneDNN held to AVX2
+(``ONEDNN_MAX_CPU_ISA=AVX2``) a bf16 ``(256, 576) @ (576, 1536)`` takes 233 ms against 4.8 ms in
+float32, ~50x; issue #14 measured ~28x on a CPU without AVX512-BF16. So precache picks its dtype
+from :func:`cpu_bf16_supported` (as the fine-tune's autocast does) unless told otherwise.
+
+torch is imported inside the functions: the precache stage imports this module, and its Ray
+Data read tasks must stay free of torch (see :mod:`semconv.inference.loading`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from typing import Literal
+
+FORCE_NO_BF16 = "SEMCONV_FORCE_NO_BF16"
+NO_BF16_SLOWDOWN = "~28x"  # bf16 vs float32 matmul on a CPU without native bf16 (issue #14)
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (oneDNN with AVX512-BF16 or AMX).
+
+    ``SEMCONV_FORCE_NO_BF16=1`` makes it answer False, so a user whose CPU has AVX512-BF16 can
+    measure what a CPU without it does: precache's ``bf16: auto`` then runs float32 and the
+    fine-tune's autocast is off. It changes our choice, not the kernels; to also run the
+    emulated bf16 kernels such a CPU would (e.g. with ``precache.bf16=true``), set
+    ``ONEDNN_MAX_CPU_ISA=AVX2`` too (oneDNN then reports no bf16 itself).
+    """
+    if os.environ.get(FORCE_NO_BF16, "").strip() not in ("", "0"):
+        return False
+    import torch
+
+    try:
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() and native)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    """The dtype inference runs in, why (one line for the log and the manifest), and a warning
+    when the choice will be slow."""
+
+    dtype: Literal["bfloat16", "float32"]
+    reason: str
+    warning: str | None = None
+
+
+def inference_dtype(bf16: bool | Literal["auto"], use_gpu: bool) -> DtypeChoice:
+    """Resolve ``precache.bf16``: ``"auto"`` is bf16 on a GPU or on a CPU with native bf16, else
+    float32; ``True`` forces bf16 (with a warning on a CPU without native bf16); ``False`` float32."""
+    if bf16 == "auto":
+        if use_gpu:
+            return DtypeChoice("bfloat16", "auto: GPU")
+        if cpu_bf16_supported():
+            return DtypeChoice("bfloat16", "auto: this CPU has native bf16")
+        return DtypeChoice("float32", "auto: this CPU has no native bf16")
+    if bf16 is True:
+        warning = None
+        if not use_gpu and not cpu_bf16_supported():
+            warning = (f"precache.bf16=true on a CPU without native bf16 (AVX512-BF16 or AMX): "
+                       f"bf16 matmuls run {NO_BF16_SLOWDOWN} slower than float32 here, so precache "
+                       f"may take hours; set precache.bf16=auto (or false) to run float32")
+        return DtypeChoice("bfloat16", "precache.bf16=true", warning)
+    if bf16 is False:
+        return DtypeChoice("float32", "precache.bf16=false")
+    raise ValueError(f"precache.bf16 must be true, false or 'auto', not {bf16!r}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else ``platform.processor()``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info() -> dict[str, object]:
+    """What a timing was measured on: CPU model, cores, native bf16, torch threads (this process)."""
+    import torch
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "bf16_native": cpu_bf16_supported(),
+            "torch_threads": torch.get_num_threads()}
