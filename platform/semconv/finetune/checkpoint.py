@@ -61,13 +61,45 @@ def read_history(path: Path) -> dict[str, Any]:
 def save_final(path: Path, model: Any, tokenizer: Any, metrics: dict[str, Any]) -> None:
     """The ``model/`` payload: peft adapter (code rows included, full vocab not), tokenizer, metrics.
 
-    ``save_embedding_layers=False``: the resized embedding matrix is not stored; loading resizes the
-    base again and the trainable-token rows overwrite the new tokens, so the adapter stays small.
+    It loads with plain Hugging Face calls, into the model that was trained::
+
+        from peft import AutoPeftModelForCausalLM
+        from transformers import AutoTokenizer
+
+        model = AutoPeftModelForCausalLM.from_pretrained("<run_dir>/model")  # base + code rows + LoRA
+        tokenizer = AutoTokenizer.from_pretrained("<run_dir>/model")         # with <a_0>..<d_255>
+        model = model.merge_and_unload()  # optional: plain weights, what load_for_inference returns
+
+    ``AutoPeftModelForCausalLM`` loads the base named by ``base_model_name_or_path`` in
+    ``adapter_config.json`` (saved as an absolute path: the base directory training used, e.g.
+    ``~/.cache/semconv/models/smollm2-135m`` for the bundled model, which
+    ``semconv.models.resolve("smollm2-135m")`` rebuilds on another machine). Because this directory
+    holds a tokenizer larger than the base's vocabulary, it resizes the base's embeddings to
+    ``len(tokenizer)`` before loading the adapter, and the adapter's trainable-token rows then
+    overwrite the new rows. With the base elsewhere, do the same by hand: ``base =
+    AutoModelForCausalLM.from_pretrained(base_dir)``, ``base.resize_token_embeddings(len(tokenizer))``,
+    ``PeftModel.from_pretrained(base, "<run_dir>/model")``. ``AutoModelForCausalLM.from_pretrained``
+    on this directory does not resize (an ``IndexError``); it loads ``model/merged/``, which the
+    stage writes when ``finetune.merge`` is on.
+
+    ``save_embedding_layers=False``: the resized embedding matrix is not stored, only the code
+    rows, so the adapter stays small (SmolLM2-135M, 1,024 codes, LoRA r=16: 22 MB; with the
+    embedding and lm_head matrices it would be 256 MB).
     """
     path.mkdir(parents=True, exist_ok=True)
+    _pin_base_path(model)
     model.save_pretrained(str(path), save_embedding_layers=False)
     tokenizer.save_pretrained(str(path))
     (path / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def _pin_base_path(model: Any) -> None:
+    """A base named by a relative path is recorded absolute, so the adapter finds it from any
+    working directory (a hub id, or a directory that does not exist here, is left as it is)."""
+    for config in model.peft_config.values():
+        name = config.base_model_name_or_path
+        if name and Path(name).expanduser().is_dir():
+            config.base_model_name_or_path = os.path.abspath(Path(name).expanduser())
 
 
 def is_checkpoint(path: str | os.PathLike[str]) -> bool:
