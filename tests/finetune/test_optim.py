@@ -77,3 +77,26 @@ def test_code_token_rows_get_their_own_scaled_learning_rate():
     assert sched.get_last_lr()[1] == 10 * sched.get_last_lr()[0] > 0
     # plain parameters (no names) all share one group, as before
     assert len(build_optimizer([lora, rows], lr=1e-3, weight_decay=0.0).param_groups) == 1
+
+
+def test_a_time_budget_decays_the_schedule_with_whichever_runs_out_first():
+    import torch
+
+    from semconv.finetune.optim import build_scheduler
+
+    used = {"fraction": 0.0}
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = build_scheduler(opt, 2, 100, "linear", 0.1, progress=lambda: used["fraction"])
+    sched.step()
+    assert sched.get_last_lr()[0] == pytest.approx(1.0)  # warmup goes by steps only
+    sched.step()
+    used["fraction"] = 0.5  # half the time gone after 2 steps: the decay is half way too
+    sched.step()
+    assert sched.get_last_lr()[0] == pytest.approx(0.1 + 0.9 * (1 - (50 - 2) / 98))
+    used["fraction"] = 1.0
+    sched.step()
+    assert sched.get_last_lr()[0] == pytest.approx(0.1)  # at the floor when time is up
+    used["fraction"] = 0.0  # steps further on than time: steps lead
+    sched.step()
+    assert sched.get_last_lr()[0] == pytest.approx(0.1 + 0.9 * (1 - (5 - 2) / 98))

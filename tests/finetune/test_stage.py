@@ -15,8 +15,10 @@ from semconv.artifacts import RunDir
 from semconv.finetune.data import encode_batch, split_examples
 from semconv.finetune.model import load_for_inference
 from semconv.finetune.stage import FinetuneInputError, run_finetune
+from semconv.finetune.tokenizer import code_token_ids
+from semconv.finetune.train import training_loss
 
-from .conftest import sft_table, tiny_config
+from .conftest import K, LEVELS, sft_table, tiny_config
 
 
 def test_run_finetune_writes_a_complete_model_that_loads(ray_local, planted_run_dir, tiny_lm_dir):
@@ -38,8 +40,9 @@ def test_run_finetune_writes_a_complete_model_that_loads(ray_local, planted_run_
 
     model, tok = load_for_inference(model_dir, str(tiny_lm_dir))
     batch = encode_batch(tok, split_examples(sft_table(0, 4), "valid"), range(4), 128)
+    loss_fn = training_loss(cfg.finetune.code_softmax, code_token_ids(tok, LEVELS, K), LEVELS)
     with torch.no_grad():
-        loss = model(**batch).loss
+        loss = loss_fn(model, batch, torch.device("cpu"))
     assert abs(float(loss) - metrics["eval_loss"][-1]) < 0.5  # same model the run evaluated
     merged_logits = _logits(model_dir / "merged", batch)
     assert torch.allclose(merged_logits, model(**batch).logits.detach(), atol=1e-4)
@@ -94,3 +97,16 @@ def test_two_workers_resume_after_a_killed_worker(ray_local, planted_run_dir, ti
     assert metrics["resumed_from_step"] == [3]  # restarted from the step-3 checkpoint
     assert metrics["train_steps"] == [1, 2, 3, 4, 5, 6]  # the counter went on, no step twice
     assert metrics["workers"] == 2 and metrics["samples"] == 6 * 2 * 4
+
+
+def test_a_time_budget_stops_training_and_still_publishes_the_model(ray_local, planted_run_dir, tiny_lm_dir):
+    # 50 steps allowed, but a budget (0.006 s) that the first step already uses up
+    cfg = tiny_config(planted_run_dir, tiny_lm_dir, max_steps=50, max_minutes=1e-4, eval_every=25)
+    model_dir = Path(run_finetune(cfg)["model"])
+    metrics = json.loads((model_dir / "train_metrics.json").read_text())
+    assert metrics["steps"] == 1 and metrics["train_steps"] == [1]
+    assert metrics["eval_steps"] == [1]  # the last step is evaluated, as at max_steps
+    # the planted sft/ has per-prompt rows and no tasks manifest: decoded as instruction prompts
+    assert json.loads((model_dir / "recommender.json").read_text()) == {
+        "prompt_format": "instruction", "code_softmax": "level"}
+    assert RunDir(planted_run_dir).manifest("model")["steps"] == 1

@@ -24,16 +24,24 @@ def random_histories(num_users: int, num_items: int, seed: int = 0, lo: int = 2,
 
 
 @torch.no_grad()
-def brute_force_scores(ranker, history: list[int]) -> np.ndarray:
-    """log p(item's code tokens | prompt) for every item, by teacher forcing each full sequence."""
+def brute_force_scores(ranker, history: list[int], level_softmax: bool = False) -> np.ndarray:
+    """log p(item's code tokens | prompt) for every item, by teacher forcing each full sequence;
+    with ``level_softmax`` each level's softmax runs over that level's code tokens only."""
     prompt = ranker.encode([history])[0]
     levels = ranker.item_codes.shape[1]
     code_ids = np.stack([ranker.trie.token_ids[l].numpy()[ranker.item_codes[:, l]] for l in range(levels)], 1)
     seqs = torch.as_tensor(np.concatenate([np.tile(prompt, (len(code_ids), 1)), code_ids], 1))
-    logp = ranker.model(seqs).logits.float().log_softmax(-1)
+    logits = ranker.model(seqs).logits.float()
     t = len(prompt)
     rows = torch.arange(len(seqs))
-    return sum(logp[rows, t - 1 + l, seqs[:, t + l]] for l in range(levels)).numpy()
+    if not level_softmax:
+        logp = logits.log_softmax(-1)
+        return sum(logp[rows, t - 1 + l, seqs[:, t + l]] for l in range(levels)).numpy()
+    total = 0
+    for l in range(levels):
+        level_logp = logits[:, t - 1 + l, ranker.trie.token_ids[l]].log_softmax(-1)
+        total = total + level_logp[rows, torch.as_tensor(ranker.item_codes[:, l])]
+    return total.numpy()
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from semconv.decoding import Decoding
 from semconv.inference.beam_search import BeamSearchError, constrained_beam_search
 from semconv.inference.loading import load_with_random_code_tokens
 from semconv.inference.ranker import GenerativeRanker, left_pad
@@ -28,6 +29,22 @@ def test_beam_as_wide_as_the_item_set_returns_the_brute_force_top_k(code_lm, ite
         best = np.argsort(-scores, kind="stable")[:10]
         assert got_items[u].tolist() == best.tolist()
         np.testing.assert_allclose(got_scores[u], scores[best], atol=1e-4)
+
+
+@pytest.mark.parametrize("prompt_format", ["instruction", "history"])
+def test_level_softmax_search_returns_the_brute_force_top_k_in_either_prompt_format(code_lm, items, prompt_format):
+    model, tok = code_lm
+    decoding = Decoding(prompt_format, "level")
+    ranker = GenerativeRanker(model, tok, items, num_beams=NUM_ITEMS, top_k=10, batch_size=2, decoding=decoding)
+    histories = random_histories(3, NUM_ITEMS, seed=5)
+    got_items, got_scores = ranker.rank(histories)
+    for u, h in enumerate(histories):
+        scores = brute_force_scores(ranker, h, level_softmax=True)
+        best = np.argsort(-scores, kind="stable")[:10]
+        assert got_items[u].tolist() == best.tolist()
+        np.testing.assert_allclose(got_scores[u], scores[best], atol=1e-4)
+    # a level softmax is a distribution over each level's codes: the item scores sum to at most 1
+    assert np.exp(brute_force_scores(ranker, histories[0], level_softmax=True)).sum() <= 1 + 1e-5
 
 
 def test_every_item_is_valid_and_distinct_with_a_narrow_beam(tiny_lm_dir):

@@ -19,11 +19,13 @@ from semconv.tasks.inputs import validate_inputs
 from semconv.tasks.sampling import NegativeSamplingError, repeat_counts, sample_negatives
 from semconv.tasks.templates import DEFAULT_TEMPLATES
 
-BEHAVIOUR_ONLY = dict(text=False, query=False)
+# These tests are about the paper's per-prompt sequential rows (tests/tasks/test_history.py covers
+# the default history-level objective).
+BEHAVIOUR_ONLY = dict(text=False, query=False, sequential_objective="prompt")
 
 
 def build(tables, seed=0, **cfg):
-    return build_sft(validate_inputs(**tables), TasksConfig(**cfg), seed).table
+    return build_sft(validate_inputs(**tables), TasksConfig(**{"sequential_objective": "prompt", **cfg}), seed).table
 
 
 def rows(table: pa.Table, task: str, split: str = "train") -> list[dict]:

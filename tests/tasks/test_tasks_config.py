@@ -10,7 +10,7 @@ from semconv.tasks.templates import DEFAULT_TEMPLATES, TASK_NAMES, TEMPLATE_FIEL
 
 
 def test_every_task_has_several_valid_default_paraphrases():
-    assert set(DEFAULT_TEMPLATES) == set(TASK_NAMES)
+    assert set(DEFAULT_TEMPLATES) == set(TASK_NAMES) - {"history"}  # history rows use a fixed header
     for task, templates in DEFAULT_TEMPLATES.items():
         assert len(templates) >= 2 and len(set(templates)) == len(templates)
         required, optional = TEMPLATE_FIELDS[task]

@@ -11,7 +11,7 @@ import pytest
 
 from semconv.artifacts import ArtifactError, RunDir
 from semconv.config import PipelineConfig
-from semconv.prompts import PREAMBLE
+from semconv.prompts import HISTORY_HEADER, PREAMBLE
 from semconv.tasks.inputs import TaskInputError
 from semconv.tasks.rows import SFT_SCHEMA
 from semconv.tasks.stage import run_tasks
@@ -28,16 +28,18 @@ def test_run_tasks_writes_sft_with_counts_and_then_skips(tmp_path, toy):
     assert out == {"sft": run.path("sft")} and run.is_complete("sft")
     table = run.read_table("sft")
     assert table.schema.equals(SFT_SCHEMA)
-    assert all(p.startswith(PREAMBLE) for p in table["prompt"].to_pylist())
+    tasks = table["task"].to_pylist()
+    assert all(p.startswith(HISTORY_HEADER if t == "history" else PREAMBLE)
+               for t, p in zip(tasks, table["prompt"].to_pylist()))
     manifest = run.manifest("sft")
     counts = manifest["rows_per_task"]
-    assert counts == {
-        "sequential": 4 + 3, "negative": 12, "item2title": 6, "title2item": 6,
+    assert counts == {  # history: one train row per user (each holds all its train targets) + 3 valid
+        "history": 3 + 3, "sequential": 0, "negative": 12, "item2title": 6, "title2item": 6,
         "item2description": 4, "description2item": 4, "query2item": 6,
         "token2keywords": 8, "keywords2token": 8,
     }
     assert manifest["rows"] == table.num_rows == sum(counts.values())
-    assert manifest["rows_per_task_split"]["sequential"] == {"train": 4, "valid": 3}
+    assert manifest["rows_per_task_split"]["history"] == {"train": 3, "valid": 3}
     assert set(table["split"].to_pylist()) == {"train", "valid"}
     sa_init = json.loads((Path(run.path("sft")) / "sa_init.json").read_text())
     assert set(sa_init) == {"<a_0>", "<a_1>", "<a_2>", "<b_0>", "<b_1>", "<b_2>", "<c_0>", "<c_1>"}
@@ -60,7 +62,14 @@ def test_switching_tasks_off_removes_their_rows(tmp_path, toy):
     toy.write_run(tmp_path, toy.make_tables())
     run_tasks(config(tmp_path, negative=False, text=False))
     tasks = set(RunDir(tmp_path).read_table("sft")["task"].to_pylist())
-    assert tasks == {"sequential", "query2item"}
+    assert tasks == {"history", "query2item"}
+
+
+def test_the_prompt_objective_writes_per_target_sequential_rows(tmp_path, toy):
+    toy.write_run(tmp_path, toy.make_tables())
+    run_tasks(config(tmp_path, sequential_objective="prompt", negative=False, text=False, query=False))
+    counts = RunDir(tmp_path).manifest("sft")["rows_per_task_split"]
+    assert counts["sequential"] == {"train": 4, "valid": 3} and counts["history"] == {"train": 0, "valid": 0}
 
 
 def test_missing_input_artifact_is_named(tmp_path, toy):

@@ -130,13 +130,18 @@ def build_tables(interactions: pa.Table, items: pa.Table) -> tuple[pa.Table, pa.
     return items_out, pa.table(seqs)
 
 
+def train_end(n: int) -> int:
+    """Items of a history of length ``n`` that belong to training: all but the valid and test
+    items, which a history of 3 or more holds out (shorter ones are train only)."""
+    return n - 2 if n >= 3 else n
+
+
 def leave_last_out(sequences: pa.Table, max_len: int) -> pa.Table:
     """Splits rows for a batch of users (pure; Ray Data maps it over shards of users)."""
     split, user, hist, target = [], [], [], []
     for uid, seq in zip(sequences.column("user_id").to_pylist(), sequences.column("history").to_pylist()):
         n = len(seq)
-        n_train_end = n - 2 if n >= 3 else n  # items usable for train prefixes
-        for i in range(1, n_train_end):
+        for i in range(1, train_end(n)):
             split.append("train"); user.append(uid); hist.append(seq[max(0, i - max_len):i]); target.append(seq[i])
         if n >= 3:
             split.append("valid"); user.append(uid); hist.append(seq[max(0, n - 2 - max_len):n - 2]); target.append(seq[n - 2])

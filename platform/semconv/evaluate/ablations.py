@@ -34,12 +34,15 @@ ABLATIONS: dict[str, list[str]] = {
     "ts_align": ["tasks.ts_align=true"],
     "ts_rec": ["tasks.sa_init=true", "tasks.ts_align=true"],
     "wo_sa_init": ["tasks.sa_init=false"],  # for configs that turn SA-Init on (configs/demo.yaml)
+    "prompt_objective": ["tasks.sequential_objective=prompt"],  # the paper's one-target prompts
+    "vocabulary_softmax": ["finetune.code_softmax=vocabulary"],
 }
 GROUPS: dict[str, list[str]] = {
     "paper": ["wo_llm_alignment", "wo_negative", "ed_tokenizer"],
     "neg_ratio": [f"neg_ratio_{r}" for r in range(6)],
     "levels": [f"levels_{n}" for n in range(2, 6)],
     "ts_rec": ["sa_init", "ts_align", "ts_rec"],
+    "objective": ["prompt_objective", "vocabulary_softmax"],
     "all": list(ABLATIONS),
 }
 # Stages in pipeline order with the config section that drives each and the artifacts it writes.

@@ -28,11 +28,19 @@ class FinetuneConfig(Section):
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         min_length=1, description="module names that get LoRA",
     )
-    max_steps: int = Field(60, ge=1, description="optimizer steps (configs/demo.yaml: 250)")
+    max_steps: int = Field(60, ge=1, description="optimizer steps (at most)")
+    max_minutes: float | None = Field(
+        None, gt=0, description="wall-clock budget of the training loop: it stops at the first step "
+        "past it (all workers together) and the LR schedule decays over whichever of steps and time "
+        "runs out first, so a slower CPU trains fewer steps instead of taking longer")
     batch_size: int = Field(8, ge=1, description="micro-batch per worker")
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(5e-4, gt=0)
     code_token_lr_scale: float = Field(1.0, gt=0, description="LR multiplier of the code-token rows")
+    code_softmax: Literal["level", "vocabulary"] = Field(
+        "level", description="level: a code-token label competes only with its level's code tokens, "
+        "the choice constrained decoding makes (the model is then decoded the same way, see "
+        "semconv.decoding); vocabulary: the LLM's full softmax")
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(5, ge=0)
     lr_schedule: Literal["cosine", "linear"] = "cosine"

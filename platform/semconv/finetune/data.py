@@ -1,7 +1,8 @@
 """Alignment-task examples as token ids: prompt masked, label learned, batches by length.
 
 Cross-entropy only on the label (the item codes, or the title for text tasks), with EOS appended
-so the model learns where an answer stops. Batches are drawn from a deterministic plan, so the
+so the model learns where an answer stops; ``history`` rows (``tasks.history``: a whole history,
+the label every later item's codes) get no EOS, since decoding stops after the last code level. Batches are drawn from a deterministic plan, so the
 k-th micro-batch of a run is the same after a resume: a restarted worker continues exactly where
 the checkpoint left off. Length bucketing (sort within windows, shuffle the batches) cuts the
 padding that dominates CPU step time when prompts range from 60 to 200 tokens.
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 IGNORE_INDEX = -100
+HISTORY_TASK = "history"  # tasks.history.TASK (kept literal: workers need not import the tasks package)
 
 
 class SftDataError(ValueError):
@@ -29,6 +31,7 @@ class SftExamples:
 
     prompts: list[str]
     labels: list[str]
+    eos: list[bool] | None = None  # per row: append EOS to the label (None: every row)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -45,21 +48,31 @@ def split_examples(table: Any, split: str) -> SftExamples:
     splits = table.column("split").to_pylist()
     prompts = table.column("prompt").to_pylist()
     labels = table.column("label").to_pylist()
+    tasks = table.column("task").to_pylist() if "task" in table.column_names else [None] * len(splits)
     keep = [i for i, s in enumerate(splits) if s == split]
     for i in keep:
         if not prompts[i] or not labels[i]:
             raise SftDataError(f"sft/ row {i} ({split}) has an empty prompt or label")
-    return SftExamples([prompts[i] for i in keep], [labels[i] for i in keep])
+    return SftExamples([prompts[i] for i in keep], [labels[i] for i in keep],
+                       [tasks[i] != HISTORY_TASK for i in keep])
 
 
-def encode_example(tokenizer: Any, prompt: str, label: str, max_len: int) -> tuple[list[int], list[int]]:
+def encode_example(
+    tokenizer: Any, prompt: str, label: str, max_len: int, eos: bool = True
+) -> tuple[list[int], list[int]]:
     """``(input_ids, labels)`` with the prompt masked to ``IGNORE_INDEX`` and EOS after the label.
 
     A label longer than half the budget is cut (and then gets no EOS: the model must not learn to
-    stop mid-description); a prompt that does not fit loses its oldest tokens.
+    stop mid-description); a prompt that does not fit loses its oldest tokens. Without ``eos``
+    (history rows, whose prompt is short and whose label is the long part) the prompt is kept
+    whole and the label's newest tokens are cut instead.
     """
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    l_ids = tokenizer(label, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    l_ids = tokenizer(label, add_special_tokens=False)["input_ids"]
+    if not eos:
+        l_ids = l_ids[: max(0, max_len - len(p_ids))]
+        return p_ids + l_ids, [IGNORE_INDEX] * len(p_ids) + l_ids
+    l_ids = l_ids + [tokenizer.eos_token_id]
     if len(l_ids) > max_len // 2:
         l_ids = l_ids[: max_len // 2]
     budget = max_len - len(l_ids)
@@ -82,7 +95,8 @@ def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict
 
 
 def encode_batch(tokenizer: Any, examples: SftExamples, index: Sequence[int], max_len: int) -> dict[str, torch.Tensor]:
-    pairs = [encode_example(tokenizer, examples.prompts[i], examples.labels[i], max_len) for i in index]
+    eos = examples.eos or [True] * len(examples)
+    pairs = [encode_example(tokenizer, examples.prompts[i], examples.labels[i], max_len, eos[i]) for i in index]
     return collate(pairs, tokenizer.pad_token_id)
 
 

@@ -123,7 +123,10 @@ def load_for_inference(
     """Load the fine-tuned model for decoding: base + code tokens + adapter, merged.
 
     ``model_dir`` is the ``model/`` artifact. Merging (``merge_and_unload``) folds LoRA and the
-    code-token rows into plain weights, so decoding pays no adapter overhead.
+    code-token rows into plain weights, so decoding pays no adapter overhead. The same model as
+    ``peft.AutoPeftModelForCausalLM.from_pretrained(model_dir).merge_and_unload()`` when the base
+    recorded in ``adapter_config.json`` is reachable (see ``checkpoint.save_final``); this one
+    takes the base explicitly.
     """
     from peft import PeftModel
     from transformers import AutoTokenizer
@@ -139,3 +142,4 @@ def load_for_inference(
     model = model.merge_and_unload()
     model.eval()
     return model, tokenizer
+

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
@@ -59,10 +59,17 @@ def build_optimizer(
 def build_scheduler(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
     kind: Literal["cosine", "linear"] = "cosine", min_lr_ratio: float = 0.0,
+    progress: Callable[[], float] | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, kind, min_lr_ratio)
-    )
+    """Warmup then decay over ``total_steps``; with ``progress`` (the fraction of a time budget
+    used, ``finetune.max_minutes``) the decay runs at whichever of steps and time is further on,
+    so a run that the budget stops early still ends at the low end of its schedule."""
+    def factor(step: int) -> float:
+        if progress is not None and step >= warmup_steps:
+            step = max(step, min(total_steps, int(progress() * total_steps)))
+        return lr_factor(step, warmup_steps, total_steps, kind, min_lr_ratio)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def deepspeed_config(

@@ -9,6 +9,7 @@ the same Ray Train run; a changed config or a rebuilt ``sft/`` starts it afresh.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import asdict
 import json
 import shutil
 from pathlib import Path
@@ -21,6 +22,7 @@ from semconv.codes import code_token, code_tokens_in
 from semconv.config import PipelineConfig
 from semconv.finetune.checkpoint import FINAL
 from semconv.finetune.model import resolve_base
+from semconv.decoding import Decoding
 from semconv.finetune.optim import deepspeed_config
 
 CHECKPOINTS = "_checkpoints"
@@ -57,6 +59,14 @@ def read_sa_init(rd: RunDir) -> dict[str, list[str]]:
     return data
 
 
+def sft_prompt_format(sft_manifest: dict[str, Any]) -> str:
+    """The inference prompt format the ``sft/`` rows teach: ``history`` for the history-level
+    objective, ``instruction`` for per-prompt sequential rows (and for sft/ built before the
+    objective was a choice)."""
+    tasks = sft_manifest.get("tasks_config") or {}
+    return "history" if tasks.get("sequential_objective") == "history" else "instruction"
+
+
 def train_config(cfg: PipelineConfig, base_path: Path, sa_init: dict[str, list[str]] | None) -> dict[str, Any]:
     """The plain dict that ``train_func`` receives (everything a worker needs, nothing Ray)."""
     ft = cfg.finetune
@@ -70,8 +80,9 @@ def train_config(cfg: PipelineConfig, base_path: Path, sa_init: dict[str, list[s
                  "target_modules": list(ft.target_modules)},
         "sa_init": sa_init, "deepspeed": ds, "use_gpu": ft.use_gpu, "bf16": ft.bf16,
         "threads": ft.cpus_per_worker,
+        "max_train_seconds": ft.max_minutes * 60 if ft.max_minutes else None,
         **{k: getattr(ft, k) for k in (
-            "max_steps", "batch_size", "grad_accum", "lr", "code_token_lr_scale", "weight_decay",
+            "max_steps", "batch_size", "grad_accum", "lr", "code_token_lr_scale", "code_softmax", "weight_decay",
             "warmup_steps", "lr_schedule",
             "min_lr_ratio", "grad_clip", "max_seq_len", "bucket_by_length", "eval_every", "eval_samples",
             "checkpoint_every", "log_every")},
@@ -168,8 +179,9 @@ def run_finetune(cfg: PipelineConfig, step_hook: Any = None) -> dict[str, str]:
         if not final.exists():
             raise RuntimeError(f"the last checkpoint {result.checkpoint.path} has no {FINAL}/ payload")
         metrics = json.loads((final / "train_metrics.json").read_text())
+        decoding = Decoding(sft_prompt_format(rd.manifest("sft")), cfg.finetune.code_softmax)
         manifest = {
-            "base_model": cfg.finetune.base_model, "base_path": str(base_path),
+            "base_model": cfg.finetune.base_model, "base_path": str(base_path), **asdict(decoding),
             "levels": cfg.tokenize.levels, "codes_per_level": cfg.tokenize.codes_per_level,
             "steps": metrics["steps"], "final_train_loss": metrics["train_loss"][-1],
             "final_eval_loss": metrics["eval_loss"][-1] if metrics["eval_loss"] else None,
@@ -180,6 +192,7 @@ def run_finetune(cfg: PipelineConfig, step_hook: Any = None) -> dict[str, str]:
                 if item.is_file() and item.name != "README.md":
                     shutil.copy2(item, tmp / item.name)
             plot_curve(metrics, tmp / "train_curve.png")
+            decoding.save(tmp)
             if cfg.finetune.merge:
                 _save_merged(tmp, base_path)
     return {"model": rd.path("model")}

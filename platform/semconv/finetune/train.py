@@ -12,6 +12,7 @@ function runs in one process (tests, benchmarks) or on N Ray workers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 import tempfile
@@ -26,15 +27,7 @@ from semconv.finetune import checkpoint as ckpt
 from semconv.finetune.data import BatchPlan, SftExamples, encode_batch, eval_sample, split_examples
 from semconv.finetune.model import build_finetune_model
 from semconv.finetune.optim import build_optimizer, build_scheduler
-
-
-def cpu_bf16_supported() -> bool:
-    """Whether this CPU runs bf16 matmuls natively (oneDNN with AVX512-BF16 or AMX)."""
-    try:
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() and native)
-    except (AttributeError, RuntimeError):
-        return False
+from semconv.hardware import cpu_bf16_supported
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -58,7 +51,34 @@ def masked_logits_supported() -> bool:
     return hasattr(modeling_utils, "slice_logits_to_keep")
 
 
-def label_loss(model: Any, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+def code_level_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, code_ids: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy where a code-token target competes only with its level's code tokens.
+
+    ``logits`` (N, V), ``targets`` (N,), ``code_ids`` (L, K): the vocabulary ids of the code tokens,
+    level-major. A target that is a code token of level ``l`` is scored by a softmax over
+    ``code_ids[l]``: the K tokens the constrained beam search chooses among at that step, so the
+    loss trains exactly the distribution decoding reads (``semconv.decoding``, ``level``). Other
+    targets (EOS, the words of a title) keep the full-vocabulary softmax.
+    """
+    k = code_ids.shape[1]
+    flat = code_ids.reshape(-1).to(logits.device)
+    slot = torch.full((logits.shape[-1],), -1, dtype=torch.long, device=logits.device)
+    slot[flat] = torch.arange(flat.numel(), device=logits.device)
+    slot = slot[targets]
+    code = slot >= 0
+    total = logits.new_zeros(())
+    if code.any():
+        rows = flat.view(-1, k)[slot[code] // k]  # (n, K) the target level's code ids
+        total = total + torch.nn.functional.cross_entropy(
+            logits[code].gather(1, rows), slot[code] % k, reduction="sum")
+    if not code.all():
+        total = total + torch.nn.functional.cross_entropy(logits[~code], targets[~code], reduction="sum")
+    return total / max(targets.numel(), 1)
+
+
+def label_loss(
+    model: Any, batch: dict[str, torch.Tensor], device: torch.device, code_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mean next-token cross-entropy over the label tokens, projecting only those positions.
 
     Equal to the model's own ``labels=`` loss, but the vocabulary projection (49k+ rows for
@@ -66,16 +86,36 @@ def label_loss(model: Any, batch: dict[str, torch.Tensor], device: torch.device)
     codes + EOS) instead of every prompt token: ``logits_to_keep`` with a boolean ``(B, S)``
     mask, which Hugging Face causal LMs take from transformers 5.2x (``slice_logits_to_keep``).
     Older releases index with the mask and fail, so there it falls back to the ``labels=`` loss:
-    the same value, at the full projection's cost.
+    the same value, at the full projection's cost. With ``code_ids`` (``finetune.code_softmax:
+    level``) code-token labels are scored by :func:`code_level_cross_entropy`.
     """
     labels = batch["labels"].to(device)
     inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
-    if not masked_logits_supported():
-        return model(**inputs, labels=labels).loss
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != -100
-    out = model(**inputs, logits_to_keep=keep)
-    return torch.nn.functional.cross_entropy(out.logits.float(), labels[:, 1:][keep[:, :-1]])
+    if masked_logits_supported():
+        logits = model(**inputs, logits_to_keep=keep).logits
+    elif code_ids is None:
+        return model(**inputs, labels=labels).loss
+    else:
+        logits = model(**inputs).logits[keep]
+    targets = labels[:, 1:][keep[:, :-1]]
+    if code_ids is not None:
+        return code_level_cross_entropy(logits.float(), targets, code_ids)
+    return torch.nn.functional.cross_entropy(logits.float(), targets)
+
+
+def training_loss(
+    code_softmax: str, code_ids: Sequence[int], levels: int,
+) -> Callable[[Any, dict[str, torch.Tensor], torch.device], torch.Tensor]:
+    """The loss ``finetune.code_softmax`` names: :func:`label_loss` over the whole vocabulary, or
+    with code labels normalised over their level (``level``)."""
+    if code_softmax == "vocabulary":
+        return label_loss
+    if code_softmax != "level":
+        raise ValueError(f"finetune.code_softmax must be 'level' or 'vocabulary', not {code_softmax!r}")
+    table = torch.tensor(list(code_ids), dtype=torch.long).view(levels, -1)
+    return functools.partial(label_loss, code_ids=table)
 
 
 def optimizer_step(
@@ -106,15 +146,17 @@ def optimizer_step(
 def evaluation_loss(
     model: Any, tokenizer: Any, examples: SftExamples, index: Sequence[int], batch_size: int,
     max_len: int, bf16: bool, device: torch.device,
+    loss_fn: Callable[[Any, dict[str, torch.Tensor], torch.device], torch.Tensor] | None = None,
 ) -> tuple[float, int]:
     """Summed label-token loss and token count over ``index`` (callers all-reduce, then divide)."""
+    loss_fn = loss_fn or label_loss
     was_training = model.training
     model.eval()
     loss_sum, tokens = 0.0, 0
     for start in range(0, len(index), batch_size):
         batch = encode_batch(tokenizer, examples, index[start : start + batch_size], max_len)
         with autocast(device, bf16):
-            loss = label_loss(model, batch, device)
+            loss = loss_fn(model, batch, device)
         n = label_tokens(batch)
         loss_sum += float(loss) * n
         tokens += n
@@ -153,13 +195,14 @@ def train_func(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if config.get("use_gpu") else torch.device("cpu")
     bf16 = bool(config["bf16"])
 
-    model, tokenizer, _ = build_finetune_model(
+    model, tokenizer, code_ids = build_finetune_model(
         config["base_path"], config["levels"], config["codes_per_level"], lora=config["lora"],
         sa_init=config.get("sa_init"),
     )
+    loss_fn = training_loss(config.get("code_softmax", "vocabulary"), code_ids, config["levels"])
     from semconv.artifacts import RunDir
 
-    table = RunDir(config["run_dir"]).read_table("sft", columns=["prompt", "label", "split"])
+    table = RunDir(config["run_dir"]).read_table("sft", columns=["task", "prompt", "label", "split"])
     train, valid = split_examples(table, "train"), split_examples(table, "valid")
     bs, accum, max_len = config["batch_size"], config["grad_accum"], config["max_seq_len"]
     plan = BatchPlan(train.lengths(), bs, config["seed"], config["bucket_by_length"])
@@ -168,8 +211,11 @@ def train_func(config: dict[str, Any]) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(model.named_parameters(), config["lr"], config["weight_decay"],
                                 config.get("code_token_lr_scale", 1.0))
+    budget = config.get("max_train_seconds")
+    clock = {"train_s": 0.0}  # training seconds so far; the LR schedule reads it under a time budget
     scheduler = build_scheduler(optimizer, config["warmup_steps"], config["max_steps"],
-                                config["lr_schedule"], config["min_lr_ratio"])
+                                config["lr_schedule"], config["min_lr_ratio"],
+                                progress=(lambda: clock["train_s"] / budget) if budget else None)
     history = ckpt.new_history()
     engine = None
     resume = ray.train.get_checkpoint()
@@ -215,27 +261,32 @@ def train_func(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if has_files else None)
 
     start_step, time_before, t0 = history["step"], history["train_time_s"], time.perf_counter()
+    clock["train_s"] = time_before
     samples_here = 0
-    for step in range(start_step, config["max_steps"]):
+    finished = start_step >= config["max_steps"] or (budget is not None and time_before >= budget)
+    for step in range(start_step, config["max_steps"] if not finished else start_step):
         batches = [encode_batch(tokenizer, train, plan.micro_batch(step, a, accum, rank, world), max_len)
                    for a in range(accum)]
         if engine is not None:
             losses = []
             for batch in batches:
                 with autocast(device, bf16):
-                    loss = label_loss(engine, batch, device)
+                    loss = loss_fn(engine, batch, device)
                 engine.backward(loss)
                 engine.step()
                 losses.append(float(loss.detach()))
             loss_value = sum(losses) / len(losses)
         else:
             loss_value = optimizer_step(runner, batches, optimizer, scheduler, params,
-                                        config["grad_clip"], bf16, device)
+                                        config["grad_clip"], bf16, device, loss_fn)
         n_samples = sum(len(b["input_ids"]) for b in batches)
-        loss_value, n_samples = _all_reduce([loss_value, float(n_samples)], device)
+        # every worker gets the same mean time, so all stop at the same step under a time budget
+        loss_value, n_samples, elapsed = _all_reduce(
+            [loss_value, float(n_samples), time.perf_counter() - t0], device)
         loss_value /= world
+        elapsed /= world
         samples_here += int(n_samples)
-        elapsed = time.perf_counter() - t0
+        clock["train_s"] = time_before + elapsed
         done = step + 1
         history.update(step=done, samples=history["samples"] + int(n_samples),
                        train_time_s=time_before + elapsed)
@@ -244,10 +295,14 @@ def train_func(config: dict[str, Any]) -> None:
         history["lr"].append(scheduler.get_last_lr()[0])
         metrics = {"step": done, "train_loss": loss_value, "lr": history["lr"][-1],
                    "samples_per_s": samples_here / max(elapsed, 1e-9)}
-        last = done == config["max_steps"]
+        out_of_time = budget is not None and time_before + elapsed >= budget
+        last = done == config["max_steps"] or out_of_time
+        if out_of_time and done < config["max_steps"]:
+            _log(rank, f"time budget of {budget:.0f}s reached after step {done}: finishing here")
         if len(valid) and (done % config["eval_every"] == 0 or last):
             loss_sum, tokens = _all_reduce(
-                list(evaluation_loss(runner, tokenizer, valid, eval_idx, bs, max_len, bf16, device)), device)
+                list(evaluation_loss(runner, tokenizer, valid, eval_idx, bs, max_len, bf16, device, loss_fn)),
+                device)
             metrics["eval_loss"] = loss_sum / max(tokens, 1)
             history["eval_loss"].append(metrics["eval_loss"])
             history["eval_steps"].append(done)
@@ -259,7 +314,9 @@ def train_func(config: dict[str, Any]) -> None:
             report(metrics, save=save, final=last)
         if hook is not None:
             hook(done, rank)
-    if start_step >= config["max_steps"]:  # restored after the last step: publish the final payload again
+        if last:
+            break
+    if finished:  # restored after the last step: publish the final payload again
         report({"step": start_step}, save=True, final=True)
 
 

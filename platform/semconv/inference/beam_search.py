@@ -65,10 +65,12 @@ def encode_prefix(model: torch.nn.Module, prefix_ids: Sequence[int] | torch.Tens
     return SharedPrefix(ids=ids, kv=kv)
 
 
-def _code_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """log p(code token) under the full-vocabulary softmax, for the code tokens of one level."""
-    logits = logits.float()
-    return logits[..., token_ids] - torch.logsumexp(logits, dim=-1, keepdim=True)
+def _code_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, level_softmax: bool = False) -> torch.Tensor:
+    """log p(code token) for the code tokens of one level: under the full-vocabulary softmax, or
+    (``level_softmax``) under a softmax over that level's code tokens only."""
+    codes = logits[..., token_ids].float()
+    norm = codes if level_softmax else logits.float()
+    return codes - torch.logsumexp(norm, dim=-1, keepdim=True)
 
 
 def _topk_padded(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,11 +109,13 @@ def constrained_beam_search(
     top_k: int = 10,
     exclude: Sequence[Sequence[int]] | None = None,
     prefix: SharedPrefix | None = None,
+    level_softmax: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``top_k`` distinct valid items per prompt with their code-sequence log-probabilities.
 
     ``input_ids``/``attention_mask`` (B, S) are left-padded prompts; with ``prefix`` they are the
     part after the shared prefix. ``exclude[b]`` lists item ids user ``b`` must not get.
+    ``level_softmax`` normalises each level's scores over its code tokens (``semconv.decoding``).
     Returns ``items`` (B, top_k) int64 and ``scores`` (B, top_k) float32, best first; slots left
     when fewer than ``top_k`` items are reachable hold item ``-1`` and score ``-inf``.
     """
@@ -166,7 +170,7 @@ def constrained_beam_search(
     # ---- level 0: the root's children --------------------------------------------------------
     stride = trie.max_item_id + 1
     last = trie.levels == 1
-    lp = _code_logprobs(out.logits[:, -1], token_ids[0])  # (B, K0)
+    lp = _code_logprobs(out.logits[:, -1], token_ids[0], level_softmax)  # (B, K0)
     nxt = children[0][0].long().expand(bsz, -1)
     lp = lp.masked_fill(nxt < 0, float("-inf"))
     if last and exclude is not None:
@@ -192,7 +196,7 @@ def constrained_beam_search(
             past_key_values=cache,
             use_cache=True,
         )
-        lp = _code_logprobs(out.logits, token_ids[level])  # (B, W, K_l)
+        lp = _code_logprobs(out.logits, token_ids[level], level_softmax)  # (B, W, K_l)
         nxt = children[level][nodes.clamp(min=0)].long()  # (B, W, K_l): next node / item, -1 = invalid
         cand = scores[..., None] + lp.masked_fill(nxt < 0, float("-inf"))
         if level == trie.levels - 1 and exclude is not None:

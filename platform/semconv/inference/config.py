@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from semconv.schema import Section
@@ -22,7 +24,10 @@ class PrecacheConfig(Section):
     exclude_history: bool = Field(True, description="never recommend items already in the history "
                                   "(the demo data has no repeat purchases)")
     share_prefix: bool = Field(True, description="compute the shared prompt preamble's KV once")
-    bf16: bool = True
+    bf16: bool | Literal["auto"] = Field(
+        "auto", description="auto: bf16 on a GPU or a CPU with native bf16 (AVX512-BF16/AMX), else "
+                            "float32 (bf16 is ~28x slower there); true / false force it "
+                            "(see semconv.hardware.inference_dtype)")
     use_gpu: bool = False
     max_users: int | None = Field(
         None, ge=1, description="None: every test user (production). A number precaches a seeded "

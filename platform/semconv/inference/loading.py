@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+from semconv.decoding import Decoding
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -58,10 +60,17 @@ class ModelSpec:
     code_levels: int = 4  # only for the random-code-token stand-in
     codes_per_level: int = 256
     seed: int = 0
+    decoding: Decoding | None = None  # None: what model_dir records (the defaults for the stand-in)
 
     def __post_init__(self):  # checked where the spec is made (the driver), not in each actor
         if self.dtype not in DTYPES:
             raise ValueError(f"ModelSpec.dtype must be one of {DTYPES}, not {self.dtype!r}")
+
+    def resolved_decoding(self) -> Decoding:
+        """How to decode: explicit, else what ``model/`` was trained for (``model/recommender.json``)."""
+        if self.decoding is not None:
+            return self.decoding
+        return Decoding.load(self.model_dir) if self.model_dir is not None else Decoding()
 
     def load(self):
         import torch

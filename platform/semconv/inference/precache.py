@@ -161,7 +161,8 @@ class PrecacheActor:
             model = model.to("cuda")
         self.exclude_history = exclude_history
         self.ranker = GenerativeRanker(
-            model, tokenizer, item_codes, num_beams, top_k, batch_size, share_prefix, item_ids
+            model, tokenizer, item_codes, num_beams, top_k, batch_size, share_prefix, item_ids,
+            decoding=spec.resolved_decoding(),
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:

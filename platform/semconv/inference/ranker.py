@@ -3,7 +3,9 @@
 :class:`GenerativeRanker` holds one loaded model with everything decoding needs (tokenizer, code
 trie, the shared-prefix KV), so a Ray actor, a benchmark or a server builds it once and calls
 :meth:`GenerativeRanker.rank` per batch. Prompts are the sequential-alignment prompts of
-``semconv.prompts`` tokenized exactly as in fine-tuning (no special tokens added).
+``semconv.prompts`` in the format the model was trained on (``decoding.prompt_format``: ``history``
+or ``instruction``), tokenized exactly as in fine-tuning (no special tokens added), and code
+scores normalised as in training (``decoding.code_softmax``, see :mod:`semconv.decoding`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import numpy as np
 import torch
 
 from semconv.codes import code_token
+from semconv.decoding import Decoding
 from semconv.inference.beam_search import SharedPrefix, constrained_beam_search, encode_prefix
 from semconv.inference.trie import CodeTrie
-from semconv.prompts import PREAMBLE, sequential_prompt
+from semconv.prompts import inference_prompt, shared_prefix
 
 
 def code_token_table(tokenizer, levels: int, codes_per_level: Sequence[int]) -> list[list[int]]:
@@ -62,6 +65,7 @@ class GenerativeRanker:
         batch_size: int = 16,
         share_prefix: bool = True,
         item_ids: np.ndarray | None = None,
+        decoding: Decoding | None = None,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -75,18 +79,20 @@ class GenerativeRanker:
         ).to(model.device)
         self._codes_of = dict(zip(self.item_ids.tolist(), range(len(self.item_ids))))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.decoding = decoding or Decoding()
+        prefix_text = shared_prefix(self.decoding.prompt_format)
         self.prefix: SharedPrefix | None = None
         if share_prefix:
-            ids = tokenizer(PREAMBLE, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(prefix_text, add_special_tokens=False)["input_ids"]
             self.prefix = encode_prefix(model, ids)
 
     def prompt(self, history: Sequence[int]) -> str:
-        """The sequential prompt of a history of item ids (oldest first)."""
+        """The inference prompt of a history of item ids (oldest first)."""
         try:
             codes = [self.item_codes[self._codes_of[int(i)]] for i in history]
         except KeyError as err:
             raise ValueError(f"history item {err.args[0]} has no codes in item_codes") from None
-        return sequential_prompt(codes)
+        return inference_prompt(self.decoding.prompt_format, codes)
 
     def encode(self, histories: Sequence[Sequence[int]]) -> list[list[int]]:
         prompts = [self.prompt(h) for h in histories]
@@ -117,7 +123,8 @@ class GenerativeRanker:
             input_ids, mask = left_pad(batch, self.pad_id)
             exclude = [histories[i] for i in idx] if exclude_history else None
             it, sc = constrained_beam_search(
-                self.model, input_ids, mask, self.trie, self.num_beams, self.top_k, exclude, prefix
+                self.model, input_ids, mask, self.trie, self.num_beams, self.top_k, exclude, prefix,
+                level_softmax=self.decoding.code_softmax == "level",
             )
             items[idx], scores[idx] = it.numpy(), sc.numpy()
         return items, scores

@@ -10,6 +10,7 @@ naming the model, codebook, K and user count.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from semconv.artifacts import RunDir
+from semconv.hardware import inference_dtype
 from semconv.inference.loading import ModelSpec
 from semconv.inference.precache import (
     LIGHT_CPU,
@@ -102,12 +104,18 @@ def run_precache(cfg: PipelineConfig) -> dict[str, str]:
         user_ids = np.sort(rng.choice(user_ids, pc_cfg.max_users, replace=False))
         presorted = False
     plan = ShardPlan.from_user_ids(user_ids, pc_cfg.users_per_shard)
-    dtype = "bfloat16" if pc_cfg.bf16 else "float32"
+    choice = inference_dtype(pc_cfg.bf16, pc_cfg.use_gpu)
+    if choice.warning:
+        print(f"warning: {choice.warning}", flush=True)
+    print(f"precache: dtype {choice.dtype} ({choice.reason})", flush=True)
+    dtype = choice.dtype
     model_dir = str(run.local("model"))
     spec = ModelSpec(model_dir=model_dir, base_model=cfg.finetune.base_model, dtype=dtype)
+    decoding = spec.resolved_decoding()
     fingerprint = {
         **{name: run.manifest(name).get("created_at") for name in INPUTS},
-        "base_model": cfg.finetune.base_model, "dtype": dtype, "top_k": pc_cfg.top_k,
+        "base_model": cfg.finetune.base_model, "dtype": dtype, **asdict(decoding),
+        "top_k": pc_cfg.top_k,
         "num_beams": pc_cfg.num_beams, "exclude_history": pc_cfg.exclude_history,
         "max_users": pc_cfg.max_users, "seed": cfg.seed,
     }
@@ -134,7 +142,8 @@ def run_precache(cfg: PipelineConfig) -> dict[str, str]:
     manifest = {
         "model": model_dir, "base_model": cfg.finetune.base_model, "codebook": run.path("codebook"),
         "item_codes": run.path("item_codes"), "top_k": pc_cfg.top_k, "num_beams": pc_cfg.num_beams,
-        "exclude_history": pc_cfg.exclude_history, "dtype": dtype, "users": plan.num_users,
+        "exclude_history": pc_cfg.exclude_history, "dtype": dtype,
+        "dtype_reason": choice.reason, **asdict(decoding), "users": plan.num_users,
         "test_users": total_users, "sampled": plan.num_users < total_users,
         "shards": plan.num_shards, "inputs": fingerprint, "config_hash": cfg.config_hash(),
         "last_run": stats,

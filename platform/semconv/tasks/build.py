@@ -3,11 +3,13 @@
 Behaviour rows (sequential + negative) scale with the number of users, so they are built by
 :func:`behaviour.behaviour_rows` over batches of ``splits/`` train rows: in process for small
 data, with Ray Data ``map_batches`` for large tables (``tasks.ray_data``). Both paths give the
-same rows in the same order. Item- and token-level tasks scale with the catalogue and run in
-process.
+same rows in the same order. History-level rows (``tasks.sequential_objective: history``, the
+default; :mod:`semconv.tasks.history`) are one per user (or per window of a long history) and are
+built in process from ``sequences/``: a few per user, string joins only. Item- and token-level
+tasks scale with the catalogue and run in process.
 
 Task weights apply to train rows only; held-out rows are the ``valid`` rows of ``splits/`` in the
-inference wording (a seeded subset of ``max_valid_rows``), for the fine-tune stage's eval loss.
+inference prompt of the chosen objective (a seeded subset of ``max_valid_rows``), for the fine-tune stage's eval loss.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pyarrow.compute as pc
 from semconv.ray_env import init_ray
 from semconv.tasks.behaviour import BATCH_COLUMNS, BehaviourSpec, behaviour_rows, heldout_rows
 from semconv.tasks.config import TasksConfig
+from semconv.tasks.history import heldout_history_rows, history_rows, train_histories
 from semconv.tasks.inputs import TaskInputs, full_histories
 from semconv.tasks.keywords import code_keywords
 from semconv.tasks.query import query_rows
@@ -39,13 +42,18 @@ class SFTResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+def prompt_objective(cfg: TasksConfig) -> bool:
+    """Whether next-item prediction is taught with the paper's per-prompt sequential rows."""
+    return cfg.sequential and cfg.sequential_objective == "prompt"
+
+
 def behaviour_input(inputs: TaskInputs, cfg: TasksConfig, seed: int) -> pa.Table:
     """``splits/`` train rows with the columns :func:`behaviour_rows` reads."""
     splits = inputs.splits
     train = splits.filter(pc.equal(splits.column("split"), "train"))
     n = train.num_rows
     zeros = np.zeros(n, dtype=np.int64)
-    seq = repeat_counts(n, cfg.weight("sequential"), seed, "sequential") if cfg.sequential else zeros
+    seq = repeat_counts(n, cfg.weight("sequential"), seed, "sequential") if prompt_objective(cfg) else zeros
     use_neg = cfg.negative and cfg.negative_ratio > 0
     neg = repeat_counts(n, cfg.weight("negative"), seed, "negative") if use_neg else zeros
     users = train.column("user_id").to_numpy().astype(np.int64)
@@ -100,6 +108,17 @@ def _valid_subset(inputs: TaskInputs, cfg: TasksConfig, seed: int) -> pa.Table:
     return valid
 
 
+def history_task(inputs: TaskInputs, cfg: TasksConfig, seed: int) -> list[pa.Table]:
+    """History-level train rows (weighted per user) and held-out rows in the history format."""
+    seqs = inputs.sequences
+    users = seqs.column("user_id").to_numpy().astype(np.int64)
+    histories = train_histories(seqs.column("history").to_pylist())
+    repeats = repeat_counts(len(users), cfg.weight("history"), seed, "history")
+    max_len = inputs.max_len or max((len(h) for h in histories), default=1)
+    train = history_rows(users, histories, inputs.codes, max_len, repeats)
+    return [train, heldout_history_rows(_valid_subset(inputs, cfg, seed), inputs.codes)]
+
+
 def count_rows(table: pa.Table) -> dict[str, dict[str, int]]:
     """``{task: {"train": n, "valid": n}}`` for every known task (0 when absent)."""
     counts = {t: {"train": 0, "valid": 0} for t in TASK_NAMES}
@@ -119,7 +138,7 @@ def build_sft(inputs: TaskInputs, cfg: TasksConfig, seed: int, ray_cfg: Any = No
     pieces: dict[str, list[pa.Table]] = {t: [] for t in TASK_NAMES}
     summary: dict[str, Any] = {"seed": seed}
 
-    if cfg.sequential or (cfg.negative and cfg.negative_ratio > 0):
+    if prompt_objective(cfg) or (cfg.negative and cfg.negative_ratio > 0):
         batches = behaviour_input(inputs, cfg, seed)
         spec = BehaviourSpec(
             seed=seed, num_items=inputs.num_items, sequential_templates=templates["sequential"],
@@ -133,8 +152,10 @@ def build_sft(inputs: TaskInputs, cfg: TasksConfig, seed: int, ray_cfg: Any = No
         )
         for task in ("sequential", "negative"):
             pieces[task].append(rows.filter(pc.equal(rows.column("task"), task)))
-    if cfg.sequential:
+    if prompt_objective(cfg):
         pieces["sequential"].append(heldout_rows(_valid_subset(inputs, cfg, seed), codes, templates["sequential"][0]))
+    elif cfg.sequential:
+        pieces["history"] += history_task(inputs, cfg, seed)
     if cfg.text:
         for task, table in text_rows(inputs.items, codes, templates, weights, seed, cfg.max_text_words).items():
             pieces[task].append(table)

@@ -1,5 +1,11 @@
 """Config of the ``tasks`` stage (Alignment Tasks prompts written to ``sft/``).
 
+``sequential_objective`` picks how next-item prediction is taught (see ``tasks.history``):
+``history`` (default) writes one row per user with every next-item target of the training history
+(row task ``history``); ``prompt`` writes the paper's one-target instruction prompts (row task
+``sequential``). The fine-tuned model's inference prompt follows the choice. Either mixes with the
+other tasks by weight (``weights.history`` / ``weights.sequential``).
+
 Task groups switch on and off with booleans (``sequential``, ``negative``, ``text``, ``query``,
 ``ts_align``); finer control is per row-task name (see ``templates.TASK_NAMES``):
 
@@ -22,6 +28,9 @@ from semconv.tasks.templates import TASK_NAMES, check_templates
 
 class TasksConfig(Section):
     sequential: bool = True
+    sequential_objective: Literal["history", "prompt"] = Field(
+        "history", description="history: every next item of a history in one row; prompt: one "
+        "instruction prompt per target (the paper's sequential task)")
     negative: bool = True
     negative_ratio: int = Field(3, ge=0, description="negatives per positive (paper default 1:3)")
     text: bool = True

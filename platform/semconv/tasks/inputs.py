@@ -6,6 +6,7 @@ would silently produce a wrong row; we check everything up front and name the of
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ class TaskInputs:
     codes: np.ndarray  # (N, L) int64; row i = codes of item i
     sequences: pa.Table
     splits: pa.Table
+    max_len: int | None = None  # prepare.max_len: the longest history a prompt lists
 
     @property
     def num_items(self) -> int:
@@ -143,10 +145,11 @@ def validate_inputs(
 
 def load_inputs(run: RunDir) -> TaskInputs:
     run.require(*INPUTS)
-    return validate_inputs(
+    inputs = validate_inputs(
         run.read_table("items"), run.read_table("item_codes"),
         run.read_table("sequences"), run.read_table("splits"),
     )
+    return dataclasses.replace(inputs, max_len=run.manifest("splits").get("max_len"))
 
 
 def full_histories(inputs: TaskInputs, user_ids: np.ndarray) -> pa.Array:

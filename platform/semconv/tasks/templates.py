@@ -31,7 +31,8 @@ TEMPLATE_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "token2keywords": (frozenset({"token"}), frozenset({"level"})),
     "keywords2token": (frozenset({"keywords"}), frozenset({"level"})),
 }
-TASK_NAMES: tuple[str, ...] = tuple(TEMPLATE_FIELDS)
+# ``history`` rows (tasks.history) use the fixed prompts.HISTORY_HEADER, not templates.
+TASK_NAMES: tuple[str, ...] = tuple(TEMPLATE_FIELDS) + ("history",)
 
 DEFAULT_TEMPLATES: dict[str, tuple[str, ...]] = {
     "sequential": (
