@@ -25,7 +25,8 @@ import torch
 from semconv.finetune.data import SftExamples, encode_batch
 from semconv.finetune.model import build_finetune_model, resolve_base
 from semconv.finetune.optim import build_optimizer, build_scheduler
-from semconv.finetune.train import cpu_bf16_supported, optimizer_step
+from semconv.finetune.train import optimizer_step
+from semconv.hardware import cpu_bf16_supported
 from semconv.codes import item_tokens
 from semconv.prompts import sequential_prompt
 
