@@ -80,6 +80,27 @@ def sft_table_of(train: list[tuple[list[int], int]], valid: list[tuple[list[int]
     })
 
 
+def train_planted(model, tok, train, steps: int, max_len: int) -> list[float]:
+    """LoRA steps on planted rows (batches of 16); the per-step losses.
+
+    The code-token rows learn at 3x the LR (the demo's recipe): with one LR for all, a planted run
+    sits on a plateau (loss ~1.9, one code level unlearnt) or escapes it on float rounding alone.
+    """
+    import torch
+
+    from semconv.finetune.data import BatchPlan, encode_batch
+    from semconv.finetune.optim import build_optimizer, build_scheduler
+    from semconv.finetune.train import optimizer_step
+
+    plan = BatchPlan(train.lengths(), batch_size=16, seed=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = build_optimizer(list(model.named_parameters()), lr=5e-3, weight_decay=0.0, code_token_lr_scale=3.0)
+    sched = build_scheduler(opt, 10, steps, "cosine", 0.1)
+    model.train()
+    return [optimizer_step(model, [encode_batch(tok, train, plan[s], max_len)], opt, sched, params, 1.0,
+                           False, torch.device("cpu")) for s in range(steps)]
+
+
 def tiny_config(run_dir: Path, base: Path, **finetune) -> PipelineConfig:
     """A pipeline config for the planted rule on a tiny model (fast on 2 CPU cores)."""
     ft = {"base_model": str(base), "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "max_steps": 6,

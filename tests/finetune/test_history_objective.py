@@ -8,16 +8,15 @@ import torch
 
 from semconv.codes import item_tokens
 from semconv.decoding import Decoding
-from semconv.finetune.data import IGNORE_INDEX, BatchPlan, SftExamples, collate, encode_batch, encode_example
+from semconv.finetune.data import IGNORE_INDEX, SftExamples, collate, encode_example
 from semconv.finetune.model import build_finetune_model
-from semconv.finetune.optim import build_optimizer, build_scheduler
-from semconv.finetune.train import label_loss, label_tokens, optimizer_step
+from semconv.finetune.train import label_loss, label_tokens
 from semconv.inference.ranker import GenerativeRanker
 from semconv.prompts import HISTORY_HEADER
 from semconv.tasks.history import history_rows
 from tests.conftest import build_tiny_lm
 
-from .conftest import K, LEVELS, N_ITEMS, item_codes, next_item
+from .conftest import K, LEVELS, N_ITEMS, item_codes, next_item, train_planted
 
 CODES = np.array([item_codes(i) for i in range(N_ITEMS)])
 HISTORY = [3, 14, 1, 6, 9]
@@ -93,14 +92,7 @@ def test_the_history_objective_learns_a_planted_next_item_rule(tmp_path, one_thr
         histories.append(h)
     table = history_rows(list(range(len(histories))), histories, CODES, max_len=20)
     train = SftExamples(table["prompt"].to_pylist(), table["label"].to_pylist(), [False] * table.num_rows)
-    plan = BatchPlan(train.lengths(), batch_size=16, seed=0)
-    params = [p for p in model.parameters() if p.requires_grad]
-    steps = 150
-    opt = build_optimizer(list(model.named_parameters()), lr=5e-3, weight_decay=0.0, code_token_lr_scale=3.0)
-    sched = build_scheduler(opt, 10, steps, "cosine", 0.1)
-    model.train()
-    losses = [optimizer_step(model, [encode_batch(tok, train, plan[s], 64)], opt, sched, params, 1.0, False,
-                             torch.device("cpu")) for s in range(steps)]
+    losses = train_planted(model, tok, train, steps=150, max_len=64)
     assert np.mean(losses[-10:]) < np.mean(losses[:5]) / 3
     ranker = GenerativeRanker(model.merge_and_unload(), tok, CODES, num_beams=4, top_k=1, decoding=Decoding("history"))
     starts = [[i, next_item(i)] for i in range(N_ITEMS)]

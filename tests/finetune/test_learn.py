@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
 from semconv.codes import parse_item_tokens
-from semconv.finetune.data import BatchPlan, IGNORE_INDEX, encode_batch, encode_example, split_examples
+from semconv.finetune.data import IGNORE_INDEX, encode_example, split_examples
 from semconv.finetune.model import build_finetune_model
-from semconv.finetune.optim import build_optimizer, build_scheduler
-from semconv.finetune.train import optimizer_step
 from tests.conftest import build_tiny_lm
 
-from .conftest import K, LEVELS, all_planted_histories, item_codes, planted_example, planted_rows, sft_table_of
+from .conftest import (
+    K, LEVELS, all_planted_histories, item_codes, planted_example, planted_rows, sft_table_of, train_planted,
+)
 
 # A short context keeps only the latest history (prompts lose their oldest tokens first), which a
 # frozen two-layer random model can read within a few hundred LoRA steps; a pretrained LLM reads
@@ -35,24 +33,14 @@ def greedy_codes(model, tok, prompt: str) -> tuple[int, ...] | None:
 
 
 def test_training_learns_the_planted_next_item_rule(tmp_path):
-    start, threads = time.perf_counter(), torch.get_num_threads()
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one busy thread beats two spinning ones on a shared 2-core host
     try:
         torch.manual_seed(0)
         base = build_tiny_lm(tmp_path / "lm", hidden=96, layers=2)
         model, tok, _ = build_finetune_model(base, LEVELS, K, lora={"r": 16, "alpha": 32, "dropout": 0.0})
         train = split_examples(sft_table_of(planted_rows(512, seed=0, max_history=1)), "train")
-        plan = BatchPlan(train.lengths(), batch_size=16, seed=0)
-        params = [p for p in model.parameters() if p.requires_grad]
-        steps = 400
-        # the code-token rows at 3x the LR (the demo's recipe): with one LR for all, this planted
-        # run sits on a plateau (loss ~1.9, one code level unlearnt) or escapes it depending on
-        # float rounding alone
-        opt = build_optimizer(list(model.named_parameters()), lr=5e-3, weight_decay=0.0, code_token_lr_scale=3.0)
-        sched = build_scheduler(opt, 10, steps, "cosine", 0.1)
-        model.train()
-        losses = [optimizer_step(model, [encode_batch(tok, train, plan[s], MAX_LEN)], opt, sched, params, 1.0,
-                                 False, torch.device("cpu")) for s in range(steps)]
+        losses = train_planted(model, tok, train, steps=400, max_len=MAX_LEN)
         assert np.mean(losses[-20:]) < np.mean(losses[:5]) / 3
 
         merged = model.merge_and_unload().eval()
@@ -61,4 +49,3 @@ def test_training_learns_the_planted_next_item_rule(tmp_path):
         assert hits / len(cases) >= 0.9, f"next-item accuracy {hits}/{len(cases)}"
     finally:
         torch.set_num_threads(threads)
-    assert time.perf_counter() - start < 180

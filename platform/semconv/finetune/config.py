@@ -1,10 +1,11 @@
 """Config of the ``finetune`` stage (LoRA SFT on Ray Train).
 
-Defaults run on one worker on 2 cores with bf16 autocast. Measured on 2 cores in the demo job:
-2.3-2.5 samples/s (a step of 8 in ~3.3 s) on the sequential-weighted demo tasks (prompts of
-~73 tokens) with the loss projecting only label positions; 1.5-1.7 samples/s on the earlier
-all-task mix (~145 tokens per prompt) with full-sequence logits. ``configs/demo.yaml`` runs
-250 steps (~14 min): about 2,000 prompts, ~6% of one epoch of the sequential prompts.
+Defaults run on one worker on 2 cores with bf16 autocast where the CPU has native bf16 (fp32
+elsewhere). Measured in the demo job on a 2-core EPYC held to fp32 and AVX2 (session 4): 2.85
+rows/s (a step of 8 in ~2.8 s) on the history-weighted demo tasks (82% history rows of ~30
+tokens, each teaching ~4 next items), so ``configs/demo.yaml``'s 20-minute budget
+(``max_minutes``) ran 429 steps and taught ~11k next items; the earlier one-target instruction
+prompts (~73 tokens) ran 2.3-2.5 rows/s in bf16 and taught one item each.
 A full-protocol run (``configs/full.yaml``) raises ``max_steps`` to a few epochs of ``sft/`` and
 runs on GPUs with DeepSpeed ZeRO-2 (``use_gpu: true``,
 ``deepspeed_config: configs/deepspeed_zero2.json``).

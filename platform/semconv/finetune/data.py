@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from semconv.tasks.history import TASK as HISTORY_TASK
+
 IGNORE_INDEX = -100
-HISTORY_TASK = "history"  # tasks.history.TASK (kept literal: workers need not import the tasks package)
 
 
 class SftDataError(ValueError):
