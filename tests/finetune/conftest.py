@@ -92,7 +92,7 @@ def train_planted(model, tok, train, steps: int, max_len: int) -> list[float]:
     from semconv.finetune.optim import build_optimizer, build_scheduler
     from semconv.finetune.train import optimizer_step
 
-    plan = BatchPlan(train.token_lengths(tok), batch_size=16, seed=0)
+    plan = BatchPlan(train.lengths(), batch_size=16, seed=0)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(list(model.named_parameters()), lr=5e-3, weight_decay=0.0, code_token_lr_scale=3.0)
     sched = build_scheduler(opt, 10, steps, "cosine", 0.1)

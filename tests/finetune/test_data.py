@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from semconv.finetune.data import (
-    IGNORE_INDEX, BatchPlan, SftDataError, SftExamples, collate, encode_batch, encode_example, epoch_batches,
+    IGNORE_INDEX, BatchPlan, SftDataError, collate, encode_batch, encode_example, epoch_batches,
     eval_sample, split_examples,
 )
 from semconv.finetune.model import build_finetune_model
@@ -81,18 +81,6 @@ def test_epoch_covers_every_row_once_and_buckets_by_length():
     spread = np.mean([np.ptp(lengths[b]) for b in batches])
     plain = epoch_batches(lengths, batch_size=8, seed=1, epoch=0, bucket=False)
     assert spread < np.mean([np.ptp(lengths[b]) for b in plain]) / 2
-
-
-def test_token_lengths_count_what_the_encoder_feeds_and_bucket_mixed_rows_tighter(tok):
-    # code-token rows are long in characters but short in tokens; text rows the other way round
-    codes = "".join(f"<a_{i % K}><b_{i % K}><c_0><d_1>" for i in range(4))
-    prompts = ["Items:", "title description brand category relay capacitor kit torque"] * 8
-    labels = [codes, "lab glass"] * 8
-    examples = SftExamples(prompts, labels, [False] * len(prompts))
-    got = examples.token_lengths(tok, chunk=5)  # chunked tokenization gives the same counts
-    want = [len(encode_example(tok, p, l, 512, eos=False)[0]) for p, l in zip(prompts, labels)]
-    assert got.tolist() == want
-    assert np.argmax(examples.lengths()[:2]) != np.argmax(got[:2])  # characters order them wrongly
 
 
 def test_batch_plan_is_disjoint_across_workers_and_reproducible():

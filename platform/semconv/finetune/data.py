@@ -40,18 +40,6 @@ class SftExamples:
     def lengths(self) -> np.ndarray:
         return np.array([len(p) + len(l) for p, l in zip(self.prompts, self.labels)], dtype=np.int64)
 
-    def token_lengths(self, tokenizer: Any, chunk: int = 8192) -> np.ndarray:
-        """Token counts of prompt + label, what batches are bucketed by. Characters are a poor
-        proxy once rows mix code tokens (``<a_12>``: ~6 characters a token) with text (~4): on the
-        demo's history-weighted rows, buckets by characters left 14.5% of a batch padding, by
-        tokens 5.7%."""
-        out: list[int] = []
-        for s in range(0, len(self), chunk):
-            p = tokenizer(self.prompts[s : s + chunk], add_special_tokens=False)["input_ids"]
-            l = tokenizer(self.labels[s : s + chunk], add_special_tokens=False)["input_ids"]
-            out.extend(len(a) + len(b) for a, b in zip(p, l))
-        return np.array(out, dtype=np.int64)
-
 
 def split_examples(table: Any, split: str) -> SftExamples:
     """The rows of ``split`` from an ``sft/`` pyarrow table."""

@@ -205,7 +205,7 @@ def train_func(config: dict[str, Any]) -> None:
     table = RunDir(config["run_dir"]).read_table("sft", columns=["task", "prompt", "label", "split"])
     train, valid = split_examples(table, "train"), split_examples(table, "valid")
     bs, accum, max_len = config["batch_size"], config["grad_accum"], config["max_seq_len"]
-    plan = BatchPlan(train.token_lengths(tokenizer), bs, config["seed"], config["bucket_by_length"])
+    plan = BatchPlan(train.lengths(), bs, config["seed"], config["bucket_by_length"])
     eval_idx = eval_sample(valid, config["eval_samples"], config["seed"])[rank::world]
 
     params = [p for p in model.parameters() if p.requires_grad]
