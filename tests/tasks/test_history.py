@@ -50,3 +50,17 @@ def test_heldout_rows_are_the_inference_prompt_of_the_valid_history():
     row = heldout_history_rows(valid, CODES).to_pylist()[0]
     assert row["prompt"] == history_prompt(CODES[[2, 9]].tolist())
     assert row["label"] == item_tokens(CODES[11]) and row["split"] == "valid"
+
+
+def test_ray_data_path_gives_the_same_history_rows_as_the_local_path(tables, ray_local):
+    from semconv.tasks.build import build_sft
+    from semconv.tasks.config import TasksConfig
+    from semconv.tasks.inputs import validate_inputs
+
+    inputs = validate_inputs(**tables)
+    only = dict(negative=False, text=False, query=False, weights={"history": 2.0})
+    local = build_sft(inputs, TasksConfig(ray_data="off", batch_size=2, **only), 0)
+    on_ray = build_sft(inputs, TasksConfig(ray_data="on", batch_size=1, **only), 0)
+    assert (local.summary["ray_data"], on_ray.summary["ray_data"]) == (False, True)
+    assert local.summary["rows_per_task"]["history"] == {"train": 3 * 2, "valid": 3}
+    assert on_ray.table.equals(local.table)

@@ -14,6 +14,7 @@ inference prompt of the chosen objective (a seeded subset of ``max_valid_rows``)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ import pyarrow.compute as pc
 from semconv.ray_env import init_ray
 from semconv.tasks.behaviour import BATCH_COLUMNS, BehaviourSpec, behaviour_rows, heldout_rows
 from semconv.tasks.config import TasksConfig
-from semconv.tasks.history import heldout_history_rows, history_rows, train_histories
+from semconv.tasks.history import HISTORY_COLUMNS, heldout_history_rows, history_batch
 from semconv.tasks.inputs import TaskInputs, full_histories
 from semconv.tasks.keywords import code_keywords
 from semconv.tasks.query import query_rows
@@ -70,12 +71,14 @@ def behaviour_input(inputs: TaskInputs, cfg: TasksConfig, seed: int) -> pa.Table
     ).select(list(BATCH_COLUMNS))
 
 
-def _behaviour_local(batches: pa.Table, codes: np.ndarray, spec: BehaviourSpec, size: int) -> pa.Table:
-    parts = [behaviour_rows(batches.slice(i, size), codes, spec) for i in range(0, batches.num_rows, size)]
+def _map_local(fn: Callable[..., pa.Table], batches: pa.Table, size: int, **kwargs: Any) -> pa.Table:
+    parts = [fn(batches.slice(i, size), **kwargs) for i in range(0, batches.num_rows, size)]
+    parts = [p.cast(SFT_SCHEMA) for p in parts if p.num_rows]
     return pa.concat_tables(parts) if parts else empty_table()
 
 
-def _behaviour_ray(batches: pa.Table, codes: np.ndarray, spec: BehaviourSpec, size: int, ray_cfg: Any) -> pa.Table:
+def _map_ray(fn: Callable[..., pa.Table], batches: pa.Table, size: int, ray_cfg: Any, **kwargs: Any) -> pa.Table:
+    """``fn`` over batches of ``size`` rows as Ray Data tasks, rows in the local path's order."""
     import ray
 
     init_ray(getattr(ray_cfg, "address", None), getattr(ray_cfg, "num_cpus", None))  # no-op if running
@@ -85,14 +88,22 @@ def _behaviour_ray(batches: pa.Table, codes: np.ndarray, spec: BehaviourSpec, si
     try:
         blocks = [batches.slice(i, size) for i in range(0, batches.num_rows, size)] or [batches]
         ds = ray.data.from_arrow(blocks).map_batches(  # one block per batch: parallel tasks
-            behaviour_rows, batch_format="pyarrow", batch_size=size,
-            fn_kwargs={"codes": codes, "spec": spec},
+            fn, batch_format="pyarrow", batch_size=size, fn_kwargs=kwargs,
         )
         parts = [ray.get(ref) for ref in ds.to_arrow_refs()]
     finally:
         ctx.execution_options.preserve_order = previous
     parts = [p.select(SFT_SCHEMA.names).cast(SFT_SCHEMA) for p in parts if p.num_rows]
     return pa.concat_tables(parts) if parts else empty_table()
+
+
+def _map_rows(fn: Callable[..., pa.Table], batches: pa.Table, cfg: TasksConfig, ray_cfg: Any,
+              **kwargs: Any) -> tuple[pa.Table, bool]:
+    """``fn`` over ``tasks.batch_size`` batches, with Ray Data for large inputs; (rows, used Ray)."""
+    ray_on = use_ray_data(cfg, batches.num_rows)
+    if ray_on:
+        return _map_ray(fn, batches, cfg.batch_size, ray_cfg, **kwargs), True
+    return _map_local(fn, batches, cfg.batch_size, **kwargs), False
 
 
 def use_ray_data(cfg: TasksConfig, train_rows: int) -> bool:
@@ -108,15 +119,18 @@ def _valid_subset(inputs: TaskInputs, cfg: TasksConfig, seed: int) -> pa.Table:
     return valid
 
 
-def history_task(inputs: TaskInputs, cfg: TasksConfig, seed: int) -> list[pa.Table]:
-    """History-level train rows (weighted per user) and held-out rows in the history format."""
+def history_task(inputs: TaskInputs, cfg: TasksConfig, seed: int, ray_cfg: Any = None) -> tuple[list[pa.Table], bool]:
+    """History-level train rows (weighted per user; Ray Data for many users) and held-out rows
+    in the history format; and whether Ray Data ran."""
     seqs = inputs.sequences
-    users = seqs.column("user_id").to_numpy().astype(np.int64)
-    histories = train_histories(seqs.column("history").to_pylist())
-    repeats = repeat_counts(len(users), cfg.weight("history"), seed, "history")
-    max_len = inputs.max_len or max((len(h) for h in histories), default=1)
-    train = history_rows(users, histories, inputs.codes, max_len, repeats)
-    return [train, heldout_history_rows(_valid_subset(inputs, cfg, seed), inputs.codes)]
+    histories = seqs.column("history")
+    max_len = inputs.max_len or int(pc.max(pc.list_value_length(histories)).as_py() or 1)
+    batches = pa.table({
+        "user_id": seqs.column("user_id").cast(pa.int64()), "history": histories,
+        "repeats": repeat_counts(seqs.num_rows, cfg.weight("history"), seed, "history"),
+    }).select(list(HISTORY_COLUMNS))
+    train, ray_on = _map_rows(history_batch, batches, cfg, ray_cfg, codes=inputs.codes, max_len=max_len)
+    return [train, heldout_history_rows(_valid_subset(inputs, cfg, seed), inputs.codes)], ray_on
 
 
 def count_rows(table: pa.Table) -> dict[str, dict[str, int]]:
@@ -144,18 +158,15 @@ def build_sft(inputs: TaskInputs, cfg: TasksConfig, seed: int, ray_cfg: Any = No
             seed=seed, num_items=inputs.num_items, sequential_templates=templates["sequential"],
             negative_templates=templates["negative"], negative_ratio=cfg.negative_ratio,
         )
-        ray_on = use_ray_data(cfg, batches.num_rows)
-        summary["ray_data"] = ray_on
-        rows = (
-            _behaviour_ray(batches, codes, spec, cfg.batch_size, ray_cfg) if ray_on
-            else _behaviour_local(batches, codes, spec, cfg.batch_size)
-        )
+        rows, summary["ray_data"] = _map_rows(behaviour_rows, batches, cfg, ray_cfg, codes=codes, spec=spec)
         for task in ("sequential", "negative"):
             pieces[task].append(rows.filter(pc.equal(rows.column("task"), task)))
     if prompt_objective(cfg):
         pieces["sequential"].append(heldout_rows(_valid_subset(inputs, cfg, seed), codes, templates["sequential"][0]))
     elif cfg.sequential:
-        pieces["history"] += history_task(inputs, cfg, seed)
+        tables, ray_on = history_task(inputs, cfg, seed, ray_cfg)
+        pieces["history"] += tables
+        summary["ray_data"] = summary.get("ray_data", False) or ray_on
     if cfg.text:
         for task, table in text_rows(inputs.items, codes, templates, weights, seed, cfg.max_text_words).items():
             pieces[task].append(table)

@@ -76,6 +76,18 @@ def history_rows(
     return out.table()
 
 
+HISTORY_COLUMNS = ("user_id", "history", "repeats")
+
+
+def history_batch(batch: pa.Table, codes: np.ndarray, max_len: int) -> pa.Table:
+    """:func:`history_rows` for a batch with :data:`HISTORY_COLUMNS` (full ``sequences/``
+    histories, task-weight copies): a pure function of the batch, run as is locally and by Ray
+    Data's ``map_batches``."""
+    users = batch.column("user_id").to_pylist()
+    histories = train_histories(batch.column("history").to_pylist())
+    return history_rows(users, histories, codes, max_len, batch.column("repeats").to_numpy())
+
+
 def heldout_history_rows(valid: pa.Table, codes: np.ndarray) -> pa.Table:
     """Held-out rows (``split='valid'``): the inference prompt of the valid history, the valid
     target's codes as label, for the fine-tune stage's eval loss."""
