@@ -103,7 +103,8 @@ def test_supplied_embeddings_are_written_without_training_and_rerun_is_a_no_op(p
     # item_text_emb/ already complete (written here without Ray), so run_embed only does item_emb/.
     run.write_table("item_text_emb", TextEmbedder(str(tiny_lm_dir), 256)(planted[0]).drop(["num_tokens"]))
     vectors = np.random.default_rng(0).normal(size=(planted[0].num_rows, 5))
-    pq.write_table(pa.table({"item_id": np.arange(len(vectors))[::-1].copy(),
+    # the dataset's own ids (items/ source_id), listed newest item first: joined on the id, not the row
+    pq.write_table(pa.table({"item_id": [f"s{i}" for i in range(len(vectors))][::-1],
                              "embedding": list(vectors[::-1])}), tmp_path / "mine.parquet")
     cfg = config(Path(run.root), tiny_lm_dir, item_embeddings=str(tmp_path / "mine.parquet"))
     out = run_embed(cfg)  # no splits/ here: training would fail
@@ -122,7 +123,7 @@ def test_supplied_embeddings_are_written_without_training_and_rerun_is_a_no_op(p
 def test_bad_supplied_embeddings_leave_no_artifact(planted, tmp_path, tiny_lm_dir):
     run = RunDir(tmp_path / "run")
     run.write_table("items", planted[0])
-    pq.write_table(pa.table({"item_id": [0], "embedding": [[1.0, 2.0]]}), tmp_path / "few.parquet")
+    pq.write_table(pa.table({"item_id": ["s0"], "embedding": [[1.0, 2.0]]}), tmp_path / "few.parquet")
     cfg = config(Path(run.root), tiny_lm_dir, item_embeddings=str(tmp_path / "few.parquet"))
     with pytest.raises(ItemEmbeddingError, match="99 of 100 items have no embedding"):
         run_embed(cfg)

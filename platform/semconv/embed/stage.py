@@ -91,10 +91,11 @@ def train_cf_model(cfg: PipelineConfig, run: RunDir, num_items: int) -> tuple[CF
     return rec, metrics
 
 
-def _behaviour_embeddings(cfg: PipelineConfig, run: RunDir, num_items: int) -> str:
+def _behaviour_embeddings(cfg: PipelineConfig, run: RunDir, items: pa.Table) -> str:
     supplied = cfg.embed.item_embeddings
+    num_items = items.num_rows
     if supplied:
-        vectors = load_item_embeddings(supplied, num_items)
+        vectors = load_item_embeddings(supplied, items.sort_by("item_id").column("source_id").to_pylist())
         run.write_table("item_emb", embedding_table(vectors),
                         manifest={"source": "supplied", "path": supplied, "dim": int(vectors.shape[1])})
         return run.path("item_emb")
@@ -131,7 +132,7 @@ def run_embed(cfg: PipelineConfig) -> dict[str, str]:
     need_text = not run.is_complete("item_text_emb")
     items_table = run.read_table("items") if (need_behaviour or need_text) else None
     if need_behaviour:
-        _behaviour_embeddings(cfg, run, items_table.num_rows)
+        _behaviour_embeddings(cfg, run, items_table)
     out["item_emb"] = run.path("item_emb")
     if need_text:
         _text_embeddings(cfg, run, items_table)

@@ -1,13 +1,17 @@
 """User-supplied behaviour embeddings: an existing recommender's item vectors, validated.
 
 The paper takes its item embeddings from a trained recommender (DCCF). A user who already has one
-hands us a Parquet file (or a directory of them) with ``item_id`` and ``embedding``. Everything
+hands us a Parquet file (or a directory of them) with ``item_id`` and ``embedding``, where
+``item_id`` is the dataset's own item id (``items/``'s ``source_id``: what the interactions file
+calls the item, integer or string), never the pipeline's internal dense id, so a file listing its
+items in any order lands on the right rows. Everything
 downstream (codebook training, code assignment) assumes one finite vector of one size per item,
 so a bad file must fail here, naming the file, row, item and field, not as a shape error later.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +46,7 @@ def _parquet_files(path: str) -> tuple[pafs.FileSystem, list[str]]:
     return fs, files
 
 
-def _read_one(fs: pafs.FileSystem, file: str) -> tuple[np.ndarray, list[np.ndarray | None]]:
+def _read_one(fs: pafs.FileSystem, file: str) -> tuple[list[str], list[np.ndarray | None]]:
     try:
         table = pq.read_table(file, filesystem=fs)
     except (pa.ArrowInvalid, OSError) as err:
@@ -53,8 +57,9 @@ def _read_one(fs: pafs.FileSystem, file: str) -> tuple[np.ndarray, list[np.ndarr
                 f"{file}: missing column {col!r} (has {table.column_names}); expected item_id, embedding"
             )
     ids_col, emb_col = table.column("item_id"), table.column("embedding")
-    if not pa.types.is_integer(ids_col.type):
-        raise ItemEmbeddingError(f"{file}: field 'item_id' must be an integer, got {ids_col.type}")
+    if not (pa.types.is_integer(ids_col.type) or pa.types.is_string(ids_col.type)
+            or pa.types.is_large_string(ids_col.type)):
+        raise ItemEmbeddingError(f"{file}: field 'item_id' must be an integer or a string, got {ids_col.type}")
     if not (pa.types.is_list(emb_col.type) or pa.types.is_large_list(emb_col.type)
             or pa.types.is_fixed_size_list(emb_col.type)):
         raise ItemEmbeddingError(f"{file}: field 'embedding' must be a list of floats, got {emb_col.type}")
@@ -64,30 +69,34 @@ def _read_one(fs: pafs.FileSystem, file: str) -> tuple[np.ndarray, list[np.ndarr
     if ids_col.null_count:
         row = int(pc.index(pc.is_null(ids_col), True).as_py())
         raise ItemEmbeddingError(f"{file}: row {row}: field 'item_id' is null")
-    ids = ids_col.to_numpy().astype(np.int64)
+    ids = [str(i) for i in ids_col.to_pylist()]
     vecs: list[np.ndarray | None] = [
         None if v is None else np.asarray(v, dtype=np.float64) for v in emb_col.to_pylist()
     ]
     return ids, vecs
 
 
-def load_item_embeddings(path: str, num_items: int) -> np.ndarray:
-    """Read and validate supplied embeddings for items ``0..num_items-1``; rows ordered by item_id.
+def load_item_embeddings(path: str, source_ids: Sequence[str]) -> np.ndarray:
+    """Read and validate supplied embeddings; row ``i`` is the item whose dataset id is
+    ``source_ids[i]`` (``items/``'s ``source_id`` in dense-id order).
 
-    Raises :class:`ItemEmbeddingError` for an unknown, duplicate or missing item, a null or
-    empty vector, a dimension that differs from the first row's, or a NaN/inf value.
+    Ids are matched as text, so an integer ``item_id`` column matches the string ids ``prepare``
+    keeps. Raises :class:`ItemEmbeddingError` for an unknown, duplicate or missing item, a null
+    or empty vector, a dimension that differs from the first row's, or a NaN/inf value.
     """
     fs, files = _parquet_files(path)
-    where: dict[int, str] = {}
+    dense = {str(s): i for i, s in enumerate(source_ids)}
+    num_items = len(dense)
+    where: dict[str, str] = {}
     out: np.ndarray | None = None
     dim = None
     for file in files:
         ids, vecs = _read_one(fs, file)
-        for row, (item, vec) in enumerate(zip(ids.tolist(), vecs)):
+        for row, (item, vec) in enumerate(zip(ids, vecs)):
             at = f"{file}: row {row} (item_id {item})"
-            if not 0 <= item < num_items:
+            if item not in dense:
                 raise ItemEmbeddingError(
-                    f"{at}: field 'item_id' is not an item of items/ (ids are 0..{num_items - 1})"
+                    f"{at}: field 'item_id' is not an item of items/ (no item has this id in the dataset)"
                 )
             if item in where:
                 raise ItemEmbeddingError(f"{at}: duplicate item_id, first seen at {where[item]}")
@@ -107,8 +116,8 @@ def load_item_embeddings(path: str, num_items: int) -> np.ndarray:
                 raise ItemEmbeddingError(
                     f"{at}: field 'embedding' has a non-finite value ({vec[bad]}) at index {bad}"
                 )
-            out[item] = vec
-    missing = sorted(set(range(num_items)) - set(where))
+            out[dense[item]] = vec
+    missing = [s for s in dense if s not in where]
     if missing:
         raise ItemEmbeddingError(
             f"{path}: {len(missing)} of {num_items} items have no embedding "
