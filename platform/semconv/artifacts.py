@@ -1,4 +1,4 @@
-"""The run directory: versioned artifacts that stages exchange (see DESIGN.md).
+"""The run directory: versioned artifacts that stages exchange (the stage table in README.md, "The pipeline").
 
 An artifact is a directory ``<run_dir>/<name>/`` holding its files plus ``_SUCCESS``, a JSON
 manifest written last. A stage writes into a temporary sibling (``<name>.tmp-<uuid>``) and renames
@@ -50,15 +50,6 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
-def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
-    """Write one Parquet file via a temp name + rename, so readers never see a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    pq.write_table(table, tmp)
     os.replace(tmp, path)
 
 
@@ -187,11 +178,3 @@ class RunDir:
         return pa.concat_tables(
             [pq.read_table(p, columns=columns, filesystem=self.fs) for p in files]
         )
-
-    def write_json(self, name: str, filename: str, obj: Any) -> None:
-        """Write one JSON file into an existing complete artifact (local) atomically."""
-        if self.is_local:
-            write_json_atomic(Path(self.path(name)) / filename, obj)
-        else:
-            with self.fs.open_output_stream(f"{self.path(name)}/{filename}") as f:
-                f.write(json.dumps(obj, indent=2, sort_keys=True, default=str).encode())

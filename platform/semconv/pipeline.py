@@ -76,34 +76,16 @@ def run_stage(cfg: PipelineConfig, name: str) -> dict[str, str]:
     return out
 
 
-def available(name: str) -> bool:
-    """Whether the stage's module exists in this build (stages land one by one)."""
-    module = STAGES[name].split(":")[0]
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name == module:
-            return False
-        raise
-    return True
-
-
 def run_pipeline(cfg: PipelineConfig, stages: Sequence[str] | None = None) -> dict[str, dict[str, str]]:
-    """Run ``stages`` (default: every stage this build has, in order); returns artifact paths.
+    """Run ``stages`` (default: every stage, in order); returns artifact paths.
 
     Times each stage, prints the timing table and writes ``<run_dir>/pipeline.json`` (module
     docstring), also when a stage raises.
     """
     start = time.perf_counter()
-    if stages:
-        names = list(stages)
-        for n in names:
-            stage_function(n)  # fail fast on a typo or a missing stage before any work
-    else:
-        names = [n for n in STAGES if available(n)]
-        missing = [n for n in STAGES if n not in names]
-        if missing:
-            print(f"note: stages not built yet, skipped: {', '.join(missing)}", flush=True)
+    names = list(stages) if stages else list(STAGES)
+    for n in names:
+        stage_function(n)  # fail fast on a typo before any work
     run = RunDir(cfg.run_dir)
     old = read_record(run).get("stages", {})
     timed: dict[str, dict[str, Any]] = {}

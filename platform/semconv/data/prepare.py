@@ -1,4 +1,4 @@
-"""The ``prepare`` stage: raw data -> ``items/``, ``sequences/``, ``splits/`` (DESIGN.md).
+"""The ``prepare`` stage: raw data -> ``items/``, ``sequences/``, ``splits/`` (README.md, "The pipeline").
 
 Steps: validate, drop duplicate (user, item) pairs keeping the earliest, optional iterative
 k-core, dense int ids (items in catalogue order, users in order of first appearance; source ids

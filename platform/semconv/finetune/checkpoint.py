@@ -101,6 +101,3 @@ def _pin_base_path(model: Any) -> None:
         if name and Path(name).expanduser().is_dir():
             config.base_model_name_or_path = os.path.abspath(Path(name).expanduser())
 
-
-def is_checkpoint(path: str | os.PathLike[str]) -> bool:
-    return (Path(path) / STATE).exists()
