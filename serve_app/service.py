@@ -99,6 +99,14 @@ def check_embeddings(embeddings: list[list[float]], dim: int, max_batch: int) ->
     if not finite.all():
         bad = int(np.flatnonzero(~finite)[0])
         raise InvalidInput(["body", "items", bad, "embedding"], "embedding value overflows float32")
+    # the codebook search computes squared distances in float32: a vector whose squared norm
+    # overflows (values from ~1e19) finds no code, and would fail the whole batch
+    norms = np.square(arr, dtype=np.float64).sum(axis=1)
+    huge = norms >= np.finfo(np.float32).max / 4
+    if huge.any():
+        bad = int(np.flatnonzero(huge)[0])
+        raise InvalidInput(["body", "items", bad, "embedding"],
+                           "embedding's squared norm overflows float32 (keep values below ~1e18)")
     return arr
 
 

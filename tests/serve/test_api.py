@@ -68,6 +68,7 @@ def test_huge_user_and_item_ids_are_422_not_500(api):
     ([{"embedding": [1.0, 2.0]}], "3 values"),
     ([{"embedding": [1.0, float("nan"), 0.0]}], "NaN"),
     ([{"embedding": [1.0, 1e39, 0.0]}], "float32"),
+    ([{"embedding": [1e20, 0.0, 0.0]}], "squared norm"),  # finite in float32, but its norm is not
     ([{"embedding": [1.0, 2.0, 3.0]}] * 5, "at most 4 items"),
 ])
 def test_bad_tokenize_batches_are_422(api, items, where):
