@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -32,9 +31,7 @@ def test_sasrec_learns_a_planted_sequential_pattern(build):
     cfg = load_config(None, ["evaluate.sasrec.dropout=0.2", "evaluate.sasrec.epochs=12",
                              "evaluate.sasrec.batch_size=64", "evaluate.sasrec.lr=0.005",
                              "evaluate.sasrec.patience=2"]).evaluate.sasrec
-    start = time.perf_counter()
     model, log = train_sasrec(rows["valid"].histories, rows["valid"], n_items, cfg, max_len=10, seed=0)
-    assert time.perf_counter() - start < 60
     test = rows["test"]
     sasrec = evaluate_rankings(sasrec_topk(model, test.histories, 10), test, [1, 10])
     counts = train_item_counts(rows["train"], rows["valid"], n_items)
