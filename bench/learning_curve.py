@@ -98,7 +98,7 @@ def curve(cfg, run: RunDir, variant: str, args, sample, bf16: bool) -> dict:
     trained = 0.0
     sched = build_scheduler(opt, ft.warmup_steps, 10**6, ft.lr_schedule, ft.min_lr_ratio,
                             progress=lambda: trained / args.seconds)
-    plan = BatchPlan(train.token_lengths(tok), ft.batch_size, cfg.seed, ft.bucket_by_length)
+    plan = BatchPlan(train.lengths(), ft.batch_size, cfg.seed, ft.bucket_by_length)
     model.train()
     codes = inputs.codes
     fmt = OBJECTIVES[objective]
