@@ -4,9 +4,9 @@ Behaviour rows (sequential + negative) scale with the number of users, so they a
 :func:`behaviour.behaviour_rows` over batches of ``splits/`` train rows: in process for small
 data, with Ray Data ``map_batches`` for large tables (``tasks.ray_data``). Both paths give the
 same rows in the same order. History-level rows (``tasks.sequential_objective: history``, the
-default; :mod:`semconv.tasks.history`) are one per user (or per window of a long history) and are
-built in process from ``sequences/``: a few per user, string joins only. Item- and token-level
-tasks scale with the catalogue and run in process.
+default; :mod:`semconv.tasks.history`) are one per user (or per window of a long history), built
+from ``sequences/`` by the same local / Ray Data path. Item- and token-level tasks scale with the
+catalogue and run in process.
 
 Task weights apply to train rows only; held-out rows are the ``valid`` rows of ``splits/`` in the
 inference prompt of the chosen objective (a seeded subset of ``max_valid_rows``), for the fine-tune stage's eval loss.
