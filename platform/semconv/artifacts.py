@@ -136,17 +136,17 @@ class RunDir:
             pafs.copy_files(str(p), f"{final}/{rel}", destination_filesystem=self.fs)
 
     def local(self, name: str) -> Path:
-        """A local directory with the artifact's files (the artifact itself when local)."""
+        """A local directory with the artifact's files (the artifact itself when local).
+
+        A remote artifact is copied once per manifest version (re-checked on every call).
+        """
         self.manifest(name)
         if self.is_local:
             return Path(self.path(name))
-        cache = Path(tempfile.gettempdir()) / "semconv-cache" / self.uri.replace("://", "_").replace("/", "_") / name
-        if not (cache / SUCCESS).exists():
-            if cache.exists():
-                shutil.rmtree(cache)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            pafs.copy_files(self.path(name), str(cache), source_filesystem=self.fs)
-        return cache
+        # versioned by the remote manifest, copied atomically into a private cache
+        from semconv.serving.remote_cache import fetch_artifact
+
+        return fetch_artifact(self.fs, self.path(name), f"{self.uri.rstrip('/')}/{name}")
 
     # ---- tables -------------------------------------------------------------------------
     def write_table(
