@@ -31,10 +31,15 @@ def precache_table(user_ids: np.ndarray, k: int, offset: int, n_items: int = N_I
     })
 
 
-def write_precache(rd: RunDir, name: str, offset: int, version: str, k: int = K) -> Path:
+def write_precache(rd: RunDir, name: str, offset: int, version: str, k: int = K, inputs: dict | None = None) -> Path:
+    """A precache of the even users in 3 shards; its manifest records the run dir's inputs
+    (``splits``/``item_codes`` ``created_at``) like the precache stage's, unless ``inputs`` is given."""
     users = np.arange(0, N_USERS, 2)[::-1]  # unsorted on purpose
+    if inputs is None:
+        inputs = {n: rd.manifest(n)["created_at"] for n in ("splits", "item_codes") if rd.is_complete(n)}
     rd.write_table(name, precache_table(users, k, offset), num_shards=3,
-                   manifest={"K": k, "users": len(users), "version": version, "model": "test"})
+                   manifest={"K": k, "users": len(users), "shards": 3, "version": version,
+                             "model": "test", "inputs": inputs})
     return Path(rd.path(name))
 
 

@@ -113,3 +113,31 @@ def test_the_cache_keeps_only_the_most_recently_used_versions(run_dir, tmp_path)
     kept = load_precache(run_dir.path("pc2"), cache, keep=2)  # among the two kept: no conversion
     assert kept.version == "v2" and kept.lookup(4, 1).items.tolist() == [6]
     assert {p: (p / "items.npy").stat().st_mtime_ns for p in sorted(cache.glob("precache-*"))} == stamps
+
+
+def test_a_precache_missing_a_shard_is_refused(run_dir, tmp_path):
+    store = load_precache(run_dir.path("precache"), tmp_path / "cache")  # whole: served
+    assert store.num_users == N_USERS // 2
+    (tmp_path / "run" / "precache" / "part-00001.parquet").unlink()
+    with pytest.raises(PrecacheError, match="3"):
+        load_precache(run_dir.path("precache"), tmp_path / "cache")  # even with the cache warm
+    with pytest.raises(PrecacheError, match="3"):
+        load_precache(run_dir.path("precache"), tmp_path / "cache2")
+
+
+def test_stage_shard_names_are_checked_one_by_one(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    with rd.writing("precache", {"K": 2, "users": 2, "shards": 3}) as tmp:
+        for i, u in ((0, 1), (2, 5)):  # shard-00001 is missing
+            import pyarrow.parquet as pq
+
+            pq.write_table(precache_table(np.array([u]), 2, 0), tmp / f"shard-{i:05d}.parquet")
+    with pytest.raises(PrecacheError, match=r"missing \['shard-00001.parquet'\]"):
+        load_precache(rd.path("precache"), tmp_path / "cache")
+
+
+def test_a_user_count_other_than_the_manifests_is_refused(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    rd.write_table("precache", precache_table(np.array([1, 2, 3]), 2, 0), manifest={"K": 2, "users": 4})
+    with pytest.raises(PrecacheError, match="3 users, the manifest says 4"):
+        load_precache(rd.path("precache"), tmp_path / "cache")

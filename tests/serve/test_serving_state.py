@@ -49,3 +49,24 @@ def test_state_loads_everything_and_a_reload_reuses_the_catalog(run_dir, tmp_pat
     assert state.source_users is not None and state.catalog.num_items == N_ITEMS
     no_fb = load_state(run_dir.uri, fallback=False, cache_dir=tmp_path / "cache", reuse=state)
     assert no_fb.fallback_items is None and no_fb.catalog is state.catalog
+
+
+def test_a_precache_built_from_other_item_codes_is_refused(run_dir, tmp_path):
+    from semconv.serving.precache_store import PrecacheError
+    from serve_fixtures import write_precache
+
+    write_precache(run_dir, "precache_old", offset=1, version="v0",
+                   inputs={"item_codes": "2020-01-01T00:00:00Z"})
+    with pytest.raises(PrecacheError, match="built from item_codes/"):
+        load_state(run_dir.uri, precache=run_dir.path("precache_old"), cache_dir=tmp_path / "c")
+
+
+def test_a_reload_rereads_a_catalogue_republished_in_the_same_run_dir(run_dir, tmp_path):
+    state = load_state(run_dir.uri, cache_dir=tmp_path / "cache")
+    items = run_dir.read_table("items")
+    run_dir.write_table("items", items.set_column(2, "title", pa.array([f"New {i}" for i in range(N_ITEMS)])))
+    again = load_state(run_dir.uri, cache_dir=tmp_path / "cache", reuse=state)
+    assert again.catalog is not state.catalog and again.catalog.item(3)["title"] == "New 3"
+    assert again.stamps["items"] != state.stamps["items"]
+    same = load_state(run_dir.uri, cache_dir=tmp_path / "cache", reuse=again)
+    assert same.catalog is again.catalog and same.fallback_items is again.fallback_items  # unchanged: reused

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from semconv.artifacts import SUCCESS
+from semconv.serving.remote_cache import default_cache_root, private_dir
 
 PAD = -1
 _FILES = ("user_ids", "items", "scores", "lengths")
@@ -36,7 +37,8 @@ class PrecacheError(ValueError):
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("SEMCONV_SERVE_CACHE", Path(tempfile.gettempdir()) / "semconv-serve-cache"))
+    """``$SEMCONV_SERVE_CACHE``, else ``<private cache root>/serve`` (never a shared /tmp name)."""
+    return Path(os.environ.get("SEMCONV_SERVE_CACHE") or default_cache_root() / "serve")
 
 
 def resolve_precache_dir(path: str | Path) -> Path:
@@ -104,11 +106,34 @@ def precache_version(precache_dir: str | Path) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def _shards(d: Path) -> list[Path]:
+_SHARD = re.compile(r"^shard-(\d{5,})\.parquet$")
+
+
+def _shards(d: Path, manifest: dict | None = None) -> list[Path]:
+    """The Parquet shards, checked against the manifest's shard count (``shards``): a precache
+    with a missing or extra shard is refused rather than silently serving the fallback."""
     files = sorted(p for p in d.rglob("*.parquet") if not p.name.startswith("."))
     if not files:
         raise PrecacheError(f"{d}: precache has a manifest but no Parquet shards")
+    want = (manifest or {}).get("shards")
+    if want is not None:
+        names = {p.name for p in files}
+        if all(_SHARD.match(n) for n in names):  # the precache stage's shard-XXXXX names
+            expected = {f"shard-{i:05d}.parquet" for i in range(int(want))}
+            if names != expected:
+                missing, extra = sorted(expected - names), sorted(names - expected)
+                raise PrecacheError(f"{d}: shards do not match the manifest ({want} shards): "
+                                    f"missing {missing[:5]}, unexpected {extra[:5]}")
+        elif len(files) != int(want):
+            raise PrecacheError(f"{d}: {len(files)} Parquet shards, the manifest says {want}")
     return files
+
+
+def _check_rows(d: Path, manifest: dict, n: int) -> None:
+    """The rows found equal the manifest's user count (``users``), when it records one."""
+    want = manifest.get("users")
+    if want is not None and int(want) != n:
+        raise PrecacheError(f"{d}: shards hold {n} users, the manifest says {want}")
 
 
 def _padded(col: pa.ChunkedArray | pa.Array, k: int, dtype: np.dtype, what: str, shard: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -166,14 +191,15 @@ def _k_and_max_item(shards: list[Path], metas: list[pq.ParquetFile], manifest: d
 
 def convert_precache(precache_dir: Path, out_dir: Path) -> None:
     """Convert the Parquet shards into sorted ``.npy`` arrays in ``out_dir`` (written atomically)."""
-    shards = _shards(precache_dir)
     manifest = json.loads((precache_dir / SUCCESS).read_text())
+    shards = _shards(precache_dir, manifest)
     metas = [pq.ParquetFile(p) for p in shards]
     for p, f in zip(shards, metas):
         missing = {"user_id", "items", "scores"} - set(f.schema_arrow.names)
         if missing:
             raise PrecacheError(f"{p}: precache shard lacks column(s) {sorted(missing)}")
     n = sum(f.metadata.num_rows for f in metas)
+    _check_rows(precache_dir, manifest, n)
     user_parts = []
     for p, f in zip(shards, metas):
         col = f.read(columns=["user_id"]).column(0)
@@ -244,15 +270,14 @@ def load_precache(precache_dir: str | Path, cache_dir: str | Path | None = None,
     d = resolve_precache_dir(precache_dir)
     raw = (d / SUCCESS).read_bytes()
     manifest = json.loads(raw)
+    _shards(d, manifest)  # every load: a shard deleted since the conversion is refused too
     version = precache_version(d)
     key = hashlib.sha256(str(d).encode() + b"\0" + raw).hexdigest()[:24]
-    out = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    out = out / f"precache-{key}"
+    out = private_dir(cache_dir if cache_dir is not None else default_cache_dir()) / f"precache-{key}"
     meta = out / "cache.json"
     if not meta.is_file() or json.loads(meta.read_text()).get("format") != CACHE_FORMAT:
         if out.exists():
             shutil.rmtree(out, ignore_errors=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
         convert_precache(d, out)
     arrays = {name: np.load(out / f"{name}.npy", mmap_mode="r") for name in _FILES}
     os.utime(meta)  # most recently used
