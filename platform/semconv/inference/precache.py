@@ -166,17 +166,26 @@ class PrecacheActor:
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        histories = batch["history"].to_pylist()
-        items, scores = self.ranker.rank(histories, self.exclude_history)
-        valid = items >= 0  # fewer than K reachable items (tiny catalogues, exclusion): drop the pad
-        offsets = pa.array(np.concatenate([[0], np.cumsum(valid.sum(1))]).astype(np.int32))
-        return pa.table(
-            {
-                "user_id": batch["user_id"].cast(pa.int64()),
-                "items": pa.ListArray.from_arrays(offsets, pa.array(items[valid], pa.int64())),
-                "scores": pa.ListArray.from_arrays(offsets, pa.array(scores[valid], pa.float32())),
-            }
-        )
+        return rank_users(self.ranker, batch, self.exclude_history)
+
+
+def rank_users(ranker, batch: pa.Table, exclude_history: bool) -> pa.Table:
+    """Precache rows (:data:`OUTPUT_SCHEMA`) for a table of ``user_id`` and ``history`` rows.
+
+    ``ranker`` is a :class:`~semconv.inference.ranker.GenerativeRanker`. Used by the precache
+    actors and by anything that re-decodes some users the same way (a refresh of touched users).
+    """
+    histories = batch["history"].to_pylist()
+    items, scores = ranker.rank(histories, exclude_history)
+    valid = items >= 0  # fewer than K reachable items (tiny catalogues, exclusion): drop the pad
+    offsets = pa.array(np.concatenate([[0], np.cumsum(valid.sum(1))]).astype(np.int32))
+    return pa.table(
+        {
+            "user_id": batch["user_id"].cast(pa.int64()),
+            "items": pa.ListArray.from_arrays(offsets, pa.array(items[valid], pa.int64())),
+            "scores": pa.ListArray.from_arrays(offsets, pa.array(scores[valid], pa.float32())),
+        }
+    )
 
 
 LIGHT_CPU = 0.1  # CPU share requested by read / filter / re-blocking tasks

@@ -66,12 +66,16 @@ class GenerativeRanker:
         share_prefix: bool = True,
         item_ids: np.ndarray | None = None,
         decoding: Decoding | None = None,
+        max_len: int | None = None,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.item_codes = np.asarray(item_codes, dtype=np.int64)
         self.item_ids = np.arange(len(self.item_codes)) if item_ids is None else np.asarray(item_ids)
         self.num_beams, self.top_k, self.batch_size = num_beams, top_k, batch_size
+        if max_len is not None and max_len < 1:
+            raise ValueError(f"max_len must be >= 1 or None, got {max_len}")
+        self.max_len = max_len  # prompts keep a history's last max_len items (prepare.max_len)
         levels = self.item_codes.shape[1]
         codes_per_level = [int(self.item_codes[:, l].max()) + 1 for l in range(levels)]
         self.trie = CodeTrie(
@@ -87,7 +91,10 @@ class GenerativeRanker:
             self.prefix = encode_prefix(model, ids)
 
     def prompt(self, history: Sequence[int]) -> str:
-        """The inference prompt of a history of item ids (oldest first)."""
+        """The inference prompt of a history of item ids (oldest first): its last ``max_len``
+        items, as training and the splits cut them."""
+        if self.max_len is not None:
+            history = list(history)[-self.max_len :]
         try:
             codes = [self.item_codes[self._codes_of[int(i)]] for i in history]
         except KeyError as err:
@@ -99,17 +106,28 @@ class GenerativeRanker:
         return self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
     def rank(
-        self, histories: Sequence[Sequence[int]], exclude_history: bool = False
+        self,
+        histories: Sequence[Sequence[int]],
+        exclude_history: bool = False,
+        *,
+        num_beams: int | None = None,
+        top_k: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-K items (U, K) int64 and scores (U, K) float32 for each history, best first.
 
-        Users are decoded in batches of ``batch_size`` sorted by prompt length (less padding);
-        results come back in input order.
+        The one decoding entry point of the precache, online generation and refresh, so they
+        answer the same history alike. ``exclude_history`` drops every item of the history given
+        (all of it, also items older than the prompt's ``max_len``). ``num_beams`` / ``top_k``
+        override the ranker's for this call; the first k of a top-K are the top-k. Users are
+        decoded in batches of ``batch_size`` sorted by prompt length (less padding); results
+        come back in input order; slots past the reachable items hold ``-1`` / ``-inf``.
         """
+        num_beams = self.num_beams if num_beams is None else num_beams
+        top_k = self.top_k if top_k is None else top_k
         ids = self.encode(histories)
         order = np.argsort([len(x) for x in ids], kind="stable")
-        items = np.full((len(ids), self.top_k), -1, dtype=np.int64)
-        scores = np.full((len(ids), self.top_k), -np.inf, dtype=np.float32)
+        items = np.full((len(ids), top_k), -1, dtype=np.int64)
+        scores = np.full((len(ids), top_k), -np.inf, dtype=np.float32)
         for start in range(0, len(ids), self.batch_size):
             idx = order[start : start + self.batch_size]
             batch = [ids[i] for i in idx]
@@ -123,7 +141,7 @@ class GenerativeRanker:
             input_ids, mask = left_pad(batch, self.pad_id)
             exclude = [histories[i] for i in idx] if exclude_history else None
             it, sc = constrained_beam_search(
-                self.model, input_ids, mask, self.trie, self.num_beams, self.top_k, exclude, prefix,
+                self.model, input_ids, mask, self.trie, num_beams, top_k, exclude, prefix,
                 level_softmax=self.decoding.code_softmax == "level",
             )
             items[idx], scores[idx] = it.numpy(), sc.numpy()

@@ -1,0 +1,128 @@
+"""Online generation without Ray: the run's ranker (local and pyarrow-URI run dirs), request
+checks, batching, history cap and exclusion, and the precached users' lists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.fs as pafs
+import pytest
+from generation_fixtures import BEAMS, MAX_LEN, TOP_K, make_generation_run, user_histories
+from serve_fixtures import N_ITEMS
+
+from semconv.artifacts import RunDir
+from semconv.inference.run_ranker import load_run_ranker, resolve_settings
+from semconv.serving.generation import (
+    GenerationInputError,
+    GenerationLimits,
+    Query,
+    check_query,
+    rank_queries,
+    resolve_history,
+)
+from semconv.serving.state import load_catalog
+
+
+@pytest.fixture(scope="module")
+def run(tiny_lm_dir, tmp_path_factory) -> RunDir:
+    return make_generation_run(tmp_path_factory.mktemp("gen") / "run", tiny_lm_dir)
+
+
+@pytest.fixture(scope="module")
+def loaded(run):
+    import torch
+
+    torch.set_num_threads(1)
+    return load_run_ranker(run)
+
+
+@pytest.fixture(scope="module")
+def catalog(run):
+    return load_catalog(run.uri)[0]
+
+
+LIMITS = GenerationLimits("m1", num_beams=BEAMS, max_num_beams=16, top_k=TOP_K, max_len=MAX_LEN,
+                          exclude_history=True, dtype="float32")
+
+
+def test_settings_are_the_precaches(run, loaded):
+    ranker, settings = loaded
+    assert (settings.num_beams, settings.top_k, settings.exclude_history) == (BEAMS, TOP_K, True)
+    assert settings.max_len == MAX_LEN and ranker.max_len == MAX_LEN
+    assert settings.dtype == settings.precache_dtype == "float32"  # this CPU: no native bf16
+    assert settings.model_version.startswith("model-") and ranker.decoding.prompt_format == "history"
+    assert resolve_settings(run, max_len=3).max_len == 3
+
+
+def test_precached_users_get_their_precached_lists(run, loaded):
+    ranker, settings = loaded
+    histories = user_histories()
+    table = run.read_table("precache").to_pylist()
+    queries = [Query(tuple(histories[r["user_id"]]), TOP_K, BEAMS) for r in table]
+    for row, (items, scores) in zip(table, rank_queries(ranker, queries, settings.exclude_history)):
+        assert items.tolist() == row["items"]
+        np.testing.assert_allclose(scores, row["scores"], rtol=0, atol=1e-5)
+
+
+def test_a_batch_answers_each_query_as_it_alone_would(loaded):
+    ranker, _ = loaded
+    rng = np.random.default_rng(3)
+    queries = [Query(tuple(rng.choice(N_ITEMS, size=int(rng.integers(1, 10)), replace=False).tolist()),
+                     k=int(rng.integers(1, 9)), num_beams=int(rng.choice([8, BEAMS])))
+               for _ in range(10)]
+    together = rank_queries(ranker, queries, exclude_history=True)
+    for q, (items, scores) in zip(queries, together):
+        alone_items, alone_scores = rank_queries(ranker, [q], exclude_history=True)[0]
+        assert len(items) == q.k and items.tolist() == alone_items.tolist()
+        np.testing.assert_allclose(scores, alone_scores, rtol=0, atol=1e-5)
+
+
+def test_prompt_keeps_the_last_max_len_items_and_exclusion_covers_the_whole_history(loaded):
+    ranker, _ = loaded
+    recent = [3, 9, 14, 22, 27, 31]  # MAX_LEN items
+    older = [0, 1, 2, 5]
+    assert len(recent) == MAX_LEN
+    [(long_items, long_scores), (short_items, _)] = rank_queries(
+        ranker, [Query(tuple(older + recent), 10, 16), Query(tuple(recent), 10, 16)], exclude_history=False)
+    assert long_items.tolist() == short_items.tolist()  # same prompt
+    excluded, _ = rank_queries(ranker, [Query(tuple(older + recent), 10, 16)], exclude_history=True)[0]
+    assert not set(excluded.tolist()) & set(older + recent) and len(excluded) == 10
+    allowed = [i for i in long_items.tolist() if i not in older + recent]
+    assert excluded.tolist()[: len(allowed)] == allowed  # the rest keep their order
+
+
+def test_history_ids_and_source_ids_resolve_and_unknown_ones_are_named(catalog):
+    assert resolve_history(catalog, [3, 7, 3], None) == (3, 7, 3)
+    assert resolve_history(catalog, None, ["B0003", "B0007"]) == (3, 7)
+    with pytest.raises(GenerationInputError, match=r"unknown item ids.*40, 99") as err:
+        resolve_history(catalog, [3, 40, 99, 40], None)
+    assert err.value.loc == ["body", "history"]
+    with pytest.raises(GenerationInputError, match=r"unknown source item ids.*'nope'") as err:
+        resolve_history(catalog, None, ["B0001", "nope"])
+    assert err.value.loc == ["body", "source_history"]
+    with pytest.raises(GenerationInputError, match="exactly one"):
+        resolve_history(catalog, [1], ["B0001"])
+    with pytest.raises(GenerationInputError, match="exactly one"):
+        resolve_history(catalog, None, None)
+
+
+def test_k_and_num_beams_limits():
+    assert check_query((1,), None, None, LIMITS) == Query((1,), min(10, BEAMS), BEAMS)
+    assert check_query((1,), 16, 16, LIMITS) == Query((1,), 16, 16)
+    assert check_query((1,), None, 4, LIMITS).k == 4  # k defaults to at most the beam width
+    with pytest.raises(GenerationInputError, match=r"k must be between 1 and the beam width 12, got 13") as err:
+        check_query((1,), 13, None, LIMITS)
+    assert err.value.loc == ["body", "k"]
+    with pytest.raises(GenerationInputError, match=r"num_beams must be between 1 and 16, got 17") as err:
+        check_query((1,), 5, 17, LIMITS)
+    assert err.value.loc == ["body", "num_beams"]
+
+
+def test_the_ranker_loads_from_a_pyarrow_filesystem_uri(run, loaded):
+    """The same run directory on pyarrow's in-memory mock filesystem: model/ is fetched to a local
+    cache, item_codes/ and the manifests are read through the filesystem."""
+    remote = RunDir("mock:///runs/gen")
+    pafs.copy_files(run.root, remote.root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=remote.fs)
+    ranker, settings = load_run_ranker(remote)
+    assert not remote.is_local and settings == loaded[1]
+    q = [Query((1, 2, 3), 5, BEAMS)]
+    assert rank_queries(ranker, q, True)[0][0].tolist() == rank_queries(loaded[0], q, True)[0][0].tolist()
