@@ -149,7 +149,7 @@ def _records(uri: str, on_bad_rows: str, report: ReadReport) -> tuple[list[str],
     return header, out
 
 
-def _read_table(uri: str, on_bad_rows: str, report: ReadReport) -> tuple[list[str], list[tuple[int, dict]]]:
+def read_rows(uri: str, on_bad_rows: str, report: ReadReport) -> tuple[list[str], list[tuple[int, dict]]]:
     if uri.endswith(".parquet") or uri.rstrip("/").endswith("parquet") or _is_dir(uri):
         table = _read_parquet(uri)
         rows = table.to_pylist()
@@ -183,13 +183,12 @@ def _require(uri: str, columns: list[str], required: tuple[str, ...]) -> None:
         raise DataError(f"{uri}: missing required column(s) {missing}; found {sorted(columns)}")
 
 
-def read_generic(
-    interactions_uri: str, items_uri: str, on_bad_rows: str = "error"
-) -> tuple[pa.Table, pa.Table, ReadReport]:
-    """Read interactions (user_id, item_id, optional timestamp/rating/review) and item metadata."""
-    report = ReadReport()
-    cols, recs = _read_table(interactions_uri, on_bad_rows, report)
-    _require(interactions_uri, cols, ("user_id", "item_id"))
+def read_interactions(uri: str, on_bad_rows: str = "error", report: ReadReport | None = None) -> pa.Table:
+    """Interactions (``user_id``, ``item_id``, optional ``timestamp``/``rating``/``review``) in the
+    canonical shape (module docstring)."""
+    report = report if report is not None else ReadReport()
+    cols, recs = read_rows(uri, on_bad_rows, report)
+    _require(uri, cols, ("user_id", "item_id"))
     data: dict[str, list] = {"user": [], "item": [], "row": []}
     optional = [c for c in ("timestamp", "rating", "review") if c in cols]
     for c in optional:
@@ -198,13 +197,13 @@ def read_generic(
         user, item = rec.get("user_id"), rec.get("item_id")
         if user in (None, "") or item in (None, ""):
             field_ = "user_id" if user in (None, "") else "item_id"
-            _bad(interactions_uri, n, f"field {field_!r} is empty", on_bad_rows, report, "missing_field")
+            _bad(uri, n, f"field {field_!r} is empty", on_bad_rows, report, "missing_field")
             continue
         try:
             ts = int(float(rec["timestamp"])) if "timestamp" in optional and rec.get("timestamp") not in (None, "") else None
             rating = float(rec["rating"]) if "rating" in optional and rec.get("rating") not in (None, "") else None
         except (TypeError, ValueError):
-            _bad(interactions_uri, n, "field 'timestamp' or 'rating' is not a number", on_bad_rows, report, "unparseable")
+            _bad(uri, n, "field 'timestamp' or 'rating' is not a number", on_bad_rows, report, "unparseable")
             continue
         data["user"].append(str(user))
         data["item"].append(str(item))
@@ -217,18 +216,39 @@ def read_generic(
             data["review"].append("" if rec.get("review") is None else str(rec["review"]))
     types = {"user": pa.string(), "item": pa.string(), "row": pa.int64(), "timestamp": pa.int64(),
              "rating": pa.float64(), "review": pa.string()}
-    interactions = pa.table({k: pa.array(v, types[k]) for k, v in data.items()})
+    return pa.table({k: pa.array(v, types[k]) for k, v in data.items()})
 
-    icols, irecs = _read_table(items_uri, on_bad_rows, report)
-    _require(items_uri, icols, ("item_id", "title"))
-    idata: dict[str, list[str]] = {"item": [], **{f: [] for f in TEXT_FIELDS}}
+
+def read_items(uri: str, on_bad_rows: str = "error", report: ReadReport | None = None,
+               keep_raw: tuple[str, ...] = ()) -> tuple[pa.Table, dict[str, list]]:
+    """Item metadata (``item_id``, ``title``, optional text fields) in the canonical shape plus
+    ``row``, and the values of the columns in ``keep_raw`` as read, one per kept row (e.g. a
+    refresh's ``embedding``, validated by its caller)."""
+    report = report if report is not None else ReadReport()
+    icols, irecs = read_rows(uri, on_bad_rows, report)
+    _require(uri, icols, ("item_id", "title"))
+    idata: dict[str, list] = {"item": [], **{f: [] for f in TEXT_FIELDS}, "row": []}
+    raw = {c: [] for c in keep_raw if c in icols}
     for n, rec in irecs:
         if rec.get("item_id") in (None, ""):
-            _bad(items_uri, n, "field 'item_id' is empty", on_bad_rows, report, "missing_field")
+            _bad(uri, n, "field 'item_id' is empty", on_bad_rows, report, "missing_field")
             continue
         idata["item"].append(str(rec["item_id"]))
         for f in TEXT_FIELDS:
             v = rec.get(f)
             idata[f].append("" if v is None else str(v))
-    items = pa.table({k: pa.array(v, pa.string()) for k, v in idata.items()})
+        idata["row"].append(n)
+        for c in raw:
+            raw[c].append(rec.get(c))
+    out = {k: pa.array(v, pa.int64() if k == "row" else pa.string()) for k, v in idata.items()}
+    return pa.table(out), raw
+
+
+def read_generic(
+    interactions_uri: str, items_uri: str, on_bad_rows: str = "error"
+) -> tuple[pa.Table, pa.Table, ReadReport]:
+    """Read interactions (user_id, item_id, optional timestamp/rating/review) and item metadata."""
+    report = ReadReport()
+    interactions = read_interactions(interactions_uri, on_bad_rows, report)
+    items = read_items(items_uri, on_bad_rows, report)[0].drop_columns(["row"])
     return interactions, items, report

@@ -1,0 +1,72 @@
+"""New interactions extend histories: the next version of ``sequences/`` and ``splits/``.
+
+Columnar: the untouched users' rows are filtered through unchanged; only the touched users' rows
+are rebuilt (old history, then their delta items in order). A delta pair the user already has in
+their history is dropped, as ``prepare`` drops repeats. ``splits/`` keeps every untouched user's
+rows and recomputes the touched users' leave-last-out rows from their new history.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from semconv.data.prepare import SPLITS_SCHEMA, leave_last_out
+
+
+def extend_sequences(sequences: pa.Table, user_ids: np.ndarray, item_ids: np.ndarray,
+                     timestamps: np.ndarray | None, new_users: pa.Table) -> tuple[pa.Table, np.ndarray, int]:
+    """``(new sequences sorted by user_id, touched user ids, repeats dropped)``.
+
+    ``user_ids``/``item_ids`` come grouped by user, chronological inside a user (``Delta``).
+    """
+    touched = np.unique(user_ids)
+    mask = pc.is_in(sequences.column("user_id"), value_set=pa.array(touched, pa.int64()))
+    keep = sequences.filter(pc.invert(mask))
+    old = sequences.filter(mask)
+    if new_users.num_rows:
+        pad = {c: pa.nulls(new_users.num_rows, old.schema.field(c).type)
+               for c in old.column_names if c not in ("user_id", "source_user_id")}
+        old = pa.concat_tables([old, pa.table({**new_users.to_pydict(), **pad}).select(old.column_names)
+                                .cast(old.schema)])
+    old = old.sort_by("user_id")
+    cols = {c: old.column(c).to_pylist() for c in old.column_names}
+    starts = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]])
+    bounds = dict(zip(user_ids[starts].tolist(), zip(starts.tolist(), np.r_[starts[1:], len(user_ids)].tolist())))
+    dropped = 0
+    for r, uid in enumerate(cols["user_id"]):
+        a, b = bounds[uid]
+        hist = list(cols["history"][r] or [])
+        seen = set(hist)
+        adds = [(i, k) for i, k in zip(item_ids[a:b].tolist(), range(a, b)) if i not in seen]
+        dropped += (b - a) - len(adds)
+        cols["history"][r] = hist + [i for i, _ in adds]
+        if "timestamps" in cols:
+            ts = [None if timestamps is None or np.isnan(timestamps[k]) else int(timestamps[k]) for _, k in adds]
+            cols["timestamps"][r] = list(cols["timestamps"][r] or []) + ts
+        if "reviews" in cols:
+            cols["reviews"][r] = list(cols["reviews"][r] or []) + [""] * len(adds)
+    rebuilt = pa.table(cols, schema=old.schema)
+    return pa.concat_tables([keep, rebuilt]).sort_by("user_id"), touched, dropped
+
+
+def refresh_splits(splits: pa.Table, sequences: pa.Table, touched: np.ndarray, max_len: int) -> pa.Table:
+    """Old splits minus the touched users' rows, plus leave-last-out rows of their new histories."""
+    t = pa.array(touched, pa.int64())
+    keep = splits.filter(pc.invert(pc.is_in(splits.column("user_id"), value_set=t)))
+    rows = leave_last_out(sequences.filter(pc.is_in(sequences.column("user_id"), value_set=t)), max_len)
+    return pa.concat_tables([keep.cast(SPLITS_SCHEMA), rows])
+
+
+def recent(histories: pa.Array | pa.ChunkedArray, max_len: int) -> pa.Array:
+    """Each history's last ``max_len`` items (what the precache's prompts hold), columnar."""
+    hist = histories.combine_chunks() if isinstance(histories, pa.ChunkedArray) else histories
+    hist = pc.fill_null(hist, pa.scalar([], hist.type))
+    offsets = hist.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    values = hist.values.slice(offsets[0], offsets[-1] - offsets[0]).to_numpy()
+    pos = np.arange(len(values)) - np.repeat(offsets[:-1] - offsets[0], lengths)
+    keep = pos >= np.repeat(lengths - max_len, lengths)
+    new_offsets = np.r_[0, np.cumsum(np.minimum(lengths, max_len))].astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(new_offsets), pa.array(values[keep], pa.int64()))

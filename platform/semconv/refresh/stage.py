@@ -1,0 +1,170 @@
+"""``run_refresh``: an existing run + a delta -> ``<run_dir>/versions/<name>/`` (README "Refresh").
+
+1. Base: the newest complete version, else the run itself; a version already built from the same
+   delta on the same base is returned as is (a rerun of a finished refresh does nothing).
+2. Tables (:mod:`semconv.refresh.build`): new items get behaviour vectors and unique codes from
+   the saved codebook; new interactions extend ``sequences/`` and ``splits/``.
+3. Decoding (:mod:`semconv.refresh.decode`): ``refresh.users=touched`` re-ranks the users named in
+   the delta, ``all`` every cached user as well; rank shards are written exactly once into
+   ``versions/<name>.partial/rank/`` (resumable), then merged with the carried-over shards.
+4. Publish: every artifact of the version in one atomic rename, manifest last; the partial
+   directory is removed.
+
+A re-decoded user is ranked from the last ``prepare.max_len`` items of their whole updated history
+(serving, not evaluation: the previous precache ranked from the test row, which holds out the
+last item). Their history, new items included, is excluded like any history item.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from semconv.artifacts import RunDir
+from semconv.hardware import inference_dtype
+from semconv.inference.loading import ModelSpec
+from semconv.refresh.build import NewVersion, build_version
+from semconv.refresh.decode import merge_shards, plan_refresh, rank_users
+from semconv.refresh.version import VERSIONS, base_of, file_digest, find_applied, next_name
+
+INPUTS = ("items", "sequences", "splits", "item_emb", "item_codes", "precache")
+
+
+def _fingerprint(cfg, run: RunDir, base: RunDir, base_name: str | None) -> dict:
+    rc, pc_cfg = cfg.refresh, cfg.precache
+    return {
+        "base": base_name or ".", "base_precache": base.manifest("precache").get("created_at"),
+        "model": run.manifest("model").get("created_at"), "codebook": run.manifest("codebook").get("created_at"),
+        "interactions": file_digest(rc.interactions), "items": file_digest(rc.items),
+        "users": rc.users, "on_bad_rows": rc.on_bad_rows, "holdout": rc.holdout, "ridge": rc.ridge,
+        "max_len": cfg.prepare.max_len, "seed": cfg.seed, "top_k": pc_cfg.top_k,
+        "num_beams": pc_cfg.num_beams, "exclude_history": pc_cfg.exclude_history,
+    }
+
+
+def redecode_users(new: NewVersion, base: RunDir, mode: str) -> tuple[np.ndarray, dict]:
+    """The users to re-rank and why: delta users always; with ``all`` every cached user too."""
+    users = new.touched
+    reasons = {"new_interactions": int(len(new.touched) - len(new.new_users)), "new_user": int(len(new.new_users))}
+    if mode == "all":
+        cached = base.read_table("precache", columns=["user_id"])["user_id"].to_numpy()
+        users = np.union1d(users, cached)
+        reasons["refresh.users=all"] = int(len(users) - len(new.touched))
+    return np.asarray(users, np.int64), reasons
+
+
+def _users_table(users: np.ndarray, new: NewVersion, mode: str) -> pa.Table:
+    reason = np.full(len(users), "refresh.users=all" if mode == "all" else "", dtype=object)
+    reason[np.isin(users, new.touched)] = "new_interactions"
+    reason[np.isin(users, new.new_users)] = "new_user"
+    return pa.table({"user_id": pa.array(users, pa.int64()), "reason": pa.array(reason.tolist(), pa.string())})
+
+
+def run_refresh(cfg) -> dict[str, str]:
+    """Build the next serving version from ``cfg.refresh``'s delta; returns ``{"version": path}``."""
+    from semconv.ray_env import init_ray
+
+    t0 = time.perf_counter()
+    run = RunDir(cfg.run_dir)
+    run.require("codebook", "model")
+    base, base_name = base_of(run)
+    base.require(*INPUTS)
+    fingerprint = _fingerprint(cfg, run, base, base_name)
+    if (done := find_applied(run, fingerprint)) is not None:
+        print(f"refresh: version {done} was already built from this delta; nothing to do", flush=True)
+        return {"version": run.path(f"{VERSIONS}/{done}")}
+    name = cfg.refresh.version or next_name(run)
+    if run.is_complete(f"{VERSIONS}/{name}"):
+        raise ValueError(f"version {name!r} already exists in {run.uri} (built from another delta or "
+                         "base); choose another refresh.version")
+    new = build_version(cfg, run, base)
+    t_build = time.perf_counter() - t0
+
+    users, reasons = redecode_users(new, base, cfg.refresh.users)
+    pc_cfg = cfg.precache
+    plan = plan_refresh(base.fs, base.path("precache"), users, pc_cfg.users_per_shard)
+    choice = inference_dtype(pc_cfg.bf16, pc_cfg.use_gpu)
+    spec = ModelSpec(model_dir=str(run.local("model")), base_model=cfg.finetune.base_model, dtype=choice.dtype)
+    codes_col = new.item_codes.column("codes").combine_chunks()
+    codes = codes_col.flatten().to_numpy().astype(np.int64).reshape(new.item_codes.num_rows, -1)
+    item_ids = new.item_codes.column("item_id").to_numpy()
+    partial = run.path(f"{VERSIONS}/{name}.partial")
+    rank_fp = {**fingerprint, "version": name, "users_hash": _hash(users), "codes_hash": _hash(codes),
+               "dtype": choice.dtype, **asdict(spec.resolved_decoding())}
+    stats: dict = {"shards_written": 0, "users_written": 0, "rank_shards": 0}
+    if len(users):
+        init_ray(cfg.ray.address, cfg.ray.num_cpus)
+        stats = rank_users(
+            new.sequences, users, plan, run.fs, f"{partial}/rank", rank_fp, spec, codes, item_ids,
+            cfg.prepare.max_len, num_beams=pc_cfg.num_beams, top_k=pc_cfg.top_k, batch_size=pc_cfg.batch_size,
+            sort_window=pc_cfg.sort_window, num_actors=pc_cfg.num_actors, use_gpu=pc_cfg.use_gpu,
+            cpus_per_actor=pc_cfg.cpus_per_actor, threads_per_actor=pc_cfg.threads_per_actor,
+            exclude_history=pc_cfg.exclude_history, share_prefix=pc_cfg.share_prefix)
+    t_decode = time.perf_counter() - t0 - t_build
+    path = publish(run, base, name, new, plan, partial, users, reasons, fingerprint, cfg,
+                   {"build_seconds": round(t_build, 3), "decode_seconds": round(t_decode, 3), "rank": stats},
+                   t0)
+    print(f"refresh: version {name}: {new.new_items['count']} new items "
+          f"({new.new_items['embedding_source']}), {len(users)} users re-decoded ({reasons}), "
+          f"{len(plan.old_shards) - len(plan.dirty & set(range(len(plan.old_shards))))} of "
+          f"{len(plan.old_shards)} precache shards carried over; {time.perf_counter() - t0:.1f}s", flush=True)
+    return {"version": path}
+
+
+def _hash(a: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
+def publish(run: RunDir, base: RunDir, name: str, new: NewVersion, plan, partial: str, users: np.ndarray,
+            reasons: dict, fingerprint: dict, cfg, timing: dict, t0: float) -> str:
+    """Write the whole version atomically (``RunDir.writing``), then drop the partial directory.
+
+    The manifests are filled inside their ``writing`` blocks: ``RunDir`` writes them on exit.
+    """
+    old_precache = base.manifest("precache")
+    manifest: dict = {"version": name}
+    with run.writing(f"{VERSIONS}/{name}", manifest) as tmp:
+        view = RunDir(tmp)
+        tables = {"items": new.items, "item_codes": new.item_codes, "item_emb": new.item_emb,
+                  "sequences": new.sequences, "splits": new.splits}
+        if new.item_text_emb is not None:
+            tables["item_text_emb"] = new.item_text_emb
+        for art, table in tables.items():
+            view.write_table(art, table, manifest={"version": name})
+        with view.writing("codebook", dict(run.manifest("codebook"))) as cb:
+            for f in Path(run.local("codebook")).iterdir():
+                if f.is_file() and f.name != "_SUCCESS":
+                    (cb / f.name).write_bytes(f.read_bytes())
+        pmeta = {k: old_precache.get(k) for k in ("model", "base_model", "codebook", "top_k", "num_beams",
+                                                   "exclude_history", "dtype")}
+        pmeta.update(version=name, shards=plan.num_shards)
+        with view.writing("precache", pmeta) as ptmp:
+            merged = merge_shards(run.fs, plan, f"{partial}/rank", ptmp)
+            pmeta["users"] = sum(pq.ParquetFile(p).metadata.num_rows for p in ptmp.glob("shard-*.parquet"))
+        pq.write_table(_users_table(users, new, cfg.refresh.users), tmp / "redecoded_users.parquet")
+        manifest.update({
+            "base": fingerprint["base"], "fingerprint": fingerprint,
+            "delta": {"interactions": cfg.refresh.interactions, "items": cfg.refresh.items,
+                      "skipped": new.skipped},
+            "new_items": new.new_items,
+            "users": {"mode": cfg.refresh.users, "redecoded": int(len(users)), "reasons": reasons,
+                      "touched": int(len(new.touched)), "new_users": int(len(new.new_users)),
+                      "list": "redecoded_users.parquet",
+                      "ids": users.tolist() if len(users) <= 10_000 else None,
+                      "history": f"last prepare.max_len={cfg.prepare.max_len} items of the whole updated history"},
+            "precache": {**merged, "users": pmeta["users"], "shards": plan.num_shards},
+            "artifacts": {a: view.manifest(a).get("created_at") for a in (*tables, "codebook", "precache")},
+            **timing, "seconds": round(time.perf_counter() - t0, 3),
+        })
+    if run.fs.get_file_info(partial).type != pafs.FileType.NotFound:
+        run.fs.delete_dir(partial)
+    return run.path(f"{VERSIONS}/{name}")

@@ -1,0 +1,71 @@
+"""run_refresh: new items get unique codes and join a new version; only touched users re-decode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from semconv.artifacts import RunDir
+from semconv.refresh.stage import run_refresh
+
+from .conftest import NUM_ITEMS, NUM_USERS, config, write_jsonl
+
+NEW_ITEMS = [{"item_id": f"n{j}", "title": f"new glove {j}", "description": "a glove"} for j in range(4)]
+
+
+def _delta(tmp, users=(3, 70, 71), items=NEW_ITEMS, with_inter=("n0", "n1")) -> tuple[str, str]:
+    inter = []
+    for u in users:
+        inter.append({"user_id": f"u{u}", "item_id": "i5"})
+        inter += [{"user_id": f"u{u}", "item_id": n} for n in with_inter]
+    return write_jsonl(tmp / "inter.jsonl", inter), write_jsonl(tmp / "items.jsonl", list(items))
+
+
+def _lists(path) -> dict[int, tuple]:
+    t = pq.read_table(path)
+    return {u: (tuple(i), tuple(s)) for u, i, s in zip(t["user_id"].to_pylist(), t["items"].to_pylist(),
+                                                    t["scores"].to_pylist())}
+
+
+def test_new_items_and_touched_users_make_a_complete_new_version(run_copy, tiny_lm_dir, tmp_path):
+    inter, items = _delta(tmp_path)
+    out = run_refresh(config(run_copy, tiny_lm_dir, interactions=inter, items=items))
+    version = RunDir(out["version"])
+    manifest = RunDir(run_copy).manifest("versions/v0001")
+    # new items: dense ids after the catalogue, unique codes, in catalogue, codes and trie inputs
+    new = manifest["new_items"]
+    assert new["item_ids"] == list(range(NUM_ITEMS, NUM_ITEMS + 4))
+    assert new["embedding_source"] == {"supplied": 0, "fold_in": 2, "text": 2}
+    assert set(new["maps"]) == {"fold_in", "text"}
+    codes = version.read_table("item_codes")["codes"].to_pylist()
+    assert len(codes) == NUM_ITEMS + 4 and len({tuple(c) for c in codes}) == NUM_ITEMS + 4
+    old_codes = RunDir(run_copy).read_table("item_codes")["codes"].to_pylist()
+    assert codes[:NUM_ITEMS] == old_codes  # existing codes never change
+    items_t = version.read_table("items")
+    assert items_t["source_id"].to_pylist()[NUM_ITEMS:] == ["n0", "n1", "n2", "n3"]
+    # histories: touched users extended in order, everyone else unchanged
+    old_seq = {r["user_id"]: r["history"] for r in RunDir(run_copy).read_table("sequences").to_pylist()}
+    new_seq = {r["user_id"]: r["history"] for r in version.read_table("sequences").to_pylist()}
+    for u in range(NUM_USERS):
+        if u in (3, 70, 71):
+            added = [i for i in [5, NUM_ITEMS, NUM_ITEMS + 1] if i not in old_seq[u]]
+            assert new_seq[u] == old_seq[u] + added
+        else:
+            assert new_seq[u] == old_seq[u]
+    # precache: only touched users re-decoded, the rest byte-identical, shards 0 and 1 dirty
+    assert manifest["users"]["ids"] == [3, 70, 71] and manifest["users"]["reasons"]["new_interactions"] == 3
+    old = {}
+    for s in range(3):
+        old.update(_lists(RunDir(run_copy).path(f"precache/shard-{s:05d}.parquet")))
+    newl = {}
+    for s in range(3):
+        newl.update(_lists(version.path(f"precache/shard-{s:05d}.parquet")))
+    assert set(newl) == set(old)
+    assert all(newl[u] == old[u] for u in old if u not in (3, 70, 71))
+    assert manifest["precache"] == {"shards_carried_over": 1, "shards_rewritten": 2, "users": NUM_USERS, "shards": 3}
+    carried = version.path("precache/shard-00002.parquet")
+    assert open(carried, "rb").read() == open(RunDir(run_copy).path("precache/shard-00002.parquet"), "rb").read()
+    for u in (3, 70, 71):  # the whole new history is excluded, new items included
+        assert not set(newl[u][0]) & set(new_seq[u][-20:])
+    assert not (run_copy / "versions" / "v0001.partial").exists()
