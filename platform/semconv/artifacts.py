@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 SUCCESS = "_SUCCESS"
+CHECKPOINTS = "_checkpoints"
 
 
 class ArtifactError(RuntimeError):
@@ -56,8 +57,9 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 class RunDir:
     """Paths, completeness checks and atomic writes for one run directory."""
 
-    def __init__(self, uri: str | Path):
+    def __init__(self, uri: str | Path, lineage: dict[str, Any] | None = None):
         self.uri = str(uri)
+        self.lineage = lineage  # added to every manifest written here (semconv.lineage.stage_run)
         self.fs, self.root, self.is_local = _fs_and_path(self.uri)
         if self.is_local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
@@ -70,6 +72,11 @@ class RunDir:
     def path(self, name: str) -> str:
         """The artifact's path inside the filesystem (a local absolute path when local)."""
         return f"{self.root}/{name}"
+
+    @property
+    def checkpoint_root(self) -> str:
+        """Where every Ray Train run keeps its in-progress checkpoints (a URI when remote)."""
+        return self.path(CHECKPOINTS) if self.is_local else f"{self.uri.rstrip('/')}/{CHECKPOINTS}"
 
     def _exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
@@ -94,7 +101,8 @@ class RunDir:
     def writing(self, name: str, manifest: dict[str, Any] | None = None) -> Iterator[Path]:
         """Yield a local scratch directory; on clean exit it becomes ``<name>/`` atomically.
 
-        The manifest (``_SUCCESS``) is written last with ``created_at`` added. An exception leaves
+        The manifest (``_SUCCESS``) is written last with ``created_at`` (and the stage's ``lineage``,
+        when this RunDir carries one) added. An exception leaves
         the previous complete artifact, if any, untouched, and removes the scratch directory.
         """
         if self.is_local:
@@ -106,6 +114,8 @@ class RunDir:
             yield tmp
             meta = dict(manifest or {})
             meta.setdefault("artifact", name)
+            if self.lineage is not None:
+                meta["lineage"] = self.lineage
             meta["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             write_json_atomic(tmp / SUCCESS, meta)
             self._publish(tmp, name)

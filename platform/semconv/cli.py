@@ -1,4 +1,5 @@
-"""``semconv <stage>|pipeline [--config FILE] [key.sub=value ...]``: what every job runs."""
+"""``semconv <stage>|pipeline|refresh [--config FILE] [--on-change rebuild|error] [key.sub=value ...]``:
+what every job runs. Stages come from the registry (:mod:`semconv.stages`)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,23 @@ import sys
 from collections.abc import Sequence
 
 from semconv.config import ConfigError, load_config
-from semconv.pipeline import STAGES, run_pipeline
+from semconv.lineage import StaleArtifactError
+from semconv.pipeline import run_pipeline
 from semconv.ray_env import init_ray
+from semconv.stages import NAMES
 
 
 def parse(argv: Sequence[str] | None, stage: str | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="semconv", description=__doc__)
     if stage is None:
-        p.add_argument("stage", choices=[*STAGES, "pipeline"])
+        p.add_argument("stage", choices=[*NAMES, "pipeline", "refresh"])
     p.add_argument("--config", default=None, help="YAML config (default: built-in demo defaults)")
     p.add_argument("--stages", default=None, help="pipeline only: comma-separated subset")
+    p.add_argument("--on-change", choices=["rebuild", "error"], default=None,
+                   help="when the config changed what a complete stage depends on: rebuild it and "
+                        "its downstream, or stop naming the key (default: config on_change, rebuild)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides before and after --stages
     if stage is not None:
         args.stage = stage
     return args
@@ -33,8 +39,17 @@ def main(argv: Sequence[str] | None = None, stage: str | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    if args.stage == "refresh":  # not a pipeline stage: a new serving version of a finished run
+        from semconv.refresh.stage import run_refresh
+
+        print(f"Serve it: serve run --address local serve_app.app:app_builder run_dir={run_refresh(cfg)['version']}")
+        return 0
     stages = [args.stage] if args.stage != "pipeline" else (args.stages.split(",") if args.stages else None)
-    run_pipeline(cfg, stages)
+    try:
+        run_pipeline(cfg, stages, on_change=args.on_change)
+    except StaleArtifactError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     print_summary(cfg)
     return 0
 

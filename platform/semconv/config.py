@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -23,6 +23,7 @@ from semconv.embed.config import EmbedConfig
 from semconv.evaluate.config import EvaluateConfig
 from semconv.finetune.config import FinetuneConfig
 from semconv.inference.config import PrecacheConfig
+from semconv.refresh.config import RefreshConfig
 from semconv.schema import Section
 from semconv.tasks.config import TasksConfig
 from semconv.tokenize.config import TokenizeConfig
@@ -39,7 +40,8 @@ class RayConfig(Section):
 
 _PATH_FIELDS = [("prepare", "dataset"), ("prepare", "interactions"), ("prepare", "items"),
                 ("embed", "item_embeddings"), ("embed", "text_model"),
-                ("finetune", "base_model"), ("finetune", "deepspeed_config")]
+                ("finetune", "base_model"), ("finetune", "deepspeed_config"),
+                ("refresh", "interactions"), ("refresh", "items")]
 
 
 def _absolute(value: str, must_exist: bool) -> str:
@@ -54,6 +56,9 @@ def _absolute(value: str, must_exist: bool) -> str:
 class PipelineConfig(Section):
     run_dir: str = Field("runs/demo", description="local path or pyarrow.fs URI (s3://, gs://)")
     seed: int = 0
+    on_change: Literal["rebuild", "error"] = Field(
+        "rebuild", description="a rerun whose config changed what a stage's artifacts depend on: "
+        "rebuild that stage and its downstream, or stop with the changed key (semconv.lineage)")
     ray: RayConfig = RayConfig()
     prepare: PrepareConfig = PrepareConfig()
     embed: EmbedConfig = EmbedConfig()
@@ -62,6 +67,7 @@ class PipelineConfig(Section):
     finetune: FinetuneConfig = FinetuneConfig()
     precache: PrecacheConfig = PrecacheConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    refresh: RefreshConfig = RefreshConfig()
 
     @model_validator(mode="after")
     def _absolute_local_paths(self) -> PipelineConfig:
@@ -75,7 +81,8 @@ class PipelineConfig(Section):
         return self
 
     def config_hash(self) -> str:
-        """A stable short hash of the whole config, recorded in reports and manifests."""
+        """A stable short hash of the whole config, recorded in the report (which artifacts are
+        current is decided per stage by :mod:`semconv.lineage`, not by this hash)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

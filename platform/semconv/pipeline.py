@@ -1,4 +1,11 @@
-"""Run the stages in order; each skips its complete artifacts, so a rerun resumes at once.
+"""Run the stages in order; each skips when its artifacts are current, so a rerun resumes at once.
+
+Stages come from the registry (:mod:`semconv.stages`). Before a stage runs, its artifacts are
+checked against the present config (:mod:`semconv.lineage`): *current* ones skip; a *stale* one
+(another fingerprint) is rebuilt together with every stage downstream of it, whose artifacts are
+deleted first, and the changed keys are printed; with ``on_change="error"`` (``--on-change error``)
+the run stops instead with a message naming the stage, the key and both values. A stage with some
+artifacts missing runs and resumes (checkpoints, complete sibling artifacts, partial shards).
 
 Every run times its stages, prints a table at the end and writes ``<run_dir>/pipeline.json``::
 
@@ -7,10 +14,11 @@ Every run times its stages, prints a table at the end and writes ``<run_dir>/pip
      "ran": ["prepare", ...], "total_seconds": 812.3, "finished_at": "...",
      "machine": {"cpu": "AMD EPYC", "cores": 2, "bf16_native": true, "torch_threads": 2}}
 
-* ``skipped``: every artifact the stage writes (:data:`WRITES`, the README table) was complete
-  before it ran, so it returned at once; ``seconds`` is then this run's (tiny) time, and
-  ``built_seconds`` the time of the run that built it, carried over from the previous
-  ``pipeline.json`` (absent when that file never timed the build).
+* ``skipped``: every artifact the stage writes was current before it ran, so it did not run;
+  ``seconds`` is then this run's (tiny) time, and ``built_seconds`` the time of the run that
+  built it, carried over from the previous ``pipeline.json`` (absent when that file never timed
+  the build).
+* ``rebuilt``: the change that made the stage stale (``"tokenize.levels was 4 ..., now 3"``).
 * ``failed``: true on the stage that raised; the file is written before the error propagates.
 * ``ran`` lists this command's stages in order, and ``total_seconds`` is this command's wall
   time (``run_pipeline``'s) on ``machine``. Entries of stages this command did not run are kept
@@ -22,86 +30,87 @@ never edited, and this file is the one place that says where a run's time went.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 
+from semconv import lineage
 from semconv.artifacts import RunDir, write_json_atomic
 from semconv.config import PipelineConfig
+from semconv.stages import NAMES, downstream, stage
 
 log = logging.getLogger(__name__)
 
-# stage name -> "module:function"; the function takes the config and returns artifact paths
-STAGES: dict[str, str] = {
-    "prepare": "semconv.data.prepare:run_prepare",
-    "embed": "semconv.embed.stage:run_embed",
-    "tokenize": "semconv.tokenize.stage:run_tokenize",
-    "tasks": "semconv.tasks.stage:run_tasks",
-    "finetune": "semconv.finetune.stage:run_finetune",
-    "precache": "semconv.inference.stage:run_precache",
-    "evaluate": "semconv.evaluate.stage:run_evaluate",
-}
-# stage name -> the artifacts it writes; all complete before it runs = the stage is skipped
-WRITES: dict[str, tuple[str, ...]] = {
-    "prepare": ("items", "sequences", "splits"),
-    "embed": ("item_emb", "item_text_emb"),
-    "tokenize": ("codebook", "item_codes"),
-    "tasks": ("sft",),
-    "finetune": ("model",),
-    "precache": ("precache",),
-    "evaluate": ("report",),
-}
 RECORD = "pipeline.json"
 
 
-def stage_function(name: str) -> Callable[[PipelineConfig], dict[str, str]]:
-    if name not in STAGES:
-        raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
-    module, func = STAGES[name].split(":")
-    return getattr(importlib.import_module(module), func)
+def run_stage(cfg: PipelineConfig, name: str, on_change: str | None = None,
+              rebuilt: dict[str, str] | None = None) -> tuple[dict[str, str], bool]:
+    """Run stage ``name`` unless its artifacts are current; returns (artifact paths, skipped).
 
-
-def run_stage(cfg: PipelineConfig, name: str) -> dict[str, str]:
+    A stale stage is rebuilt with its downstream (or refused, ``on_change="error"``); what
+    changed is printed and stored in ``rebuilt[name]``.
+    """
+    s = stage(name)
+    run = RunDir(cfg.run_dir)
+    state = lineage.status(cfg, run, name)
+    if state.current:
+        print(f"== {name}: current, skipped ==", flush=True)
+        return {a: run.path(a) for a in s.writes}, True
+    if state.change is not None:
+        if (on_change or cfg.on_change) == "error":
+            raise lineage.StaleArtifactError(lineage.stale_message(state.change))
+        names = [name, *downstream(name)]
+        lineage.invalidate(run, names)
+        why = state.change.describe()
+        print(f"== {name}: {why}; rebuilding {', '.join(names)} ==", flush=True)
+        if rebuilt is not None:
+            rebuilt[name] = why
     start = time.perf_counter()
     print(f"== {name} ==", flush=True)
-    out = stage_function(name)(cfg)
+    out = s.function()(cfg)
     print(f"== {name} done in {time.perf_counter() - start:.1f}s ==", flush=True)
-    return out
+    return out, False
 
 
-def run_pipeline(cfg: PipelineConfig, stages: Sequence[str] | None = None) -> dict[str, dict[str, str]]:
+def run_pipeline(cfg: PipelineConfig, stages: Sequence[str] | None = None,
+                 on_change: str | None = None) -> dict[str, dict[str, str]]:
     """Run ``stages`` (default: every stage, in order); returns artifact paths.
 
-    Times each stage, prints the timing table and writes ``<run_dir>/pipeline.json`` (module
+    ``on_change`` (``rebuild`` or ``error``; default ``cfg.on_change``) decides what a stale stage
+    does. Times each stage, prints the timing table and writes ``<run_dir>/pipeline.json`` (module
     docstring), also when a stage raises.
     """
     start = time.perf_counter()
-    names = list(stages) if stages else list(STAGES)
+    names = list(stages) if stages else list(NAMES)
     for n in names:
-        stage_function(n)  # fail fast on a typo before any work
+        stage(n)  # fail fast on a typo before any work
+    names.sort(key=NAMES.index)
     run = RunDir(cfg.run_dir)
     old = read_record(run).get("stages", {})
     timed: dict[str, dict[str, Any]] = {}
     out: dict[str, dict[str, str]] = {}
+    rebuilt: dict[str, str] = {}
     try:
         for n in names:
-            entry = timed[n] = {"skipped": n in WRITES and all(run.is_complete(a) for a in WRITES[n])}
+            entry = timed[n] = {"skipped": False}
             stage_start = time.perf_counter()
             try:
-                out[n] = run_stage(cfg, n)
+                out[n], entry["skipped"] = run_stage(cfg, n, on_change, rebuilt)
             except BaseException:
                 entry["failed"] = True
                 raise
             finally:
                 entry["seconds"] = round(time.perf_counter() - stage_start, 3)
                 entry["finished_at"] = _now()
+                if n in rebuilt:
+                    entry["rebuilt"] = rebuilt[n]
             if entry["skipped"] and (built := built_seconds(old.get(n))) is not None:
                 entry["built_seconds"] = built
     finally:

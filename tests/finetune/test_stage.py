@@ -36,7 +36,7 @@ def test_run_finetune_writes_a_complete_model_that_loads(ray_local, planted_run_
     assert metrics["samples"] == 4 * 4 and metrics["samples_per_s"] > 0
     # The adapter holds the code rows but not the whole resized vocabulary.
     assert (model_dir / "adapter_model.safetensors").stat().st_size < 200_000
-    assert list((planted_run_dir / "_checkpoints" / "finetune").glob("checkpoint_*"))
+    assert list((planted_run_dir / "_checkpoints").glob("finetune-*/checkpoint_*"))
 
     model, tok = load_for_inference(model_dir, str(tiny_lm_dir))
     batch = encode_batch(tok, split_examples(sft_table(0, 4), "valid"), range(4), 128)

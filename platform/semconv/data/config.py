@@ -14,7 +14,11 @@ class PrepareConfig(Section):
 
     ``format="lcrec"`` reads ``<dataset>/<name>.inter.json`` + ``<dataset>/<name>.item.json``;
     ``format="generic"`` reads ``interactions`` and ``items`` (Parquet, CSV or JSON Lines, by
-    extension), local paths or any ``pyarrow.fs`` URI.
+    extension), local paths or any ``pyarrow.fs`` URI. The lineage fingerprint identifies the raw
+    files by their paths: after replacing a file in place, delete ``items/`` to rebuild.
+
+    Not in the lineage fingerprint (they change how the stage runs, not what it writes):
+    ``num_shards`` (the same rows in more files).
     """
 
     format: Literal["lcrec", "generic"] = "lcrec"

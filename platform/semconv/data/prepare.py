@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from semconv.artifacts import RunDir
+from semconv.lineage import stage_run
 from semconv.data.config import PrepareConfig
 from semconv.data.readers import DataError, ReadReport, read_generic, read_lcrec
 
@@ -198,9 +198,10 @@ def read_raw(cfg: PrepareConfig) -> tuple[pa.Table, pa.Table, ReadReport, str, s
 
 
 def run_prepare(cfg) -> dict[str, str]:
-    """Write ``items/``, ``sequences/``, ``splits/`` for ``cfg.prepare``; complete ones are kept."""
+    """Write ``items/``, ``sequences/``, ``splits/`` for ``cfg.prepare``; complete ones are kept
+    (the pipeline deletes them first when ``cfg.prepare`` changed, :mod:`semconv.lineage`)."""
     pc_cfg: PrepareConfig = cfg.prepare
-    run = RunDir(cfg.run_dir)
+    run = stage_run(cfg, "prepare")
     names = ("items", "sequences", "splits")
     if not all(run.is_complete(n) for n in ("items", "sequences")):
         inter, items, report, isrc, msrc = read_raw(pc_cfg)

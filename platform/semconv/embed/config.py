@@ -12,6 +12,10 @@ class CFConfig(Section):
 
     Defaults train the demo (8k users, 4k items, ~33k train rows) in well under two minutes on
     two CPU cores.
+
+    Not in the lineage fingerprint (how the stage runs, not what it writes):
+    ``cpus_per_worker``, ``checkpoint_every``. ``num_workers`` is in it: the workers
+    split the BPR triples, so another count is another trajectory.
     """
 
     dim: int = Field(32, ge=2, description="embedding size (the paper's DCCF uses 32)")
@@ -31,6 +35,13 @@ class CFConfig(Section):
 
 
 class EmbedConfig(Section):
+    """Behaviour embeddings (supplied or LightGCN) and text embeddings of the items.
+
+    Not in the lineage fingerprint (how the stage runs, not what it writes):
+    ``text_batch_size``, ``text_actors`` (padding is masked: the same vectors). A
+    supplied ``item_embeddings`` file is identified by its path.
+    """
+
     item_embeddings: str | None = Field(
         None, description="user-supplied Parquet (item_id, embedding); skips CF training"
     )

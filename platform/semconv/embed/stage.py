@@ -3,12 +3,12 @@
 ``item_emb/`` holds the user's own recommender's vectors when ``embed.item_embeddings`` is set;
 otherwise LightGCN is trained on the train split (Ray Train) and the artifact also carries the
 model (``cf_model/``, reusable as a baseline recommender through :func:`recommend_topk`) and its
-valid/test metrics (``metrics.json``). Each artifact is skipped when already complete.
+valid/test metrics (``metrics.json``). Each artifact is skipped when already complete (the
+pipeline deletes both first when the stage's config or inputs changed, :mod:`semconv.lineage`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -33,6 +33,7 @@ from semconv.embed.cf import (
 from semconv.embed.supplied import embedding_table, load_item_embeddings
 from semconv.embed.text import embed_item_texts
 from semconv.embed.train import fit_cf
+from semconv.lineage import checkpoint_name, stage_run
 
 CF_MODEL_DIR = "cf_model"
 METRICS_NAME = "metrics.json"
@@ -44,18 +45,12 @@ def _ensure_ray(cfg: PipelineConfig) -> None:
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
 
 
-def _checkpoint_name(train_config: dict[str, Any]) -> str:
-    """Checkpoints are keyed by config + data, so a changed run never resumes a stale one."""
-    h = hashlib.sha256()
-    for key in sorted(train_config):
-        value = train_config[key]
-        h.update(key.encode())
-        h.update(value.tobytes() if isinstance(value, np.ndarray) else json.dumps(value).encode())
-    return h.hexdigest()[:16]
-
-
 def train_cf_model(cfg: PipelineConfig, run: RunDir, num_items: int) -> tuple[CFRecommender, dict[str, Any]]:
-    """Train LightGCN on the train split with Ray Train; return the model and its metrics."""
+    """Train LightGCN on the train split with Ray Train; return the model and its metrics.
+
+    Checkpoints are keyed by the stage's lineage fingerprint (``run`` from
+    :func:`semconv.lineage.stage_run`), so a rerun after a crash resumes and a changed one never does.
+    """
     splits = run.read_table("splits")
     user_ids, users, items = train_pairs(splits)
     bad = (items < 0) | (items >= num_items)
@@ -68,9 +63,8 @@ def train_cf_model(cfg: PipelineConfig, run: RunDir, num_items: int) -> tuple[CF
               "lr": c.lr, "weight_decay": c.weight_decay, "seed": cfg.seed,
               "checkpoint_every": c.checkpoint_every}
     _ensure_ray(cfg)
-    storage = f"{run.root if run.is_local else run.uri.rstrip('/')}/_checkpoints/cf"
     start = time.perf_counter()
-    state = fit_cf(config, c.num_workers, c.cpus_per_worker, storage, _checkpoint_name(config))
+    state = fit_cf(config, c.num_workers, c.cpus_per_worker, run.checkpoint_root, checkpoint_name(run, "embed"))
     train_seconds = time.perf_counter() - start
     model = LightGCN(len(user_ids), num_items, c.dim, c.layers)
     with torch.no_grad():
@@ -125,7 +119,7 @@ def _text_embeddings(cfg: PipelineConfig, run: RunDir, items_table: pa.Table) ->
 
 def run_embed(cfg: PipelineConfig) -> dict[str, str]:
     """Produce ``item_emb/`` and ``item_text_emb/`` (each skipped when already complete)."""
-    run = RunDir(cfg.run_dir)
+    run = stage_run(cfg, "embed")
     run.require("items")
     out: dict[str, str] = {}
     need_behaviour = not run.is_complete("item_emb")

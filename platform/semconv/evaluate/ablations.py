@@ -1,9 +1,11 @@
 """The paper's ablations as named config overrides, run by one command.
 
 Each ablation runs the whole pipeline in a sibling run directory ``<run_dir>/ablations/<name>``.
-Artifacts of the stages *before* the first stage an override touches are linked (hard links,
-or copies where links are impossible) from the main run, so e.g. a tokenizer ablation reuses
-``items/ sequences/ splits/ item_emb/ item_text_emb/`` and retrains from the codebook on.
+Artifacts of the stages whose lineage the overrides leave unchanged (the same dependent config
+and reusable inputs, :func:`semconv.lineage.reusable_stages`) are linked (hard links, or copies
+where links are impossible) from the main run, so e.g. a tokenizer ablation reuses ``items/
+sequences/ splits/ item_emb/ item_text_emb/`` and retrains from the codebook on; the pipeline's
+lineage check then skips them in the sibling run.
 Baselines do not depend on any ablated switch, so ablation runs score ours only; the main run's
 report holds the baselines. ``python -m semconv.evaluate.ablations --config c.yaml wo_negative``.
 """
@@ -23,6 +25,8 @@ import pyarrow.fs as pafs
 
 from semconv.artifacts import SUCCESS, RunDir, write_json_atomic
 from semconv.config import PipelineConfig, apply_overrides, load_config, validate_config
+from semconv.lineage import reusable_stages
+from semconv.stages import NAMES, STAGES
 
 ABLATIONS: dict[str, list[str]] = {
     "wo_llm_alignment": ["tokenize.llm_alignment=false"],
@@ -45,18 +49,6 @@ GROUPS: dict[str, list[str]] = {
     "objective": ["prompt_objective", "vocabulary_softmax"],
     "all": list(ABLATIONS),
 }
-# Stages in pipeline order with the config section that drives each and the artifacts it writes.
-STAGES: list[tuple[str, tuple[str, ...]]] = [
-    ("prepare", ("items", "sequences", "splits")),
-    ("embed", ("item_emb", "item_text_emb")),
-    ("tokenize", ("codebook", "item_codes")),
-    ("tasks", ("sft",)),
-    ("finetune", ("model",)),
-    ("precache", ("precache",)),
-    ("evaluate", ("report",)),
-]
-IGNORED_SECTIONS = {"ray", "run_dir"}  # where and how to run, not what is computed
-
 Pipeline = Callable[[PipelineConfig], Any]
 
 
@@ -88,21 +80,15 @@ def ablation_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
     return validate_config(raw, f"ablation {name}")
 
 
-def first_changed_stage(main: PipelineConfig, ablated: PipelineConfig) -> int | None:
-    """Index in :data:`STAGES` of the first stage whose inputs differ (None: nothing differs)."""
-    a, b = main.model_dump(mode="json"), ablated.model_dump(mode="json")
-    changed = {k for k in set(a) | set(b) if a.get(k) != b.get(k)} - IGNORED_SECTIONS - {"evaluate"}
-    if not changed:
-        return None
-    order = [s for s, _ in STAGES]
-    return min((order.index(k) if k in order else 0) for k in changed)
-
-
 def reused_artifacts(main: PipelineConfig, ablated: PipelineConfig) -> list[str]:
-    """Artifacts the ablation can take unchanged from the main run."""
-    first = first_changed_stage(main, ablated)
-    stop = len(STAGES) - 1 if first is None else first
-    return [a for _, arts in STAGES[:stop] for a in arts]
+    """Artifacts the ablation can take unchanged from the main run, in pipeline order."""
+    reusable = reusable_stages(main, ablated)
+    return [a for s in STAGES if s.name in reusable for a in s.writes]
+
+
+def same_as_main(main: PipelineConfig, ablated: PipelineConfig) -> bool:
+    """Whether only the report differs (ablation runs score ours alone, without baselines)."""
+    return set(NAMES) - set(reusable_stages(main, ablated)) <= {"evaluate"}
 
 
 def link_artifact(src: RunDir, dst: RunDir, name: str) -> bool:
@@ -161,7 +147,7 @@ def run_ablations(
 
     Rows: ``ablation``, ``overrides``, ``run_dir``, ``reused`` and the test metrics of ours. The
     table is also written to ``<run_dir>/ablations/summary.json`` and ``summary.md``.
-    ``pipeline`` defaults to :func:`semconv.pipeline.run_pipeline` (skips complete artifacts).
+    ``pipeline`` defaults to :func:`semconv.pipeline.run_pipeline` (skips current artifacts).
     """
     pipeline = pipeline or _default_pipeline
     names = expand_names(names)
@@ -173,7 +159,7 @@ def run_ablations(
                      **_semconv_row(main)})
     for name in names:
         acfg = ablation_config(cfg, name)
-        if first_changed_stage(cfg, acfg) is None and include_full:
+        if same_as_main(cfg, acfg) and include_full:
             rows.append({**rows[0], "ablation": name, "overrides": ABLATIONS[name], "same_as": "full"})
             continue
         sib = RunDir(acfg.run_dir)

@@ -19,6 +19,9 @@ class SASRecConfig(Section):
     one-negative objective, ``"ce"`` a full softmax over all items, which converges in far fewer
     epochs; with it, lr 2e-3 (the paper: 1e-3) reaches the same valid NDCG@10 (0.069 on the demo)
     in about half the epochs.
+
+    Not in the lineage fingerprint (how the stage runs, not what it writes):
+    ``num_threads``. ``max_seconds`` is in it: it decides how long SASRec trains.
     """
 
     hidden: int = Field(64, ge=8)
@@ -40,6 +43,8 @@ class SASRecConfig(Section):
 
 
 class EvaluateConfig(Section):
+    """Metrics and baselines of the report. Every key is in the lineage fingerprint."""
+
     ks: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: [1, 5, 10], min_length=1, description="cut-offs of HR@K and NDCG@K"
     )

@@ -4,8 +4,8 @@ Protocol (the paper's): leave-last-out, the test row's target is each user's las
 system ranks all items, HR@K and NDCG@K for K in ``evaluate.ks``. Ours is read from
 ``precache/`` (ranked from the test rows' histories); a test user the precache lacks is a miss
 and is counted. The baselines are computed here on the same splits and scored by the same code,
-so the table compares like with like. Valid-split metrics are added for every system that has a
-valid ranking (ours only when a ``precache_valid/`` artifact exists).
+so the table compares like with like. Valid-split metrics are added for every baseline (the
+precache ranks test users only, so ours has none).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from semconv.artifacts import RunDir
 from semconv.evaluate.baselines import BaselineUnavailable, rank_cf, rank_popularity, rank_sasrec
 from semconv.evaluate.protocol import evaluate_rankings, rankings_from_precache, split_rows
 from semconv.evaluate.report import write_report
+from semconv.lineage import stage_run
 
 if TYPE_CHECKING:
     from semconv.config import PipelineConfig
 
 REPORT = "report"
 PRECACHE = "precache"
-PRECACHE_VALID = "precache_valid"
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,10 @@ def _num_items(run: RunDir) -> int:
 
 
 def _semconv(run: RunDir, rows: dict, ks: list[int], out: dict[str, Any]) -> None:
-    for artifact, split in ((PRECACHE, "test"), (PRECACHE_VALID, "valid")):
-        if split not in rows or not run.is_complete(artifact):
-            continue
-        table = run.read_table(artifact, columns=["user_id", "items"])
-        rankings, missing = rankings_from_precache(table, rows[split].user_ids, max(ks))
-        out[split]["systems"]["semconv"] = evaluate_rankings(rankings, rows[split], ks)
-        out[split]["missing_users"]["semconv"] = missing
+    table = run.read_table(PRECACHE, columns=["user_id", "items"])
+    rankings, missing = rankings_from_precache(table, rows["test"].user_ids, max(ks))
+    out["test"]["systems"]["semconv"] = evaluate_rankings(rankings, rows["test"], ks)
+    out["test"]["missing_users"]["semconv"] = missing
 
 
 def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = True) -> dict[str, Any]:
@@ -150,7 +147,7 @@ def _upstream(run: RunDir) -> dict[str, Any]:
 
 def run_evaluate(cfg: PipelineConfig) -> dict[str, str]:
     """Score ``precache/`` and the baselines on the test split and write ``report/``."""
-    run = RunDir(cfg.run_dir)
+    run = stage_run(cfg, "evaluate")
     if run.is_complete(REPORT):
         return {REPORT: run.path(REPORT)}
     run.require("items", "splits", PRECACHE)

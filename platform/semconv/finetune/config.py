@@ -21,6 +21,14 @@ from semconv.schema import Section
 
 
 class FinetuneConfig(Section):
+    """LoRA fine-tuning (module docstring).
+
+    Not in the lineage fingerprint (how the stage runs, not what it writes):
+    ``checkpoint_every``, ``log_every``, ``max_failures``, ``cpus_per_worker`` (a
+    resumed run continues the same trajectory). ``max_minutes`` is in it (it decides how many
+    steps run), and so are ``num_workers`` (the global batch) and ``use_gpu`` / ``deepspeed_config``.
+    """
+
     base_model: str = Field("smollm2-135m", description="bundled model name or HF directory")
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)

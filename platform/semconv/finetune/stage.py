@@ -1,14 +1,14 @@
 """The ``finetune`` stage: ``sft/`` -> ``model/`` (LoRA adapter + tokenizer + training metrics).
 
 Ray sits only here: a ``TorchTrainer`` runs :func:`semconv.finetune.train.train_func` on
-``num_workers`` workers, checkpoints to ``<run_dir>/_checkpoints/finetune`` and restarts failed
-workers from the latest checkpoint (``FailureConfig``). Re-running the stage after a crash resumes
-the same Ray Train run; a changed config or a rebuilt ``sft/`` starts it afresh.
+``num_workers`` workers, checkpoints to ``<run_dir>/_checkpoints/finetune-<lineage fingerprint>``
+and restarts failed workers from the latest checkpoint (``FailureConfig``). Re-running the stage
+after a crash resumes the same Ray Train run; a changed config or a rebuilt ``sft/`` has another
+fingerprint (:mod:`semconv.lineage`) and starts afresh.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict
 import json
 import shutil
@@ -24,9 +24,7 @@ from semconv.finetune.checkpoint import FINAL
 from semconv.finetune.model import resolve_base
 from semconv.decoding import Decoding
 from semconv.finetune.optim import deepspeed_config
-
-CHECKPOINTS = "_checkpoints"
-RUN_NAME = "finetune"
+from semconv.lineage import checkpoint_name, stage_run
 
 
 class FinetuneInputError(ValueError):
@@ -89,27 +87,7 @@ def train_config(cfg: PipelineConfig, base_path: Path, sa_init: dict[str, list[s
     }
 
 
-def _fingerprint(config: dict[str, Any], sft_manifest: dict[str, Any]) -> str:
-    blob = json.dumps({k: v for k, v in config.items() if k != "step_hook"}, sort_keys=True, default=str)
-    return hashlib.sha256((blob + str(sft_manifest.get("created_at"))).encode()).hexdigest()[:16]
-
-
-def _reset_stale_run(rd: RunDir, fingerprint: str) -> None:
-    """Drop checkpoints of a run with another config: resuming them would mix two trainings."""
-    run = f"{rd.path(CHECKPOINTS)}/{RUN_NAME}"
-    stamp = f"{rd.path(CHECKPOINTS)}/{RUN_NAME}.fingerprint"
-    old = None
-    if rd.fs.get_file_info(stamp).type != pafs.FileType.NotFound:
-        with rd.fs.open_input_stream(stamp) as f:
-            old = f.read().decode().strip()
-    if old != fingerprint and rd.fs.get_file_info(run).type != pafs.FileType.NotFound:
-        rd.fs.delete_dir(run)
-    rd.fs.create_dir(rd.path(CHECKPOINTS), recursive=True)
-    with rd.fs.open_output_stream(stamp) as f:
-        f.write(fingerprint.encode())
-
-
-def fit(config: dict[str, Any], cfg: PipelineConfig, storage: str) -> Any:
+def fit(config: dict[str, Any], cfg: PipelineConfig, storage: str, name: str) -> Any:
     """Run ``train_func`` on a ``TorchTrainer``; returns the Ray Train ``Result``."""
     import ray
     from ray.train import ScalingConfig
@@ -128,7 +106,7 @@ def fit(config: dict[str, Any], cfg: PipelineConfig, storage: str) -> Any:
         torch_config=TorchConfig(backend="nccl" if ft.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=ft.num_workers, use_gpu=ft.use_gpu,
                                      resources_per_worker={"CPU": cpus}),
-        run_config=train_run_config(RUN_NAME, storage, ft.max_failures),
+        run_config=train_run_config(name, storage, ft.max_failures),
     )
     return trainer.fit()
 
@@ -158,7 +136,7 @@ def run_finetune(cfg: PipelineConfig, step_hook: Any = None) -> dict[str, str]:
     ``step_hook(step, rank)`` runs on every worker after each optimizer step (tests use it to
     kill a worker once and watch the run resume).
     """
-    rd = RunDir(cfg.run_dir)
+    rd = stage_run(cfg, "finetune")
     if rd.is_complete("model"):
         return {"model": rd.path("model")}
     rd.require("sft")
@@ -167,11 +145,9 @@ def run_finetune(cfg: PipelineConfig, step_hook: Any = None) -> dict[str, str]:
     sa_init = read_sa_init(rd) if cfg.tasks.sa_init else None
     base_path = resolve_base(cfg.finetune.base_model)
     config = train_config(cfg, base_path, sa_init)
-    _reset_stale_run(rd, _fingerprint(config, rd.manifest("sft")))
     if step_hook is not None:
         config["step_hook"] = step_hook
-    storage = rd.path(CHECKPOINTS) if rd.is_local else f"{rd.uri.rstrip('/')}/{CHECKPOINTS}"
-    result = fit(config, cfg, storage)
+    result = fit(config, cfg, rd.checkpoint_root, checkpoint_name(rd, "finetune"))
     if result.error is not None:
         raise RuntimeError(f"fine-tuning failed: {result.error}") from result.error
     with result.checkpoint.as_directory() as ckpt_dir:
@@ -185,7 +161,7 @@ def run_finetune(cfg: PipelineConfig, step_hook: Any = None) -> dict[str, str]:
             "levels": cfg.tokenize.levels, "codes_per_level": cfg.tokenize.codes_per_level,
             "steps": metrics["steps"], "final_train_loss": metrics["train_loss"][-1],
             "final_eval_loss": metrics["eval_loss"][-1] if metrics["eval_loss"] else None,
-            "sa_init": sa_init is not None, "merged": cfg.finetune.merge, "config_hash": cfg.config_hash(),
+            "sa_init": sa_init is not None, "merged": cfg.finetune.merge,
         }
         with rd.writing("model", manifest) as tmp:
             for item in final.iterdir():

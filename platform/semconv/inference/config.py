@@ -10,6 +10,15 @@ from semconv.schema import Section
 
 
 class PrecacheConfig(Section):
+    """Constrained beam search over every (or a sample of) test user.
+
+    Not in the lineage fingerprint (how the stage runs, not what it writes):
+    ``batch_size``, ``sort_window`` (padding is masked), ``num_actors``,
+    ``cpus_per_actor``, ``threads_per_actor``, ``share_prefix`` (the same preamble KV, computed once)
+    and ``users_per_shard`` (the same rows in other files; the partial shards of an interrupted
+    run are kept only for the same shard plan).
+    """
+
     top_k: int = Field(10, ge=1, description="items cached per user")
     num_beams: int = Field(20, ge=1, description="beam width of the constrained search (>= top_k)")
     batch_size: int = Field(16, ge=1, description="users per beam-search batch")

@@ -4,7 +4,9 @@ Each user is ranked from the history of their *test* row (everything before the 
 item), so the evaluate stage can score ``precache/`` against the test targets directly. Shards go
 to ``precache.partial/`` first (resumable, see :mod:`semconv.inference.precache`); when all are
 there they are checked (every user exactly once) and published as ``precache/`` with a manifest
-naming the model, codebook, K and user count.
+naming the model, codebook, K and user count. The partial shards are keyed by the stage's lineage
+fingerprint (:mod:`semconv.lineage`) and the dtype it resolved to on this machine, so a rerun after
+a crash keeps them and a changed config or input discards them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pyarrow.parquet as pq
 from semconv.artifacts import RunDir
 from semconv.hardware import inference_dtype
 from semconv.inference.loading import ModelSpec
+from semconv.lineage import stage_run
 from semconv.inference.precache import (
     LIGHT_CPU,
     PrecacheError,
@@ -89,7 +92,7 @@ def run_precache(cfg: PipelineConfig) -> dict[str, str]:
 
     from semconv.ray_env import init_ray
 
-    run = RunDir(cfg.run_dir)
+    run = stage_run(cfg, PRECACHE)
     pc_cfg = cfg.precache
     if run.is_complete(PRECACHE):
         return {PRECACHE: run.path(PRECACHE)}
@@ -112,15 +115,9 @@ def run_precache(cfg: PipelineConfig) -> dict[str, str]:
     model_dir = str(run.local("model"))
     spec = ModelSpec(model_dir=model_dir, base_model=cfg.finetune.base_model, dtype=dtype)
     decoding = spec.resolved_decoding()
-    fingerprint = {
-        **{name: run.manifest(name).get("created_at") for name in INPUTS},
-        "base_model": cfg.finetune.base_model, "dtype": dtype, **asdict(decoding),
-        "top_k": pc_cfg.top_k,
-        "num_beams": pc_cfg.num_beams, "exclude_history": pc_cfg.exclude_history,
-        "max_users": pc_cfg.max_users, "seed": cfg.seed,
-    }
+    # the dtype "auto" resolves to depends on the machine, not only on the config
     partial = run.path(PARTIAL)
-    done = open_partial(run.fs, partial, plan, fingerprint)
+    done = open_partial(run.fs, partial, plan, {"lineage": run.lineage["fingerprint"], "dtype": dtype})
     log.info("precache: %d users in %d shards, %d already done", plan.num_users, plan.num_shards, len(done))
 
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
@@ -145,8 +142,9 @@ def run_precache(cfg: PipelineConfig) -> dict[str, str]:
         "exclude_history": pc_cfg.exclude_history, "dtype": dtype,
         "dtype_reason": choice.reason, **asdict(decoding), "users": plan.num_users,
         "test_users": total_users, "sampled": plan.num_users < total_users,
-        "shards": plan.num_shards, "inputs": fingerprint, "config_hash": cfg.config_hash(),
-        "last_run": stats,
+        "shards": plan.num_shards, "last_run": stats,
+        # serving refuses a precache whose inputs' created_at differ from the run dir's
+        "inputs": {name: run.manifest(name).get("created_at") for name in INPUTS},
     }
     publish_shards(run, partial, plan, manifest)
     return {PRECACHE: run.path(PRECACHE)}

@@ -27,6 +27,13 @@ from semconv.tasks.templates import TASK_NAMES, check_templates
 
 
 class TasksConfig(Section):
+    """Which Alignment Tasks to write and how (module docstring).
+
+    Not in the lineage fingerprint (how the stage runs, not what it writes):
+    ``num_shards``, ``ray_data``, ``ray_min_rows``, ``batch_size`` (the local and
+    Ray Data paths write the same rows).
+    """
+
     sequential: bool = True
     sequential_objective: Literal["history", "prompt"] = Field(
         "history", description="history: every next item of a history in one row; prompt: one "

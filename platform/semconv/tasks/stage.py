@@ -2,7 +2,8 @@
 
 ``sft/`` holds Parquet shards (``task, prompt, label, split, user_id, item_id``), ``sa_init.json``
 when ``tasks.sa_init`` is on, and a manifest that counts rows per task and split. A complete
-``sft/`` is kept as is (resume); delete it to rebuild with a changed config.
+``sft/`` is kept as is; the pipeline deletes it first when the tasks config or an input changed
+(:mod:`semconv.lineage`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
-from semconv.artifacts import RunDir
+from semconv.lineage import stage_run
 from semconv.tasks.build import build_sft
-from semconv.tasks.inputs import INPUTS, load_inputs
+from semconv.tasks.inputs import load_inputs
 
 if TYPE_CHECKING:
     from semconv.config import PipelineConfig
@@ -31,12 +32,8 @@ def run_tasks(cfg: PipelineConfig) -> dict[str, str]:
 
     Reads ``cfg.tasks``, ``cfg.seed`` and ``cfg.ray`` (for Ray Data on large tables).
     """
-    run = RunDir(cfg.run_dir)
-    wanted = cfg.tasks.model_dump(mode="json")
+    run = stage_run(cfg, "tasks")
     if run.is_complete(SFT):
-        if run.manifest(SFT).get("tasks_config") != wanted:
-            log.warning("sft/ is complete but was built with another tasks config; keeping it "
-                        "(delete %s to rebuild)", run.path(SFT))
         return {SFT: run.path(SFT)}
     inputs = load_inputs(run)
     result = build_sft(inputs, cfg.tasks, cfg.seed, cfg.ray)
@@ -50,8 +47,7 @@ def run_tasks(cfg: PipelineConfig) -> dict[str, str]:
         "code_levels": int(inputs.codes.shape[1]),
         "summary": {k: v for k, v in result.summary.items() if k != "rows_per_task"},
         "sa_init": SA_INIT_FILE if result.sa_init is not None else None,
-        "tasks_config": wanted,
-        "inputs": {name: run.manifest(name).get("created_at") for name in INPUTS},
+        "tasks_config": cfg.tasks.model_dump(mode="json"),  # finetune reads the objective
     }
     with run.writing(SFT, manifest) as tmp:
         n = max(1, min(cfg.tasks.num_shards, table.num_rows or 1))

@@ -10,6 +10,14 @@ from semconv.schema import Section
 
 
 class TokenizeConfig(Section):
+    """The residual codebook and its training.
+
+    Not in the lineage fingerprint (how the stage runs, not what it writes):
+    ``checkpoint_every``, ``max_failures`` (a resumed run continues the same
+    trajectory). ``num_workers`` and ``use_gpu`` are in it: they change the data sharding and the
+    floating-point results.
+    """
+
     levels: int = Field(4, ge=1, le=26)
     codes_per_level: int = Field(256, ge=2)
     distance: Literal["l2", "cosine"] = Field(

@@ -2,7 +2,7 @@
 
 Reads ``item_emb/`` and ``item_text_emb/`` (the latter required only when ``llm_alignment``), checks
 them before any training, trains under ``TorchTrainer`` with checkpoints in
-``<run_dir>/_checkpoints/tokenize-<config hash>`` (so a re-run after a crash resumes; with
+``<run_dir>/_checkpoints/tokenize-<lineage fingerprint>`` (so a re-run after a crash resumes; with
 ``num_workers: 0`` it trains in-process instead, same maths, no checkpoints), assigns
 codes with faiss, resolves collisions, and writes ``codebook/`` (``save_pretrained`` output,
 ``metrics.json``, ``history.json``, ``collisions.json``) then ``item_codes/``. A complete
@@ -11,7 +11,6 @@ codes with faiss, resolves collisions, and writes ``codebook/`` (``save_pretrain
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 
 from semconv.artifacts import RunDir
 from semconv.config import PipelineConfig
+from semconv.lineage import checkpoint_name, stage_run
 from semconv.tokenize.assign import assign_codes
 from semconv.tokenize.codebook import ResidualCodebook
 from semconv.tokenize.collisions import resolve_collisions
@@ -27,16 +27,6 @@ from semconv.tokenize.inputs import TokenizeInputError, TokenizeInputs, load_inp
 from semconv.tokenize.quality import codebook_metrics, text_alignment_distance
 from semconv.tokenize.train import fit, train_codebook
 from semconv.ray_env import init_ray
-
-
-def _run_name(cfg: PipelineConfig) -> str:
-    section = {"tokenize": cfg.tokenize.model_dump(mode="json"), "seed": cfg.seed}
-    blob = json.dumps(section, sort_keys=True)
-    return "tokenize-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def _checkpoint_root(rd: RunDir) -> str:
-    return f"{rd.root}/_checkpoints" if rd.is_local else f"{rd.uri.rstrip('/')}/_checkpoints"
 
 
 @torch.no_grad()
@@ -72,15 +62,14 @@ def _train(cfg: PipelineConfig, rd: RunDir, inputs: TokenizeInputs):
         return fit(tk, inputs.embeddings, inputs.text_embeddings, seed=cfg.seed)
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     return train_codebook(
-        tk, _checkpoint_root(rd), _run_name(cfg), run_dir=cfg.run_dir, seed=cfg.seed
+        tk, rd.checkpoint_root, checkpoint_name(rd, "tokenize"), run_dir=cfg.run_dir, seed=cfg.seed
     )
 
 
 def _write_codebook(rd: RunDir, cfg: PipelineConfig, model: ResidualCodebook, metrics: dict,
                     history: list, collisions: list) -> None:
     tk = cfg.tokenize
-    manifest = {"levels": tk.levels, "codes_per_level": tk.codes_per_level,
-                "config_hash": cfg.config_hash()}
+    manifest = {"levels": tk.levels, "codes_per_level": tk.codes_per_level}
     with rd.writing("codebook", manifest) as tmp:
         model.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -90,7 +79,7 @@ def _write_codebook(rd: RunDir, cfg: PipelineConfig, model: ResidualCodebook, me
 
 def run_tokenize(cfg: PipelineConfig) -> dict[str, str]:
     """Train the codebook and assign unique item codes; returns artifact name -> path."""
-    rd = RunDir(cfg.run_dir)
+    rd = stage_run(cfg, "tokenize")
     out = {"codebook": rd.path("codebook"), "item_codes": rd.path("item_codes")}
     if rd.is_complete("codebook") and rd.is_complete("item_codes"):
         print(f"tokenize: codebook/ and item_codes/ complete in {rd.uri}; skipping")
