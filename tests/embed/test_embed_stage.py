@@ -54,7 +54,7 @@ def test_item_emb_has_one_vector_per_item_and_the_cf_metrics(embedded, planted):
     assert set(metrics["test"]) == {"HR@1", "HR@5", "HR@10", "NDCG@1", "NDCG@5", "NDCG@10"}
     assert len(metrics["train_loss"]) == CF["epochs"]
     assert run.manifest("item_emb")["test_HR@10"] == metrics["test"]["HR@10"]
-    assert list((Path(run.root) / "_checkpoints" / "cf").glob("*/checkpoint_*"))
+    assert list((Path(run.root) / "_checkpoints").glob("embed-*/checkpoint_*"))
 
 
 @pytest.mark.slow  # Ray Train + Ray Data start-up: 1-3 min on the shared 2-core box

@@ -32,7 +32,7 @@ def test_finetune_on_a_gpu_worker_learns_and_writes_a_loadable_model(ray_local, 
     assert metrics["train_steps"] == list(range(1, 41)) and metrics["eval_steps"] == [20, 40]
     first, last = sum(metrics["train_loss"][:5]) / 5, sum(metrics["train_loss"][-5:]) / 5
     assert last < 0.7 * first, metrics["train_loss"]
-    ckpts = sorted((run_dir / "_checkpoints" / "finetune").glob("checkpoint_*"))
+    ckpts = sorted((run_dir / "_checkpoints").glob("finetune-*/checkpoint_*"))
     assert ckpts and (not deepspeed or any((c / "deepspeed").is_dir() for c in ckpts))
 
     model, tok = load_for_inference(model_dir, str(tiny_lm_dir))
