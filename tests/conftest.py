@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,28 @@ def ray_local(_ray_session_teardown):
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     yield ray
+
+
+@pytest.fixture
+def kill_worker_once(tmp_path):
+    """Builds a ``semconv.training`` step callback that kills Ray Train worker ``rank`` once, after
+    step ``step``; returns ``(callback, marker)`` (the marker file exists once it has fired).
+    Install it with ``with semconv.training.callbacks(callback): ...``.
+
+    It waits ``delay_s`` first: Ray Train's controller registers a reported checkpoint when it
+    next polls the workers (every ~2 s), and dying before that loses it on a loaded machine.
+    Defined inside the fixture so cloudpickle ships it by value (workers cannot import tests/).
+    """
+
+    def make(step: int, rank: int = 1, delay_s: float = 5.0):
+        marker = tmp_path / f"killed-worker-{rank}-after-step-{step}"
+
+        def callback(done: int, worker_rank: int) -> None:
+            if worker_rank == rank and done == step and not marker.exists():
+                time.sleep(delay_s)
+                marker.write_text(f"killed worker {rank} after step {step}\n")
+                os._exit(1)
+
+        return callback, marker
+
+    return make

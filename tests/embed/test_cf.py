@@ -3,6 +3,8 @@ and the saved model as a top-K recommender."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,7 +20,9 @@ from semconv.embed.cf import (
     recommend_topk,
     train_pairs,
 )
-from semconv.embed.train import train_loop
+from semconv import training
+from semconv.embed.train import fit_cf, train_loop
+from semconv.training import Session
 
 
 @pytest.fixture
@@ -86,20 +90,32 @@ def test_training_is_deterministic_given_the_seed(planted, trained):
 
 
 def test_resume_from_a_checkpoint_continues_the_same_trajectory(planted, tmp_path, cf_train_config):
-    from semconv.embed.train import load_checkpoint, save_checkpoint
-
     user_ids, users, items = train_pairs(planted[1])
     config = cf_train_config(users, items, len(user_ids), planted[0].num_rows, epochs=4)
-    full, full_losses = train_loop(config)
+    full, full_losses = train_loop(config, Session(checkpoint_every=2, checkpoint_dir=tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000002", "checkpoint_000004"]
+    for pt in tmp_path.glob("*/*.pt"):  # plain tensors and numbers: loads without unpickling code
+        torch.load(pt, weights_only=True)
 
-    def stop_after_two(epoch, loss, model, opt, losses):
-        if epoch == 1:
-            save_checkpoint(tmp_path, model, opt, losses)
+    resumed, losses = train_loop(config, Session(restored=tmp_path / "checkpoint_000002"))
+    assert losses == full_losses  # epochs 1-2 from the checkpoint, 3-4 recomputed bit for bit
+    torch.testing.assert_close(resumed.embedding, full.embedding, rtol=0, atol=0)
 
-    train_loop({**config, "epochs": 2}, on_epoch=stop_after_two)
-    resumed, losses = train_loop(config, resume=load_checkpoint(tmp_path))
-    assert losses == pytest.approx(full_losses)
-    torch.testing.assert_close(resumed.embedding, full.embedding)
+
+@pytest.mark.slow  # two worker-group starts on the shared 2-core machine
+def test_two_workers_resume_after_a_killed_worker(ray_local, planted, tmp_path, cf_train_config, kill_worker_once):
+    user_ids, users, items = train_pairs(planted[1])
+    config = cf_train_config(users, items, len(user_ids), planted[0].num_rows, epochs=4, checkpoint_every=2)
+    _, one_process = train_loop(config)
+    kill, marker = kill_worker_once(step=3, rank=1)
+    with training.callbacks(kill):
+        state = fit_cf(config, num_workers=2, cpus_per_worker=1, storage_path=str(tmp_path), name="cf-test")
+    assert marker.exists()  # worker 1 died after epoch 3 (checkpoint at epoch 2)
+    kept = [json.loads(p.read_text()) for p in (tmp_path / "cf-test").glob(f"checkpoint_*/{training.PROGRESS}")]
+    # the restarted group resumed after epoch 2 and ran epochs 3-4 once more
+    assert max(kept, key=lambda progress: progress["step"]) == {"step": 4, "resumed_from": [2]}
+    # and followed the uninterrupted one-process trajectory (up to float summation order)
+    assert state["losses"] == pytest.approx(one_process, rel=1e-5)
 
 
 def test_saved_model_recommends_the_same_top_k_and_excludes_history(planted, tmp_path, trained):

@@ -1,32 +1,33 @@
-"""Codebook training: a plain ``train_func(config)`` that Ray Train runs on N DDP workers.
+"""Codebook training: a ``train_func(config, session)`` that Ray Train runs on N DDP workers.
 
 Each worker reads the inputs, takes its shard (padded to equal length, like
 ``DistributedSampler``, so every worker takes the same number of steps), and rank 0 runs the
 faiss k-means initialisation; DDP then broadcasts rank 0's codebook to every worker. At every
 epoch end, code usage and high-error residuals are reduced over workers so every worker
 re-seeds the same dead codes. Rank 0 writes a checkpoint (``save_pretrained`` + optimizer
-state + history) every ``checkpoint_every`` epochs; after a worker failure Ray Train restarts
-the group (``FailureConfig(max_failures)``) and ``ray.train.get_checkpoint()`` resumes from the
-last completed checkpoint instead of starting over.
+state + history) every ``checkpoint_every`` epochs; after a worker failure the harness
+(:mod:`semconv.training`) restarts the group and resumes after the last checkpointed epoch
+instead of starting over.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import os
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from semconv import training
 from semconv.tokenize.codebook import CodebookConfig, ResidualCodebook
 from semconv.tokenize.config import TokenizeConfig
 from semconv.tokenize.losses import total_loss
+from semconv.training import Session
 
-STATE_NAME = "train_state.pt"
+STATE_NAME = "train_state.json"
+OPTIM_NAME = "optimizer.pt"
 
 
 def build_codebook(cfg: TokenizeConfig, dim: int, d_llm: int) -> ResidualCodebook:
@@ -143,92 +144,65 @@ def _inputs(config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
     return inputs.embeddings, inputs.text_embeddings
 
 
-def _save_checkpoint(model: ResidualCodebook, opt, epoch: int, history: list) -> str:
-    directory = tempfile.mkdtemp(prefix="semconv-codebook-ckpt-")
-    model.save_pretrained(directory)
-    torch.save({"epoch": epoch, "optimizer": opt.state_dict(), "history": history},
-               Path(directory) / STATE_NAME)
-    return directory
+def save_checkpoint(path: Path, model: ResidualCodebook, opt: torch.optim.Optimizer, history: list) -> None:
+    """``save_pretrained`` + optimizer state (tensors: ``torch.load(weights_only=True)``) + history."""
+    model.save_pretrained(path)
+    torch.save(opt.state_dict(), path / OPTIM_NAME)
+    (path / STATE_NAME).write_text(json.dumps({"history": history}))
 
 
-def train_func(config: dict[str, Any]) -> None:
-    """Ray Train worker loop. ``config``: ``tokenize`` (dict), ``seed``, and either ``run_dir``
-    or ``embeddings`` [+ ``text_embeddings``] arrays; optional ``crash_once`` (a chaos drill:
-    ``{"after_epoch", "marker", "rank", "delay_s"}`` kills that worker once, to prove resume
-    works)."""
-    import ray.train
-    import ray.train.torch
+def load_checkpoint(path: Path) -> tuple[ResidualCodebook, dict[str, Any], list[dict]]:
+    """``(codebook, optimizer state, history)`` from a :func:`save_checkpoint` directory."""
+    state = json.loads((path / STATE_NAME).read_text())
+    return (ResidualCodebook.from_pretrained(path), torch.load(path / OPTIM_NAME, weights_only=True),
+            state["history"])
 
+
+def train_func(config: dict[str, Any], session: Session) -> None:
+    """The worker loop (see :mod:`semconv.training`). ``config``: ``tokenize`` (dict), ``seed``,
+    and either ``run_dir`` or ``embeddings`` [+ ``text_embeddings``] arrays."""
     cfg = TokenizeConfig(**config["tokenize"])
     seed = int(config.get("seed", 0))
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    rank, world = session.rank, session.world
     torch.manual_seed(seed)
 
     emb, text = _inputs(config)
     d_llm = text.shape[1] if (text is not None and cfg.llm_alignment) else 0
     model = build_codebook(cfg, emb.shape[1], d_llm)
-    start_epoch, history, opt_state = 0, [], None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            model = ResidualCodebook.from_pretrained(d)
-            state = torch.load(Path(d) / STATE_NAME, weights_only=False)
-        start_epoch, history, opt_state = state["epoch"], state["history"], state["optimizer"]
+    history, opt_state = [], None
+    if session.restored is not None:
+        model, opt_state, history = load_checkpoint(session.restored)
     elif rank == 0:
         model.kmeans_init(emb, cfg.kmeans_iters, seed, cfg.kmeans_max_points, cfg.use_gpu)
 
-    ddp = ray.train.torch.prepare_model(model)  # DDP (world > 1) broadcasts rank 0's weights
+    ddp = session.prepare_model(model)  # DDP (world > 1) broadcasts rank 0's weights
     core = ddp.module if hasattr(ddp, "module") else ddp
     opt = torch.optim.Adam(core.parameters(), lr=cfg.lr)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
 
+    def save(path: Path) -> None:
+        if rank == 0:
+            save_checkpoint(path, core, opt, history)
+
     shard = shard_indices(len(emb), rank, world, seed)
-    x = torch.as_tensor(emb[shard], dtype=torch.float32, device=device)
-    t = torch.as_tensor(text[shard], dtype=torch.float32, device=device) if d_llm else None
-    reported_checkpoint = False
-    for epoch in range(start_epoch, cfg.epochs):
+    x = torch.as_tensor(emb[shard], dtype=torch.float32, device=session.device)
+    t = torch.as_tensor(text[shard], dtype=torch.float32, device=session.device) if d_llm else None
+    for epoch in range(session.start_step, cfg.epochs):
         metrics = run_epoch(ddp, opt, x, t, cfg, epoch, seed, rank, world)
-        metrics["start_epoch"] = start_epoch
+        metrics["start_epoch"] = session.start_step
         history.append(metrics)
-        ckpt_dir = None
-        if rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
-            ckpt_dir = _save_checkpoint(core, opt, epoch + 1, history)
-        ray.train.report(
-            metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None
-        )
-        reported_checkpoint = reported_checkpoint or ckpt_dir is not None
-        crash = config.get("crash_once")
-        if crash and rank == crash.get("rank", 0) and epoch + 1 == crash["after_epoch"]:
-            marker = Path(crash["marker"])
-            if not marker.exists():
-                # let the controller (it polls workers every ~2 s) record the last checkpoint first
-                time.sleep(crash.get("delay_s", 5.0))
-                marker.write_text(f"killed worker {rank} after epoch {epoch + 1}\n")
-                os._exit(1)
-    if not reported_checkpoint and checkpoint is None:  # epochs == 0: publish the k-means init
-        ckpt_dir = _save_checkpoint(core, opt, start_epoch, history) if rank == 0 else None
-        final = {"epoch": start_epoch, "start_epoch": start_epoch}
-        ckpt = ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None
-        ray.train.report(final, checkpoint=ckpt)
+        session.report(epoch + 1, metrics, save, last=epoch + 1 == cfg.epochs)
+    session.finish(save)  # epochs == 0 publishes the k-means init
 
 
 def train_codebook(
     cfg: TokenizeConfig, storage_path: str, name: str, *, run_dir: str | None = None,
-    embeddings: np.ndarray | None = None, text_embeddings: np.ndarray | None = None,
-    seed: int = 0, crash_once: dict | None = None,
+    embeddings: np.ndarray | None = None, text_embeddings: np.ndarray | None = None, seed: int = 0,
 ) -> tuple[ResidualCodebook, list[dict]]:
-    """Run :func:`train_func` under a ``TorchTrainer``; return the trained codebook and history.
-
-    Checkpoints go to ``<storage_path>/<name>``; a new ``fit`` with the same name resumes there.
-    """
-    from ray.train import ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from semconv.ray_env import train_run_config
-
+    """Run :func:`train_func` on ``cfg.num_workers`` Ray Train workers; return the trained codebook
+    and history. Checkpoints go to ``<storage_path>/<name>``; a new call with the same name resumes
+    there."""
     loop: dict[str, Any] = {"tokenize": cfg.model_dump(), "seed": seed}
     if embeddings is not None:
         loop.update(embeddings=embeddings, text_embeddings=text_embeddings)
@@ -236,18 +210,11 @@ def train_codebook(
         loop["run_dir"] = run_dir
     else:
         raise ValueError("train_codebook needs run_dir or embeddings")
-    if crash_once:
-        loop["crash_once"] = crash_once
-    trainer = TorchTrainer(
-        train_func,
-        train_loop_config=loop,
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
-        run_config=train_run_config(name, storage_path, cfg.max_failures),
+    result = training.fit(
+        train_func, loop, name=name, storage_path=storage_path, num_workers=cfg.num_workers,
+        checkpoint_every=cfg.checkpoint_every, report_every=1, use_gpu=cfg.use_gpu,
+        max_failures=cfg.max_failures,
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"codebook training under {storage_path}/{name} produced no checkpoint")
     with result.checkpoint.as_directory() as d:
-        model = ResidualCodebook.from_pretrained(d)
-        state = torch.load(Path(d) / STATE_NAME, weights_only=False)
-    return model, state["history"]
+        model, _, history = load_checkpoint(Path(d))
+    return model, history
