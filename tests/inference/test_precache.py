@@ -147,7 +147,11 @@ def test_a_killed_actor_then_a_rerun_gives_every_user_exactly_once(cluster, job,
     except Exception:
         pass
     assert (tmp_path / "m").exists()
-    _run(job, partial)
+    before = {s: (partial / shard_name(s)).stat().st_mtime_ns for s in done_shards(FS, str(partial))}
+    stats = _run(job, partial)
+    # the rerun wrote exactly the shards the first run had not finished, and left the rest alone
+    assert stats["shards_written"] == job["plan"].num_shards - len(before)
+    assert all((partial / shard_name(s)).stat().st_mtime_ns == t for s, t in before.items())
     check_shards(FS, str(partial), job["plan"])
     ids = _all_rows(partial)["user_id"].to_numpy()
     assert len(ids) == NUM_USERS and len(np.unique(ids)) == NUM_USERS
