@@ -203,14 +203,12 @@ def evaluate_rows(
 
 
 def popularity_metrics(
-    items: np.ndarray, num_items: int, rows: pa.Table, exclude_history: bool, ks: tuple[int, ...] = (1, 5, 10)
+    counts: np.ndarray, rows: pa.Table, exclude_history: bool, ks: tuple[int, ...] = (1, 5, 10)
 ) -> dict[str, float]:
-    """The most-popular-items baseline (train-graph item degree) under the same protocol."""
-    pop = np.bincount(items, minlength=num_items)
-    order = np.lexsort((np.arange(num_items), -pop))  # most popular first, ties to the lower id
-    k = max(ks)
-    top = []
-    for h in rows.column("history").to_pylist():
-        seen = set(h) if exclude_history else set()
-        top.append([i for i in order[: k + len(seen)].tolist() if i not in seen][:k])
+    """The most-popular-items baseline (``counts`` from
+    :func:`semconv.evaluate.popularity.train_interaction_counts`) under the same protocol."""
+    from semconv.evaluate.popularity import popularity_topk
+
+    hist = [np.asarray(h, dtype=np.int64) for h in rows.column("history").to_pylist()]
+    top = popularity_topk(counts, rows.num_rows, max(ks), hist if exclude_history else None)
     return ranking_metrics(top, rows.column("target").to_numpy(), ks)

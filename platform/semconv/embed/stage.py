@@ -33,6 +33,7 @@ from semconv.embed.cf import (
 from semconv.embed.supplied import embedding_table, load_item_embeddings
 from semconv.embed.text import embed_item_texts
 from semconv.embed.train import fit_cf
+from semconv.evaluate.popularity import train_interaction_counts
 from semconv.lineage import checkpoint_name, stage_run
 
 CF_MODEL_DIR = "cf_model"
@@ -77,11 +78,12 @@ def train_cf_model(cfg: PipelineConfig, run: RunDir, num_items: int) -> tuple[CF
                                "train_seconds": round(train_seconds, 2), "num_workers": c.num_workers,
                                "protocol": "all items ranked" + (", history excluded" if c.exclude_history else ""),
                                "user_representation": "LightGCN user vector of the train graph"}
+    counts = train_interaction_counts(splits, num_items)
     for split in ("valid", "test"):
         rows = splits.filter(pc.equal(splits.column("split"), split))
         if rows.num_rows:
             metrics[split] = evaluate_rows(rec, rows, c.exclude_history)
-            metrics[f"{split}_popularity"] = popularity_metrics(items, num_items, rows, c.exclude_history)
+            metrics[f"{split}_popularity"] = popularity_metrics(counts, rows, c.exclude_history)
     return rec, metrics
 
 

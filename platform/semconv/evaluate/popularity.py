@@ -1,4 +1,8 @@
-"""Most-popular baseline: rank every item by how often it occurs in the train split.
+"""Item popularity, the one definition of the package: how often an item occurs in the train split.
+
+The most-popular baseline of the report, the CF stage's popularity metrics and the serving
+fallback all count with :func:`train_interaction_counts` (or :func:`train_item_counts` on split
+rows already read).
 
 The train split holds each user's items except the last two (valid and test targets). Its rows
 are every prefix -> next item, so the first item of a user's train sequence is never a target:
@@ -12,7 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from semconv.evaluate.protocol import SplitRows
+import pyarrow as pa
+
+from semconv.evaluate.protocol import SplitRows, split_rows
 from semconv.metrics import topk_from_scores
 
 
@@ -31,6 +37,11 @@ def train_item_counts(train: SplitRows, valid: SplitRows, num_items: int) -> np.
         bad = int(flat[(flat < 0) | (flat >= num_items)][0])
         raise ValueError(f"splits/ train item {bad} is outside items/ ids 0..{num_items - 1}")
     return np.bincount(flat, minlength=num_items).astype(np.int64)
+
+
+def train_interaction_counts(splits: pa.Table, num_items: int) -> np.ndarray:
+    """Occurrences of each item among the train interactions of a ``splits/`` table."""
+    return train_item_counts(split_rows(splits, "train"), split_rows(splits, "valid"), num_items)
 
 
 def popularity_topk(

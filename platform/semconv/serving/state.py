@@ -112,7 +112,7 @@ def load_state(
                 and reuse.stamps.get("splits") == stamps.get("splits")):
             fb_items, fb_scores = reuse.fallback_items, reuse.fallback_scores
         else:
-            splits = rd.read_table("splits", columns=["split", "target"])
+            splits = rd.read_table("splits", columns=["split", "user_id", "history", "target"])
             fb_items, fb_scores = popularity_top_k(splits, store.k)
     return ServingState(store, catalog, fb_items, fb_scores, users, time.perf_counter() - t0,
                         run_dir=rd.uri, inputs=inputs, stamps=stamps)
