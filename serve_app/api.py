@@ -1,32 +1,39 @@
 """The HTTP API (FastAPI, OpenAPI at ``/docs``), built per replica around a serving backend.
 
-``build_api`` takes any object with the :class:`Backend` shape, so the Serve deployment and the
-benchmark's bare uvicorn baseline run the very same routes. Every route reads the backend's
-current :class:`ServingState` once, so a hot reload mid-request cannot mix two versions.
+``build_api`` takes any object with the :class:`Backend` shape: the Serve ingress
+(``serve_app.app.SemconvIngress``, tokenizing through the ``CodeTokenizer`` deployment) and
+:class:`LocalBackend` (the benchmark's bare uvicorn baseline, the in-process tests) run the very
+same routes. Every route reads the backend's current :class:`ServingState` once, so a hot
+reload mid-request cannot mix two versions. With a token, every ``/v1`` route needs
+``Authorization: Bearer <token>``; ``/healthz`` and ``/readyz`` stay open for probes.
 """
 
 from __future__ import annotations
 
+import calendar
 import logging
+import time
 from collections.abc import Callable
 from typing import Protocol
 
-import numpy as np
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from semconv.serving.state import ServingState
 from serve_app import service
-from serve_app.middleware import BodySizeLimit, RequestMetrics
+from serve_app.middleware import BearerAuth, BodySizeLimit, RequestMetrics
 from serve_app.schemas import (
     ErrorBody,
     Health,
     Item,
     Readiness,
     Recommendations,
-    TokenizeRequest,
     TokenizeResponse,
+    inline_schema,
+    tokenize_request_model,
 )
+from serve_app.generation import add_generation_route
+from serve_app.tokenizer import LoadedTokenizer, tokenize_body
 
 INT64_MAX = 2**63 - 1
 MAX_K = 100_000
@@ -35,35 +42,94 @@ log = logging.getLogger("semconv.serve")
 
 class Backend(Protocol):
     state: ServingState | None
-    last_error: str | None
     max_batch: int
 
-    def tokenizer_info(self) -> tuple[str, int] | None:
-        """(codebook dir, input dim) when cold-start tokenization is available."""
+    def status(self) -> dict:
+        """``reloading``, ``reloads``, ``reload_failures``, ``last_error`` (paths removed)."""
 
-    async def encode(self, embeddings: np.ndarray, texts: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
-        """``(codes (n, L), collides_with (n,))`` for a validated batch."""
+    async def tokenizer_ready(self) -> bool:
+        """Whether cold-start tokenization can answer now."""
+
+    async def tokenize(self, body: bytes) -> dict:
+        """A tokenize response for the raw body; raises InvalidInput / Unavailable."""
+
+    def record_fallback(self) -> None:
+        """Count one lookup answered with the popularity fallback."""
 
 
-class NotReady(RuntimeError):
-    pass
+class LocalBackend:
+    """One fixed state and codebook, tokenizing in process (bench baseline, in-process tests)."""
+
+    def __init__(self, state: ServingState | None, tokenizer: LoadedTokenizer | None = None, max_batch: int = 256):
+        self.state, self.tokenizer, self.max_batch = state, tokenizer, max_batch
+        self.model = tokenize_request_model(max_batch)
+        self.fallbacks = 0
+
+    def status(self) -> dict:
+        return {"reloading": False, "reloads": int(self.state is not None), "reload_failures": 0, "last_error": None}
+
+    async def tokenizer_ready(self) -> bool:
+        return self.tokenizer is not None
+
+    async def tokenize(self, body: bytes) -> dict:
+        async def encode(emb, texts):
+            (out,) = service.encode_isolated(self.tokenizer.tokenizer, [(emb, texts)])
+            if isinstance(out, Exception):
+                raise out
+            return out
+
+        return await tokenize_body(self.tokenizer, self.model, body, encode)
+
+    def record_fallback(self) -> None:
+        self.fallbacks += 1
 
 
-def _error(status: int, detail) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": detail})
+def _error(status: int, detail, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
+
+
+def age_s(created_at: str | None) -> float | None:
+    """Seconds since a manifest's ``created_at`` (``%Y-%m-%dT%H:%M:%SZ``), None when unknown."""
+    try:
+        return round(time.time() - calendar.timegm(time.strptime(created_at, "%Y-%m-%dT%H:%M:%SZ")), 1)
+    except (TypeError, ValueError):
+        return None
+
+
+def _secure_openapi(api: FastAPI) -> None:
+    """Declare the bearer scheme on every /v1 operation (schemathesis and clients read it)."""
+    plain = api.openapi
+
+    def openapi() -> dict:
+        if api.openapi_schema is None:
+            schema = plain()
+            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            for path, ops in schema["paths"].items():
+                if path.startswith("/v1"):
+                    for op in ops.values():
+                        op["security"] = [{"bearer": []}]
+                        op["responses"]["401"] = {"description": "missing or wrong bearer token"}
+            api.openapi_schema = schema
+        return api.openapi_schema
+
+    api.openapi = openapi
 
 
 def build_api(
     backend: Backend,
     max_body_bytes: int = 8 << 20,
     make_recorder: Callable[[], Callable[[str, str, int], None]] | None = None,
+    api_token: str | None = None,
+    docs: bool = True,
 ) -> FastAPI:
     """The FastAPI app of one replica (or of the bare baseline)."""
     api = FastAPI(
         title="semconv serving",
         description="Precached generative recommendations and cold-start item tokenization.",
         version="1",
-        docs_url="/docs",
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     responses = {404: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
 
@@ -75,9 +141,9 @@ def build_api(
     async def _not_found(_: Request, exc: service.NotFound) -> JSONResponse:
         return _error(404, str(exc))
 
-    @api.exception_handler(NotReady)
-    async def _not_ready(_: Request, exc: NotReady) -> JSONResponse:
-        return _error(503, str(exc))
+    @api.exception_handler(service.Unavailable)
+    async def _unavailable(_: Request, exc: service.Unavailable) -> JSONResponse:
+        return _error(exc.status, service.redact(str(exc)), {"retry-after": str(exc.retry_after_s)})
 
     @api.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -87,39 +153,42 @@ def build_api(
     def current() -> ServingState:
         state = backend.state
         if state is None:
-            raise NotReady(f"artifacts are still loading{f' (last error: {backend.last_error})' if backend.last_error else ''}")
+            raise service.Unavailable("artifacts are still loading")
         return state
+
+    def counted(out: dict) -> dict:
+        if out["fallback"]:
+            backend.record_fallback()
+        return out
 
     k_query = Query(None, ge=1, le=MAX_K, description="how many items (default min(10, cached K); at most the cached K)")
 
     @api.get("/v1/users/{user_id}/recommendations", response_model=Recommendations, responses=responses)
     async def user_recommendations(user_id: int = Path(ge=0, le=INT64_MAX), k: int | None = k_query) -> dict:
         """The user's precached top-K; the popularity fallback (``fallback: true``) for an unknown user."""
-        return service.recommendations(current(), user_id, k)
+        return counted(service.recommendations(current(), user_id, k))
 
     @api.get("/v1/source-users/{source_user_id}/recommendations", response_model=Recommendations, responses=responses)
     async def source_user_recommendations(source_user_id: str = Path(max_length=256), k: int | None = k_query) -> dict:
         """The same lookup keyed by the dataset's own user id (``sequences.source_user_id``)."""
-        return service.source_user_recommendations(current(), source_user_id, k)
+        return counted(service.source_user_recommendations(current(), source_user_id, k))
 
     @api.get("/v1/items/{item_id}", response_model=Item, responses=responses)
     async def get_item(item_id: int = Path(ge=0, le=INT64_MAX)) -> dict:
         """An item's title and semantic codes."""
         return service.item(current(), item_id)
 
-    @api.post("/v1/items/tokenize", response_model=TokenizeResponse, responses=responses)
-    async def tokenize(body: TokenizeRequest) -> dict:
-        """Codes for new items from the saved codebook (cold start, no retraining)."""
-        info = backend.tokenizer_info()
-        if info is None:
-            raise NotReady("cold-start tokenization is unavailable: no loadable codebook/ in the run directory")
-        codebook, dim = info
-        emb = service.check_embeddings([it.embedding for it in body.items], dim, backend.max_batch)
-        texts = None
-        if any(it.title or it.description for it in body.items):
-            texts = [" ".join(t for t in (it.title, it.description) if t) for it in body.items]
-        codes, collides = await backend.encode(emb, texts)
-        return service.codes_response(codebook, codes, collides)
+    body_schema = inline_schema(tokenize_request_model(backend.max_batch))
+
+    @api.post("/v1/items/tokenize", response_model=TokenizeResponse,
+              responses={**responses, 429: {"model": ErrorBody}},
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema}}}})
+    async def tokenize(request: Request) -> dict:
+        """Codes for new items from the saved codebook (cold start, no retraining); at most
+        ``max_batch`` items. The body is parsed by the tokenize deployment, not here."""
+        return await backend.tokenize(await request.body())
+
+    add_generation_route(api, backend, current)  # POST /v1/recommendations (serve_app/generation.py)
 
     @api.get("/healthz", response_model=Health)
     async def healthz() -> dict:
@@ -128,16 +197,21 @@ def build_api(
 
     @api.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
     async def readyz():
-        """Readiness: 200 only once the precache and catalog are loaded."""
+        """Readiness: 200 only once a version is loaded; its version, age and reload status."""
         state = backend.state
-        body = {"ready": state is not None, "tokenizer": backend.tokenizer_info() is not None, "last_error": backend.last_error}
+        body = {"ready": state is not None, "tokenizer": await backend.tokenizer_ready(), **backend.status()}
         if state is None:
             return JSONResponse(status_code=503, content=body)
         body.update(version=state.version, users=state.store.num_users, k=state.store.k,
-                    items=state.catalog.num_items, load_s=round(state.load_s, 3))
+                    items=state.catalog.num_items, load_s=round(state.load_s, 3),
+                    precache_created_at=state.created_at, precache_age_s=age_s(state.created_at))
         return body
 
+    # outermost last: metrics see every answer (401s too), auth runs before any body is read
+    api.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    if api_token:
+        api.add_middleware(BearerAuth, token=api_token)
+        _secure_openapi(api)
     if make_recorder is not None:
         api.add_middleware(RequestMetrics, make_recorder=make_recorder)
-    api.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     return api

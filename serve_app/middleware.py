@@ -1,4 +1,5 @@
-"""Two small ASGI middlewares: a request-body size limit (413) and request counters.
+"""Small ASGI middlewares: bearer-token authentication (401), a request-body size limit (413)
+and request counters.
 
 Written against raw ASGI rather than ``BaseHTTPMiddleware`` so they add microseconds, not a
 task per request, on the lookup path.
@@ -6,6 +7,7 @@ task per request, on the lookup path.
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Callable
 from typing import Any
@@ -14,11 +16,42 @@ Scope = dict[str, Any]
 ASGIApp = Callable[..., Any]
 
 
-async def _send_json(send: Callable, status: int, body: dict) -> None:
+async def _send_json(send: Callable, status: int, body: dict, headers: list | None = None) -> None:
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *(headers or [])]})
     await send({"type": "http.response.body", "body": data})
+
+
+class BearerAuth:
+    """Answer 401 to a request under ``prefix`` without ``Authorization: Bearer <token>``.
+
+    Checked before anything else (no body is read for a stranger), with a constant-time
+    comparison so the answer's timing does not reveal how much of a guess was right. Paths
+    outside ``prefix`` (``/healthz``, ``/readyz``, docs) stay open for probes.
+    """
+
+    def __init__(self, app: ASGIApp, token: str, prefix: str = "/v1"):
+        if not token:
+            raise ValueError("BearerAuth needs a non-empty token")
+        self.app, self.prefix = app, prefix
+        self.expected = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith(self.prefix):
+            return await self.app(scope, receive, send)
+        given = b""
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, given = value.strip().partition(b" ")
+                if scheme.lower() != b"bearer":
+                    given = b""
+                break
+        if hmac.compare_digest(given.strip(), self.expected):
+            return await self.app(scope, receive, send)
+        await _send_json(send, 401, {"detail": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+                         [(b"www-authenticate", b'Bearer realm="semconv"')])
 
 
 class BodySizeLimit:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from functools import lru_cache
+from typing import Any
 
-# Static schema bounds; the deployment's args set tighter limits checked per request.
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+# Static schema bounds; the item cap is the deployment's max_batch (tokenize_request_model).
 MAX_ITEMS_PER_REQUEST = 4096
 MAX_EMBEDDING_DIM = 65536
 MAX_TEXT_CHARS = 20000
@@ -37,8 +40,35 @@ class TokenizeRequest(BaseModel):
     items: list[ItemIn] = Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)
 
 
+@lru_cache(maxsize=8)
+def tokenize_request_model(max_batch: int) -> type[TokenizeRequest]:
+    """The tokenize body with the deployment's item cap, so ``/openapi.json`` states the real limit."""
+    if not 1 <= max_batch <= MAX_ITEMS_PER_REQUEST:
+        raise ValueError(f"max_batch must be in [1, {MAX_ITEMS_PER_REQUEST}], got {max_batch}")
+    return create_model("TokenizeRequest", __base__=TokenizeRequest,
+                        items=(list[ItemIn], Field(min_length=1, max_length=max_batch)))
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its ``$defs`` inlined, to embed in an OpenAPI operation."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.split("/")[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
 class TokenizeResponse(BaseModel):
-    codebook: str = Field(description="the codebook directory the codes came from")
+    codebook: str = Field(description="version of the codebook the codes came from (its manifest's created_at)")
     codes: list[list[int]] = Field(
         description="one code tuple per item, coarse to fine; unique against the catalog's codes and within the request")
     tokens: list[str] = Field(description="the same codes as LLM tokens, e.g. <a_12><b_7><c_201><d_3>")
@@ -66,7 +96,12 @@ class Readiness(BaseModel):
     items: int | None = None
     tokenizer: bool = False
     load_s: float | None = None
-    last_error: str | None = None
+    precache_created_at: str | None = Field(None, description="when the served precache was published")
+    precache_age_s: float | None = None
+    reloading: bool = Field(False, description="a reload is in progress (the old version keeps serving)")
+    reloads: int = Field(0, description="versions published by this replica (the first load counts)")
+    reload_failures: int = 0
+    last_error: str | None = Field(None, description="the last failed (re)load, paths removed; null after a success")
 
 
 class ErrorBody(BaseModel):

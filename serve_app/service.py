@@ -6,14 +6,18 @@ measures the serving stack, not two different handlers.
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from semconv.codes import item_tokens
 from semconv.serving.state import ServingState
 
 DEFAULT_K = 10
+log = logging.getLogger("semconv.serve")
 
 
 class NotFound(LookupError):
@@ -30,6 +34,30 @@ class InvalidInput(ValueError):
     def detail(self) -> list[dict]:
         """The same shape FastAPI uses for its own validation errors."""
         return [{"loc": self.loc, "msg": self.msg, "type": self.kind}]
+
+
+class Unavailable(RuntimeError):
+    """Cannot answer now (still loading, no codebook, a dependency down): 503, retry later."""
+
+    status = 503
+
+    def __init__(self, msg: str, retry_after_s: int = 1):
+        super().__init__(msg)
+        self.retry_after_s = retry_after_s
+
+
+class Overloaded(Unavailable):
+    """A queue is full (``max_queued_requests``): 429, retry later."""
+
+    status = 429
+
+
+_PATH = re.compile(r"(?:\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"),]+|(?<![\w.])/[^\s'\"),:]+)")
+
+
+def redact(msg: str | None) -> str | None:
+    """``msg`` without filesystem paths and URIs (clients must not learn the server's layout)."""
+    return _PATH.sub("<path>", msg) if msg else msg
 
 
 def resolve_k(state: ServingState, k: int | None) -> int:
@@ -84,10 +112,26 @@ def item(state: ServingState, item_id: int) -> dict:
     return found
 
 
-def check_embeddings(embeddings: list[list[float]], dim: int, max_batch: int) -> np.ndarray:
-    """Validate a tokenize batch: size, one dimension, finite values; return ``(n, dim)`` float32."""
-    if len(embeddings) > max_batch:
-        raise InvalidInput(["body", "items"], f"at most {max_batch} items per request, got {len(embeddings)}", "too_long")
+def parse_tokenize(body: bytes, model: type[BaseModel], dim: int) -> tuple[np.ndarray, list[str] | None]:
+    """A raw tokenize body -> ``(embeddings (n, dim) float32, texts or None)``, or InvalidInput.
+
+    ``model`` is :func:`serve_app.schemas.tokenize_request_model` (its item cap is ``max_batch``).
+    Parsed here, in the tokenize deployment, so a large body never stalls the lookup replicas.
+    """
+    try:
+        req = model.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+        raise InvalidInput(["body", *first["loc"]], first["msg"], first["type"]) from None
+    emb = check_embeddings([it.embedding for it in req.items], dim)
+    texts = None
+    if any(it.title or it.description for it in req.items):
+        texts = [" ".join(t for t in (it.title, it.description) if t) for it in req.items]
+    return emb, texts
+
+
+def check_embeddings(embeddings: list[list[float]], dim: int) -> np.ndarray:
+    """Validate a tokenize batch: one dimension, finite values; return ``(n, dim)`` float32."""
     for i, e in enumerate(embeddings):
         if len(e) != dim:
             raise InvalidInput(["body", "items", i, "embedding"], f"embedding must have {dim} values (the codebook's input dimension), got {len(e)}")
@@ -129,6 +173,33 @@ def encode_requests(tokenizer, requests: list[tuple[np.ndarray, list[str] | None
             out.append(tokenizer.tokenize_unique(emb, texts))
         else:
             out.append((part, clash))
+    return out
+
+
+def encode_isolated(tokenizer, requests: list[tuple[np.ndarray, list[str] | None]]) -> list:
+    """:func:`encode_requests`, but a request that fails fails alone.
+
+    When the merged batch raises, each request is run again on its own, so one bad request
+    (an input validation did not foresee) cannot fail the others merged with it. Returns per
+    request ``(codes, collides_with)`` or an :class:`InvalidInput` naming the failure.
+    """
+    def failed(exc: Exception) -> InvalidInput:
+        log.error("tokenize: a request failed on its own", exc_info=exc)
+        return InvalidInput(["body", "items"], f"these embeddings cannot be tokenized ({type(exc).__name__})",
+                            "tokenize_failed")
+
+    try:
+        return encode_requests(tokenizer, requests)
+    except Exception as exc:
+        if len(requests) == 1:
+            return [failed(exc)]
+        log.warning("tokenize: a batch of %d requests failed; retrying them one by one", len(requests))
+    out = []
+    for req in requests:
+        try:
+            out.append(encode_requests(tokenizer, [req])[0])
+        except Exception as exc:
+            out.append(failed(exc))
     return out
 
 

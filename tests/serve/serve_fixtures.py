@@ -54,6 +54,7 @@ def make_run_dir(root: Path) -> RunDir:
         "brand": ["" for _ in ids],
         "categories": ["" for _ in ids],
     }))
+    write_codebook(rd)  # before item_codes/, as the tokenize stage does
     codes = np.stack([ids // 16, (ids // 4) % 4, ids % 4], axis=1).astype(np.int16)
     rd.write_table("item_codes", pa.table({
         "item_id": pa.array(ids, pa.int64()),
@@ -80,7 +81,6 @@ def make_run_dir(root: Path) -> RunDir:
         "target": pa.array([r[3] for r in rows], pa.int64()),
     }))
     write_precache(rd, "precache", offset=0, version="v1")
-    write_codebook(rd)
     return rd
 
 

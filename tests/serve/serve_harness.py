@@ -22,14 +22,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def app_config(run_dir: str, cache_dir: str, user_config: dict[str, Any] | None = None, **args: Any) -> dict:
-    """The application from cluster/serve.yaml, pointed at a test run dir, sized for 2 CPUs."""
+def app_config(run_dir: str, cache_dir: str, user_config: dict[str, Any] | None = None,
+               replicas: tuple[int, int] = (1, 1), autoscaling: dict[str, Any] | None = None,
+               num_cpus: float = 0.25, **args: Any) -> dict:
+    """The application from cluster/serve.yaml, pointed at a test run dir, sized for 2 CPUs.
+
+    Every deployment listed there gets ``replicas`` (min, max) and ``autoscaling`` overrides for
+    the ingress, ``num_cpus`` each and the same ``user_config``.
+    """
     app = copy.deepcopy(yaml.safe_load(SERVE_YAML.read_text())["applications"][0])
     app["args"].update(run_dir=run_dir, cache_dir=cache_dir, **args)
-    dep = app["deployments"][0]
-    dep["ray_actor_options"] = {"num_cpus": 0.5}
-    dep["autoscaling_config"].update(max_replicas=1)
-    dep["user_config"] = {"precache": None, **(user_config or {})}
+    for i, dep in enumerate(app["deployments"]):
+        dep["ray_actor_options"] = {"num_cpus": num_cpus}
+        lo, hi = replicas if i == 0 else (1, 1)
+        dep["autoscaling_config"].update(min_replicas=lo, initial_replicas=lo, max_replicas=hi,
+                                         **((autoscaling or {}) if i == 0 else {}))
+        dep["user_config"] = {"run_dir": None, "precache": None, **(user_config or {})}
     return app
 
 
@@ -61,7 +69,15 @@ class Served:
                 except httpx.HTTPError as e:
                     last = repr(e)
                 time.sleep(0.2)
-        raise TimeoutError(f"app not ready (version {version}) after {timeout}s: {last}")
+        raise TimeoutError(f"app not ready (version {version}) after {timeout}s: {last}\n{deploy_messages()}")
+
+
+def deploy_messages() -> str:
+    """What ``serve status`` says about each deployment (why a deploy failed)."""
+    from ray import serve
+
+    return "\n".join(f"{app}/{name}: {d.status} {d.message}" for app, a in serve.status().applications.items()
+                     for name, d in a.deployments.items())
 
 
 def start_serve(port: int) -> Served:

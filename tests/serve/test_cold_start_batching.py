@@ -35,3 +35,32 @@ def test_batched_requests_match_one_request_at_a_time(run_dir):
     assert batched[1][1].tolist() == [1, -1]  # collides with existing item 1 ...
     assert batched[1][0][0].tolist() != [0, 0, 1]  # ... so it gets a free tuple instead
     assert batched[2][0][0].tolist() != batched[2][0][1].tolist()
+
+
+class Poisoned:
+    """The real tokenizer, except that a search over any row holding 666 raises (an input
+    validation did not foresee, like faiss's -1 on an overflowing norm)."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def __call__(self, emb, texts=None):
+        if (np.asarray(emb) == 666).any():
+            raise IndexError("index -1 is out of bounds")
+        return self.tok(emb, texts)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def test_a_failing_request_fails_alone_not_its_whole_batch(run_dir):
+    from serve_app.service import InvalidInput, encode_isolated
+
+    tok = Poisoned(tokenizer(run_dir))
+    good = [(np.array([code_embedding((3, 1, a))], np.float32), None) for a in range(3)]
+    bad = (np.array([[666, 0, 0, 0]], np.float32), None)
+    out = encode_isolated(tok, [good[0], bad, good[1], good[2]])
+    assert isinstance(out[1], InvalidInput) and "cannot be tokenized" in out[1].msg
+    assert [o[0].tolist() for i, o in enumerate(out) if i != 1] == [[[3, 1, a]] for a in range(3)]
+    (alone,) = encode_isolated(tok, [bad])
+    assert isinstance(alone, InvalidInput)

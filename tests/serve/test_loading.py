@@ -1,0 +1,107 @@
+"""Versions a replica serves: first load before traffic, reloads on the side, the deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from serve_app.config import AppArgs, ServeUserConfig
+from serve_app.loading import Versioned
+
+
+def test_the_first_load_is_awaited_and_a_failed_one_fails_the_start():
+    ok = Versioned(lambda target, old: f"state of {target}", 5, "thing")
+    assert asyncio.run(ok.first("v1")) == "state of v1" and ok.reloads == 1
+
+    def boom(target, old):
+        raise FileNotFoundError("no _SUCCESS")
+
+    bad = Versioned(boom, 5, "thing")
+    with pytest.raises(RuntimeError, match="first load failed: FileNotFoundError: no _SUCCESS"):
+        asyncio.run(bad.first("v1"))
+    with pytest.raises(RuntimeError, match="nothing loaded"):
+        bad.check()
+
+
+def test_a_hung_first_load_fails_at_the_deadline():
+    release = threading.Event()
+    threading.Timer(1.0, release.set).start()  # lets asyncio.run's executor shutdown finish
+    hung = Versioned(lambda target, old: release.wait(30), 0.3, "thing")
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="did not finish within"):
+        asyncio.run(hung.first("v1"))
+    assert hung.current is None and time.monotonic() - t0 < 10
+
+
+def test_a_hung_reload_fails_the_health_check_while_the_old_version_serves():
+    release = threading.Event()
+
+    def load(target, old):
+        if target == "v2":
+            release.wait(30)
+        return target
+
+    v = Versioned(load, 0.2, "thing")
+
+    async def go():
+        await v.first("v1")
+        v.check()  # healthy
+        task = asyncio.create_task(v.load("v2"))
+        await asyncio.sleep(0.4)
+        assert v.current == "v1" and v.status()["reloading"]
+        with pytest.raises(RuntimeError, match="past the .* deadline"):
+            v.check()
+        release.set()
+        assert await task is True
+        v.check()
+        return v.current
+
+    assert asyncio.run(go()) == "v2"
+
+
+def test_a_failed_reload_keeps_the_old_version_and_a_newer_reload_wins():
+    gate = {"v2": threading.Event()}
+
+    def load(target, old):
+        if target == "bad":
+            raise ValueError("broken precache")
+        if target in gate:
+            gate[target].wait(10)
+        return target
+
+    v = Versioned(load, 30, "thing")
+
+    async def go():
+        await v.first("v1")
+        assert await v.load("bad") is False
+        assert v.current == "v1" and v.status() == {"reloading": False, "reloads": 1, "reload_failures": 1,
+                                                    "last_error": "ValueError: broken precache"}
+        slow = asyncio.create_task(v.load("v2"))
+        await asyncio.sleep(0.05)
+        assert await v.load("v3") is True  # the newer request publishes ...
+        gate["v2"].set()
+        assert await slow is False  # ... and the older one, finishing later, does not
+        return v.current, v.last_error
+
+    assert asyncio.run(go()) == ("v3", None)
+
+
+def test_user_config_names_a_whole_version():
+    args = AppArgs(run_dir="/r1", precache="/r1/pc_old")
+    assert ServeUserConfig().target(args) == ("/r1", "/r1/pc_old", True)
+    assert ServeUserConfig(precache="s3://b/pc").target(args) == ("/r1", "s3://b/pc", True)
+    # a new run dir brings its own precache unless one is named
+    assert ServeUserConfig(run_dir="s3://b/r2").target(args) == ("s3://b/r2", None, True)
+    assert ServeUserConfig(run_dir="/r2", precache="/r2/p", fallback=False).target(args) == ("/r2", "/r2/p", False)
+
+
+def test_require_auth_without_a_token_refuses_to_start(monkeypatch):
+    monkeypatch.delenv("SEMCONV_API_TOKEN", raising=False)
+    assert AppArgs(run_dir="r").api_token() is None
+    with pytest.raises(RuntimeError, match="SEMCONV_API_TOKEN"):
+        AppArgs(run_dir="r", require_auth=True).api_token()
+    monkeypatch.setenv("MY_SECRET", "t0k")
+    assert AppArgs(run_dir="r", api_token_env="MY_SECRET", require_auth=True).api_token() == "t0k"
