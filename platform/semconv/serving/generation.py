@@ -104,9 +104,11 @@ def resolve_history(
     return tuple(int(i) for i in ids)
 
 
-def check_query(history: tuple[int, ...], k: int | None, num_beams: int | None, limits: GenerationLimits) -> Query:
+def check_query(history: tuple[int, ...], k: int | None, num_beams: int | None, limits: GenerationLimits,
+                known_items: np.ndarray | None = None) -> Query:
     """The query for a resolved history: ``num_beams`` defaults to the precache's and may not pass
-    ``max_num_beams``; ``k`` defaults to min(10, beam width) and may not pass the beam width."""
+    ``max_num_beams``; ``k`` defaults to min(10, beam width) and may not pass the beam width;
+    with ``known_items`` (the model's item ids, sorted) every history item must be one."""
     beams = limits.num_beams if num_beams is None else num_beams
     if not 1 <= beams <= limits.max_num_beams:
         raise GenerationInputError(["body", "num_beams"],
@@ -114,6 +116,13 @@ def check_query(history: tuple[int, ...], k: int | None, num_beams: int | None, 
     k = min(DEFAULT_K, beams) if k is None else k
     if not 1 <= k <= beams:
         raise GenerationInputError(["body", "k"], f"k must be between 1 and the beam width {beams}, got {k}")
+    if known_items is not None:
+        ids = np.asarray(history, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(known_items, ids), len(known_items) - 1)
+        unknown = ids[known_items[pos] != ids]
+        if unknown.size:
+            raise GenerationInputError(["body", "history"], "item ids without semantic codes in this model's "
+                                       f"item_codes/: {_named(list(dict.fromkeys(unknown.tolist())))}")
     return Query(history, k, beams)
 
 
@@ -137,19 +146,16 @@ def rank_queries(ranker, queries: Sequence[Query], exclude_history: bool) -> lis
     return out  # type: ignore[return-value]
 
 
-def generated_response(catalog: ItemCatalog, query: Query, items: np.ndarray, scores: np.ndarray,
-                       limits: GenerationLimits) -> dict:
-    """The answer, in the lookup's shape (``version`` names the model)."""
-    source_ids, titles = catalog.describe(np.asarray(items, dtype=np.int64))
+def model_answer(query: Query, items: np.ndarray, scores: np.ndarray, limits: GenerationLimits) -> dict:
+    """What the model deployment sends back for one query (plain values: it crosses a handle)."""
     used = len(query.history) if limits.max_len is None else min(limits.max_len, len(query.history))
-    return {
-        "k": query.k,
-        "version": limits.model_version,
-        "fallback": False,
-        "num_beams": query.num_beams,
-        "history_used": used,
-        "item_ids": [int(i) for i in items],
-        "source_ids": source_ids,
-        "titles": titles,
-        "scores": [float(s) for s in scores],
-    }
+    return {"k": query.k, "version": limits.model_version, "num_beams": query.num_beams, "history_used": used,
+            "items": [int(i) for i in items], "scores": [float(s) for s in scores]}
+
+
+def describe_answer(catalog: ItemCatalog, answer: dict) -> dict:
+    """The response, in the lookup's shape: the model's answer with source ids and titles."""
+    source_ids, titles = catalog.describe(np.asarray(answer["items"], dtype=np.int64))
+    return {"k": answer["k"], "version": answer["version"], "fallback": False, "num_beams": answer["num_beams"],
+            "history_used": answer["history_used"], "item_ids": answer["items"], "source_ids": source_ids,
+            "titles": titles, "scores": answer["scores"]}
