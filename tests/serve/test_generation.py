@@ -3,6 +3,8 @@ checks, batching, history cap and exclusion, and the precached users' lists."""
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pyarrow.fs as pafs
 import pytest
@@ -20,6 +22,9 @@ from semconv.serving.generation import (
     resolve_history,
 )
 from semconv.serving.state import load_catalog
+from serve_app import service
+from serve_app.generation import GenerationClient
+from serve_app.generation_schemas import GenerateRequest, GenerationArgs
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +120,8 @@ def test_k_and_num_beams_limits():
     with pytest.raises(GenerationInputError, match=r"num_beams must be between 1 and 16, got 17") as err:
         check_query((1,), 5, 17, LIMITS)
     assert err.value.loc == ["body", "num_beams"]
+    with pytest.raises(GenerationInputError, match=r"without semantic codes in this model's item_codes/: 5, 9"):
+        check_query((1, 5, 9, 5), None, None, LIMITS, known_items=np.array([1, 2, 3]))
 
 
 def test_the_ranker_loads_from_a_pyarrow_filesystem_uri(run, loaded):
@@ -126,3 +133,54 @@ def test_the_ranker_loads_from_a_pyarrow_filesystem_uri(run, loaded):
     assert not remote.is_local and settings == loaded[1]
     q = [Query((1, 2, 3), 5, BEAMS)]
     assert rank_queries(ranker, q, True)[0][0].tolist() == rank_queries(loaded[0], q, True)[0][0].tolist()
+
+
+class _Handle:
+    """A stand-in DeploymentHandle whose ``generate`` waits or raises as told."""
+
+    def __init__(self, behave):
+        self.generate = self
+        self.behave = behave
+
+    def remote(self, *args):
+        return _Response(self.behave)
+
+
+class _Response:
+    def __init__(self, behave):
+        self.behave, self.cancelled = behave, False
+
+    def __await__(self):
+        return self.behave().__await__()
+
+    def cancel(self):
+        self.cancelled = True
+
+
+def test_the_ingress_client_maps_a_full_queue_and_timeouts_to_429_and_503(catalog):
+    from ray.serve.exceptions import BackPressureError
+
+    body = GenerateRequest(history=[1, 2])
+
+    async def slow():
+        await asyncio.sleep(5)
+
+    async def full():
+        raise BackPressureError(num_queued_requests=64, max_queued_requests=64)
+
+    with pytest.raises(service.Unavailable, match="did not answer within 0.05 s"):
+        asyncio.run(GenerationClient(_Handle(slow), GenerationArgs(timeout_s=0.05)).recommend(catalog, body))
+    with pytest.raises(service.Overloaded, match="queue is full"):
+        asyncio.run(GenerationClient(_Handle(full), GenerationArgs()).recommend(catalog, body))
+
+    async def two_at_once():
+        client = GenerationClient(_Handle(slow), GenerationArgs(max_inflight=1, timeout_s=0.5))
+        first = asyncio.create_task(client.recommend(catalog, body))
+        await asyncio.sleep(0.05)
+        with pytest.raises(service.Overloaded, match="1 generation requests in flight"):
+            await client.recommend(catalog, body)
+        with pytest.raises(service.Unavailable):
+            await first
+        assert client._inflight == 0
+
+    asyncio.run(two_at_once())
