@@ -52,9 +52,9 @@ def item_codes(seed: int = 0) -> tuple[np.ndarray, str]:
     demo = REPO / "runs" / "demo" / "item_codes"
     if (demo / "_SUCCESS").exists():
         from semconv.artifacts import RunDir
-        from semconv.inference.stage import load_item_codes
+        from semconv.codes import read_item_codes
 
-        _, codes = load_item_codes(RunDir(demo.parent))
+        _, codes = read_item_codes(RunDir(demo.parent))
         return codes, "demo run item_codes"
     rng = np.random.default_rng(seed)
     flat = rng.choice(CODES**LEVELS, size=NUM_ITEMS, replace=False)

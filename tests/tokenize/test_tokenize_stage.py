@@ -9,7 +9,8 @@ import pytest
 
 from semconv.artifacts import ArtifactError, RunDir
 from semconv.config import PipelineConfig
-from semconv.tokenize.cold_start import CodebookTokenizer, read_code_table
+from semconv.codes import read_item_codes
+from semconv.tokenize.cold_start import CodebookTokenizer
 from semconv.tokenize.inputs import TokenizeInputError
 from semconv.tokenize.stage import run_tokenize
 
@@ -28,7 +29,7 @@ def test_run_tokenize_writes_codebook_and_unique_item_codes(tmp_path, capsys):
     out = run_tokenize(small_cfg(tmp_path, num_workers=0))  # in-process: the same maths, no Ray
     rd = RunDir(tmp_path)
     assert rd.is_complete("codebook") and rd.is_complete("item_codes")
-    ids, codes = read_code_table(out["item_codes"])
+    ids, codes = read_item_codes(out["item_codes"])
     assert ids.tolist() == list(range(500)) and codes.shape == (500, 3)
     assert rd.read_table("item_codes").schema.field("codes").type.value_type.bit_width == 16
     assert len(np.unique(codes, axis=0)) == 500
@@ -63,7 +64,7 @@ def test_run_tokenize_on_ray_train_checkpoints_into_the_run_dir(ray_local, tmp_p
     assert len(runs) == 1 and list(runs[0].glob("checkpoint_*"))
     history = json.loads((tmp_path / "codebook" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
-    ids, codes = read_code_table(out["item_codes"])
+    ids, codes = read_item_codes(out["item_codes"])
     assert len(np.unique(codes, axis=0)) == len(ids) == 500
 
 

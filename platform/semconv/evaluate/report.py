@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from semconv.artifacts import RunDir
+from semconv.codes import level_letter
 
 SYSTEM_ORDER = ("semconv", "cf", "sasrec", "popularity")
 SYSTEM_LABELS = {"semconv": "Ours (semconv)", "cf": "CF (stage-1 LightGCN)", "sasrec": "SASRec",
@@ -149,7 +150,7 @@ def plot_codebook(codebook: dict[str, Any], path: Path) -> bool:
         return False
     fig = _figure(5.0, 3.2)
     ax = fig.add_subplot()
-    ax.bar([chr(ord("a") + i) for i in range(len(util))], util)
+    ax.bar([level_letter(i) for i in range(len(util))], util)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("level")
     ax.set_ylabel("share of codes used")
@@ -170,7 +171,7 @@ def codebook_section(codebook: dict[str, Any]) -> list[str]:
         lines.append("")
     if per_level:
         n = max(len(v) for v in per_level.values())
-        lines += ["| per level | " + " | ".join(chr(ord("a") + i) for i in range(n)) + " |",
+        lines += ["| per level | " + " | ".join(level_letter(i) for i in range(n)) + " |",
                   "| --- |" + " ---: |" * n]
         for k, v in sorted(per_level.items()):
             lines.append(f"| {k} | " + " | ".join(fmt(x) for x in v) + " |")

@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from semconv.artifacts import RunDir
+from semconv.codes import read_item_codes
 from semconv.hardware import inference_dtype
 from semconv.inference.loading import ModelSpec
 from semconv.lineage import stage_run
@@ -45,15 +46,6 @@ log = logging.getLogger(__name__)
 PRECACHE = "precache"
 PARTIAL = "precache.partial"
 INPUTS = ("splits", "item_codes", "model")
-
-
-def load_item_codes(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
-    """``item_codes/`` as (item_ids (N,), codes (N, L)) int64 arrays."""
-    table = run.read_table("item_codes", columns=["item_id", "codes"])
-    codes = table["codes"].combine_chunks()
-    levels = codes.type.list_size
-    flat = codes.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    return table["item_id"].to_numpy().astype(np.int64), flat.reshape(-1, levels)
 
 
 def test_user_ids(run: RunDir) -> tuple[np.ndarray, bool]:
@@ -97,7 +89,7 @@ def run_precache(cfg: PipelineConfig) -> dict[str, str]:
     if run.is_complete(PRECACHE):
         return {PRECACHE: run.path(PRECACHE)}
     run.require(*INPUTS)
-    item_ids, codes = load_item_codes(run)
+    item_ids, codes = read_item_codes(run)
     user_ids, presorted = test_user_ids(run)
     if len(user_ids) == 0:
         raise ValueError(f"{run.path('splits')} has no test rows: nothing to precache")

@@ -31,7 +31,7 @@ from semconv.tasks.sampling import row_seeds, sample_negatives
 from semconv.tasks.templates import render_sequential, template_choice
 
 # prompts.history_text joins item tokens with this; a test pins the two spellings together.
-HISTORY_SEPARATOR = history_text([(0,), (0,)])[len("<a_0>") : -len("<a_0>")]
+HISTORY_SEPARATOR = history_text([(0,), (0,)])[len(item_tokens((0,))) : -len(item_tokens((0,)))]
 BATCH_COLUMNS = ("row", "user_id", "history", "target", "full_history", "seq_repeats", "neg_repeats")
 
 

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from semconv.artifacts import RunDir
+from semconv.codes import code_arrays
 
 INPUTS = ("items", "sequences", "splits", "item_codes")
 
@@ -52,12 +53,12 @@ def _list_values(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarra
 def code_matrix(item_codes: pa.Table, num_items: int) -> np.ndarray:
     """The (N, L) code matrix; every item 0..N-1 must have exactly one code tuple of length L."""
     _require_columns(item_codes, "item_codes", ("item_id", "codes"))
-    ids = item_codes.column("item_id").to_numpy().astype(np.int64)
-    lengths = pc.list_value_length(item_codes.column("codes").combine_chunks()).to_numpy(
-        zero_copy_only=False
-    )
-    if len(ids) and (lengths.min() != lengths.max() or lengths.min() < 1):
-        raise TaskInputError(f"item_codes/: code tuples have different lengths {sorted(set(lengths))}")
+    try:
+        ids, rows = code_arrays(item_codes)
+    except ValueError as err:
+        raise TaskInputError(str(err)) from None
+    if len(ids) and rows.shape[1] < 1:
+        raise TaskInputError("item_codes/: empty code tuples")
     unknown = ids[(ids < 0) | (ids >= num_items)]
     if len(unknown):
         raise TaskInputError(
@@ -73,9 +74,8 @@ def code_matrix(item_codes: pa.Table, num_items: int) -> np.ndarray:
             f"item_codes/ lacks codes for {len(missing)} of {num_items} items "
             f"(e.g. item_id {missing[:5].tolist()}); re-run the tokenize stage"
         )
-    values, _ = _list_values(item_codes.column("codes"))
-    codes = np.empty((num_items, int(lengths[0]) if len(ids) else 0), dtype=np.int64)
-    codes[ids] = values.reshape(len(ids), -1)
+    codes = np.empty((num_items, rows.shape[1]), dtype=np.int64)
+    codes[ids] = rows
     _, first, dup = np.unique(codes, axis=0, return_index=True, return_counts=True)
     if (dup > 1).any():
         row = first[np.argmax(dup > 1)]

@@ -12,14 +12,10 @@ from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 
+from semconv.codes import token_code
 from semconv.tasks.text import weighted_item_rows
 
 TS_TASKS = ("token2keywords", "keywords2token")
-
-
-def token_level(token: str) -> int:
-    """0-based level of a code token such as ``<b_7>``."""
-    return ord(token[1]) - ord("a")
 
 
 def ts_align_rows(
@@ -28,9 +24,9 @@ def ts_align_rows(
     weights: Mapping[str, float],
     seed: int,
 ) -> dict[str, pa.Table]:
-    tokens = sorted((t for t, kw in keywords.items() if kw), key=lambda t: (token_level(t), int(t[3:-1])))
-    keys = [token_level(t) * 1_000_000 + int(t[3:-1]) for t in tokens]
-    levels = [token_level(t) + 1 for t in tokens]
+    tokens = sorted((t for t, kw in keywords.items() if kw), key=token_code)
+    keys = [level * 1_000_000 + code for level, code in map(token_code, tokens)]
+    levels = [token_code(t)[0] + 1 for t in tokens]
     joined = [", ".join(keywords[t]) for t in tokens]
     none = [None] * len(tokens)
     return {

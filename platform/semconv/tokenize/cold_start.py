@@ -21,24 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from semconv.codes import read_item_codes
 from semconv.tokenize.assign import assign_codes, level_indexes
 from semconv.tokenize.codebook import ResidualCodebook
 from semconv.tokenize.collisions import nearest_free_tuple
 from semconv.tokenize.inputs import TokenizeInputError, check_matrix
-
-
-def read_code_table(item_codes_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(item_ids, codes (n, L))`` from a local ``item_codes/`` artifact directory."""
-    files = sorted(Path(item_codes_dir).glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{item_codes_dir}: no Parquet files (not an item_codes artifact)")
-    table = pq.ParquetDataset(files).read() if len(files) > 1 else pq.read_table(files[0])
-    ids = table.column("item_id").to_numpy().astype(np.int64)
-    col = table.column("codes").combine_chunks()
-    codes = col.flatten().to_numpy().astype(np.int64).reshape(len(ids), -1)
-    return ids, codes
 
 
 class CodebookTokenizer:
@@ -66,7 +54,7 @@ class CodebookTokenizer:
         cls, codebook_dir: str | Path, item_codes: str | Path | None = None, use_gpu: bool = False
     ) -> CodebookTokenizer:
         """Load ``codebook/`` (and optionally the ``item_codes/`` table for collision checks)."""
-        table = read_code_table(item_codes) if item_codes is not None else None
+        table = read_item_codes(item_codes) if item_codes is not None else None
         return cls(ResidualCodebook.from_pretrained(codebook_dir), table, use_gpu)
 
     def _check(self, embeddings: np.ndarray, texts: Sequence[str] | None) -> np.ndarray:
