@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 import torch
 
+from semconv import training
 from semconv.artifacts import RunDir
 from semconv.finetune.data import encode_batch, split_examples
 from semconv.finetune.model import load_for_inference
@@ -72,27 +71,14 @@ def test_codes_outside_the_configured_vocabulary_are_rejected(tmp_path, tiny_lm_
         run_finetune(cfg)
 
 
-def _fail_once(marker: str, at_step: int):
-    """A step hook that kills worker 1 once, right after the first checkpoint."""
-
-    def hook(step: int, rank: int) -> None:
-        if rank == 1 and step == at_step and not os.path.exists(marker):
-            open(marker, "w").close()
-            # Ray Train's controller registers a reported checkpoint when it next polls the
-            # workers (every ~2 s); dying before that loses the checkpoint on a loaded machine.
-            time.sleep(10)
-            os._exit(1)
-
-    return hook
-
-
 @pytest.mark.slow
-def test_two_workers_resume_after_a_killed_worker(ray_local, planted_run_dir, tiny_lm_dir, tmp_path):
-    marker = str(tmp_path / "failed-once")
+def test_two_workers_resume_after_a_killed_worker(ray_local, planted_run_dir, tiny_lm_dir, kill_worker_once):
+    kill, marker = kill_worker_once(step=4, rank=1, delay_s=10)  # right after the step-3 checkpoint
     cfg = tiny_config(planted_run_dir, tiny_lm_dir, num_workers=2, max_steps=6, checkpoint_every=3,
                       eval_every=3, max_failures=1)
-    out = run_finetune(cfg, step_hook=_fail_once(marker, at_step=4))
-    assert os.path.exists(marker), "the hook must have killed a worker"
+    with training.callbacks(kill):
+        out = run_finetune(cfg)
+    assert marker.exists(), "the callback must have killed a worker"
     metrics = json.loads((Path(out["model"]) / "train_metrics.json").read_text())
     assert metrics["resumed_from_step"] == [3]  # restarted from the step-3 checkpoint
     assert metrics["train_steps"] == [1, 2, 3, 4, 5, 6]  # the counter went on, no step twice

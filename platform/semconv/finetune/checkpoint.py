@@ -30,16 +30,16 @@ def new_history() -> dict[str, Any]:
             "samples": 0, "train_time_s": 0.0, "resumed_from_step": []}
 
 
-def save_state(path: Path, model: Any, optimizer: Any, scheduler: Any, history: dict[str, Any]) -> None:
-    """Write a resume point for the plain (DDP) path into ``path``."""
+def save_state(path: Path, model: Any, optimizer: Any, scheduler: Any) -> None:
+    """Write the trainable weights, optimizer and schedule of the plain (DDP) path into ``path``."""
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(path / TRAINABLE))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path / OPTIMIZER)
-    (path / STATE).write_text(json.dumps(history))
 
 
-def load_state(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    """Restore a resume point written by :func:`save_state`; returns the history."""
+def load_state(path: Path, model: Any, optimizer: Any, scheduler: Any) -> None:
+    """Restore what :func:`save_state` wrote. The optimizer file holds only tensors and plain
+    values, so it loads with ``weights_only=True`` (no pickled code runs from a checkpoint)."""
     weights = load_file(str(path / TRAINABLE))
     params = dict(model.named_parameters())
     unknown = sorted(set(weights) - set(params))
@@ -48,10 +48,13 @@ def load_state(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[s
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    opt = torch.load(path / OPTIMIZER, weights_only=False)
+    opt = torch.load(path / OPTIMIZER, weights_only=True)
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
-    return read_history(path)
+
+
+def write_history(path: Path, history: dict[str, Any]) -> None:
+    (path / STATE).write_text(json.dumps(history))
 
 
 def read_history(path: Path) -> dict[str, Any]:

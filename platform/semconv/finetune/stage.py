@@ -1,10 +1,11 @@
 """The ``finetune`` stage: ``sft/`` -> ``model/`` (LoRA adapter + tokenizer + training metrics).
 
-Ray sits only here: a ``TorchTrainer`` runs :func:`semconv.finetune.train.train_func` on
-``num_workers`` workers, checkpoints to ``<run_dir>/_checkpoints/finetune-<lineage fingerprint>``
-and restarts failed workers from the latest checkpoint (``FailureConfig``). Re-running the stage
-after a crash resumes the same Ray Train run; a changed config or a rebuilt ``sft/`` has another
-fingerprint (:mod:`semconv.lineage`) and starts afresh.
+Ray sits only here: the harness (:func:`semconv.training.fit`) runs
+:func:`semconv.finetune.train.train_func` on ``num_workers`` workers, checkpoints to
+``<run_dir>/_checkpoints/finetune-<lineage fingerprint>`` and restarts failed workers from the
+latest checkpoint (``FailureConfig``). Re-running the stage after a crash resumes the same Ray
+Train run; a changed config or a rebuilt ``sft/`` has another fingerprint (:mod:`semconv.lineage`)
+and starts afresh.
 """
 
 from __future__ import annotations
@@ -88,27 +89,23 @@ def train_config(cfg: PipelineConfig, base_path: Path, sa_init: dict[str, list[s
 
 
 def fit(config: dict[str, Any], cfg: PipelineConfig, storage: str, name: str) -> Any:
-    """Run ``train_func`` on a ``TorchTrainer``; returns the Ray Train ``Result``."""
+    """Run ``train_func`` on ``finetune.num_workers`` Ray Train workers (:func:`semconv.training.fit`);
+    returns the Ray Train ``Result``."""
     import ray
-    from ray.train import ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
+    from semconv import training
     from semconv.finetune.train import train_func
-    from semconv.ray_env import init_ray, train_run_config
+    from semconv.ray_env import init_ray
 
     ft = cfg.finetune
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     cpus = ft.cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1)) // ft.num_workers)
     config = {**config, "threads": config.get("threads") or cpus}
-    trainer = TorchTrainer(
-        train_func,
-        train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if ft.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=ft.num_workers, use_gpu=ft.use_gpu,
-                                     resources_per_worker={"CPU": cpus}),
-        run_config=train_run_config(name, storage, ft.max_failures),
+    return training.fit(
+        train_func, config, name=name, storage_path=storage, num_workers=ft.num_workers,
+        checkpoint_every=config["checkpoint_every"], report_every=config["log_every"],
+        use_gpu=ft.use_gpu, cpus_per_worker=cpus, max_failures=ft.max_failures,
     )
-    return trainer.fit()
 
 
 def plot_curve(metrics: dict[str, Any], path: Path) -> None:
@@ -130,12 +127,8 @@ def plot_curve(metrics: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def run_finetune(cfg: PipelineConfig, step_hook: Any = None) -> dict[str, str]:
-    """LoRA fine-tune on ``sft/`` and publish ``model/``; skips when ``model/`` is complete.
-
-    ``step_hook(step, rank)`` runs on every worker after each optimizer step (tests use it to
-    kill a worker once and watch the run resume).
-    """
+def run_finetune(cfg: PipelineConfig) -> dict[str, str]:
+    """LoRA fine-tune on ``sft/`` and publish ``model/``; skips when ``model/`` is complete."""
     rd = stage_run(cfg, "finetune")
     if rd.is_complete("model"):
         return {"model": rd.path("model")}
@@ -145,11 +138,7 @@ def run_finetune(cfg: PipelineConfig, step_hook: Any = None) -> dict[str, str]:
     sa_init = read_sa_init(rd) if cfg.tasks.sa_init else None
     base_path = resolve_base(cfg.finetune.base_model)
     config = train_config(cfg, base_path, sa_init)
-    if step_hook is not None:
-        config["step_hook"] = step_hook
     result = fit(config, cfg, rd.checkpoint_root, checkpoint_name(rd, "finetune"))
-    if result.error is not None:
-        raise RuntimeError(f"fine-tuning failed: {result.error}") from result.error
     with result.checkpoint.as_directory() as ckpt_dir:
         final = Path(ckpt_dir) / FINAL
         if not final.exists():

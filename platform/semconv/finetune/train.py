@@ -1,21 +1,20 @@
-"""Alignment-task fine-tuning loop: a plain ``train_func(config)`` for Ray Train's TorchTrainer.
+"""Alignment-task fine-tuning loop: a plain ``train_func(config, session)`` (:mod:`semconv.training`).
 
 Reads top to bottom like the procedure: build base + code tokens + LoRA, read ``sft/``, restore
-the latest checkpoint if Ray restarted us, then optimizer steps over a deterministic batch plan
-with periodic held-out loss, checkpoints and progress reports. On CPU the workers run DDP over
-gloo with bf16 autocast (fp32 master weights); on GPU with a DeepSpeed config, ZeRO-2 in bf16.
+the latest checkpoint if the run was restarted, then optimizer steps over a deterministic batch
+plan with periodic held-out loss, checkpoints and progress reports. How a step runs is the
+strategy's (:mod:`semconv.finetune.strategy`): DDP (on CPU over gloo, bf16 autocast with fp32
+master weights), or on GPUs with a DeepSpeed config, ZeRO-2 in bf16.
 
 ``config`` is a plain dict (built by :func:`semconv.finetune.stage.train_config`), so the same
-function runs in one process (tests, benchmarks) or on N Ray workers.
+function runs in one process (``Session()``: tests) or on N Ray workers (:func:`semconv.training.fit`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +26,9 @@ from semconv.finetune import checkpoint as ckpt
 from semconv.finetune.data import BatchPlan, SftExamples, encode_batch, eval_sample, split_examples
 from semconv.finetune.model import build_finetune_model
 from semconv.finetune.optim import build_optimizer, build_scheduler
+from semconv.finetune.strategy import strategy_for
 from semconv.hardware import cpu_bf16_supported
+from semconv.training import Session
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -181,25 +182,22 @@ def _log(rank: int, msg: str) -> None:
         print(f"[finetune] {msg}", file=sys.__stdout__, flush=True)
 
 
-def train_func(config: dict[str, Any]) -> None:
-    """Fine-tune on ``sft/`` of ``config['run_dir']``; reports metrics and checkpoints to Ray Train."""
-    import ray.train
-    import ray.train.torch
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+def train_func(config: dict[str, Any], session: Session) -> None:
+    """Fine-tune on ``sft/`` of ``config['run_dir']``; reports and checkpoints through ``session``."""
+    rank, world, device = session.rank, session.world, session.device
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
     torch.manual_seed(config["seed"])
-    use_ds = bool(config.get("use_gpu") and config.get("deepspeed"))
-    device = ray.train.torch.get_device() if config.get("use_gpu") else torch.device("cpu")
     bf16 = bool(config["bf16"])
 
+    # model: base + code tokens + LoRA, and the loss finetune.code_softmax names
     model, tokenizer, code_ids = build_finetune_model(
         config["base_path"], config["levels"], config["codes_per_level"], lora=config["lora"],
         sa_init=config.get("sa_init"),
     )
     loss_fn = training_loss(config.get("code_softmax", "vocabulary"), code_ids, config["levels"])
+
+    # data: sft/ rows, a deterministic batch plan, this worker's share of the held-out sample
     from semconv.artifacts import RunDir
 
     table = RunDir(config["run_dir"]).read_table("sft", columns=["task", "prompt", "label", "split"])
@@ -208,116 +206,67 @@ def train_func(config: dict[str, Any]) -> None:
     plan = BatchPlan(train.lengths(), bs, config["seed"], config["bucket_by_length"])
     eval_idx = eval_sample(valid, config["eval_samples"], config["seed"])[rank::world]
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    # optimizer, schedule (under a time budget it also follows the training seconds), strategy
+    budget = config.get("max_train_seconds")
+    clock = {"train_s": 0.0}
     optimizer = build_optimizer(model.named_parameters(), config["lr"], config["weight_decay"],
                                 config.get("code_token_lr_scale", 1.0))
-    budget = config.get("max_train_seconds")
-    clock = {"train_s": 0.0}  # training seconds so far; the LR schedule reads it under a time budget
     scheduler = build_scheduler(optimizer, config["warmup_steps"], config["max_steps"],
                                 config["lr_schedule"], config["min_lr_ratio"],
                                 progress=(lambda: clock["train_s"] / budget) if budget else None)
+    strategy = strategy_for(config, model, optimizer, scheduler, session)
     history = ckpt.new_history()
-    engine = None
-    resume = ray.train.get_checkpoint()
-    if use_ds:
-        import deepspeed
+    if session.restored is not None:
+        strategy.load(session.restored)
+        history = ckpt.read_history(session.restored)
+        history["resumed_from_step"] = session.resumed_from
+        _log(rank, f"resumed from step {session.start_step}")
+    strategy.runner.train()
 
-        model.to(device)
-        engine, optimizer, _, scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config["deepspeed"])
-        if resume is not None:
-            with resume.as_directory() as d:
-                engine.load_checkpoint(d, tag=ckpt.DEEPSPEED_TAG)
-                history = ckpt.read_history(Path(d))
-    else:
-        if resume is not None:
-            with resume.as_directory() as d:
-                history = ckpt.load_state(Path(d), model, optimizer, scheduler)
-        model.to(device)
-    if resume is not None:
-        history["resumed_from_step"].append(history["step"])
-        _log(rank, f"resumed from step {history['step']}")
-    runner = engine if engine is not None else ray.train.torch.prepare_model(model, move_to_device=False)
-    runner.train()
-    peft_model = model
-    hook: Callable[[int, int], None] | None = config.get("step_hook")
+    def save(path: Path, final: bool = False) -> None:
+        strategy.save(path)
+        if rank == 0:
+            ckpt.write_history(path, history)
+            if final:
+                ckpt.save_final(path / ckpt.FINAL, model, tokenizer, final_metrics(history, world))
 
-    def report(metrics: dict[str, Any], save: bool, final: bool = False) -> None:
-        if not save:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp)
-            if engine is not None:
-                engine.save_checkpoint(tmp, tag=ckpt.DEEPSPEED_TAG)
-            if rank == 0:
-                if engine is None:
-                    ckpt.save_state(path, peft_model, optimizer, scheduler, history)
-                else:
-                    (path / ckpt.STATE).write_text(json.dumps(history))
-                if final:
-                    ckpt.save_final(path / ckpt.FINAL, peft_model, tokenizer, final_metrics(history, world))
-            has_files = any(path.iterdir())
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if has_files else None)
-
-    start_step, time_before, t0 = history["step"], history["train_time_s"], time.perf_counter()
+    time_before, t0 = history["train_time_s"], time.perf_counter()
     clock["train_s"] = time_before
     samples_here = 0
-    finished = start_step >= config["max_steps"] or (budget is not None and time_before >= budget)
-    for step in range(start_step, config["max_steps"] if not finished else start_step):
+    out_of_time = budget is not None and time_before >= budget
+    step = session.start_step
+    while step < config["max_steps"] and not out_of_time:
         batches = [encode_batch(tokenizer, train, plan.micro_batch(step, a, accum, rank, world), max_len)
                    for a in range(accum)]
-        if engine is not None:
-            losses = []
-            for batch in batches:
-                with autocast(device, bf16):
-                    loss = loss_fn(engine, batch, device)
-                engine.backward(loss)
-                engine.step()
-                losses.append(float(loss.detach()))
-            loss_value = sum(losses) / len(losses)
-        else:
-            loss_value = optimizer_step(runner, batches, optimizer, scheduler, params,
-                                        config["grad_clip"], bf16, device, loss_fn)
-        n_samples = sum(len(b["input_ids"]) for b in batches)
+        loss = strategy.step(batches, loss_fn)
+        step += 1
         # every worker gets the same mean time, so all stop at the same step under a time budget
-        loss_value, n_samples, elapsed = _all_reduce(
-            [loss_value, float(n_samples), time.perf_counter() - t0], device)
-        loss_value /= world
-        elapsed /= world
+        loss, n_samples, elapsed = _all_reduce(
+            [loss, float(sum(len(b["input_ids"]) for b in batches)), time.perf_counter() - t0], device)
+        loss, elapsed = loss / world, elapsed / world
         samples_here += int(n_samples)
         clock["train_s"] = time_before + elapsed
-        done = step + 1
-        history.update(step=done, samples=history["samples"] + int(n_samples),
-                       train_time_s=time_before + elapsed)
-        history["train_loss"].append(loss_value)
-        history["train_steps"].append(done)
-        history["lr"].append(scheduler.get_last_lr()[0])
-        metrics = {"step": done, "train_loss": loss_value, "lr": history["lr"][-1],
+        out_of_time = budget is not None and clock["train_s"] >= budget
+        last = step == config["max_steps"] or out_of_time
+        history.update(step=step, samples=history["samples"] + int(n_samples), train_time_s=clock["train_s"])
+        history["train_loss"].append(loss)
+        history["train_steps"].append(step)
+        history["lr"].append(strategy.scheduler.get_last_lr()[0])
+        metrics = {"step": step, "train_loss": loss, "lr": history["lr"][-1],
                    "samples_per_s": samples_here / max(elapsed, 1e-9)}
-        out_of_time = budget is not None and time_before + elapsed >= budget
-        last = done == config["max_steps"] or out_of_time
-        if out_of_time and done < config["max_steps"]:
-            _log(rank, f"time budget of {budget:.0f}s reached after step {done}: finishing here")
-        if len(valid) and (done % config["eval_every"] == 0 or last):
-            loss_sum, tokens = _all_reduce(
-                list(evaluation_loss(runner, tokenizer, valid, eval_idx, bs, max_len, bf16, device, loss_fn)),
-                device)
+        if out_of_time and step < config["max_steps"]:
+            _log(rank, f"time budget of {budget:.0f}s reached after step {step}: finishing here")
+        if len(valid) and (step % config["eval_every"] == 0 or last):
+            loss_sum, tokens = _all_reduce(list(evaluation_loss(
+                strategy.runner, tokenizer, valid, eval_idx, bs, max_len, bf16, device, loss_fn)), device)
             metrics["eval_loss"] = loss_sum / max(tokens, 1)
             history["eval_loss"].append(metrics["eval_loss"])
-            history["eval_steps"].append(done)
-        save = done % config["checkpoint_every"] == 0 or last
-        if save or done % config["log_every"] == 0:
-            _log(rank, f"step {done}/{config['max_steps']} loss {loss_value:.4f} lr {metrics['lr']:.2e} "
+            history["eval_steps"].append(step)
+        if session.report(step, metrics, functools.partial(save, final=last), last=last):
+            _log(rank, f"step {step}/{config['max_steps']} loss {loss:.4f} lr {metrics['lr']:.2e} "
                        f"{metrics['samples_per_s']:.2f} samples/s"
                        + (f" eval_loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""))
-            report(metrics, save=save, final=last)
-        if hook is not None:
-            hook(done, rank)
-        if last:
-            break
-    if finished:  # restored after the last step: publish the final payload again
-        report({"step": start_step}, save=True, final=True)
+    session.finish(functools.partial(save, final=True))  # restored after the last step: publish again
 
 
 def final_metrics(history: dict[str, Any], world: int) -> dict[str, Any]:

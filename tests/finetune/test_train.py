@@ -1,0 +1,71 @@
+"""The fine-tuning loop in one process (``train_func(config, Session())``): a run resumed from a
+checkpoint ends exactly where the uninterrupted one does, a run restored after its last step
+publishes the final payload again, and the strategy is DeepSpeed only on GPUs with its config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from semconv.finetune import checkpoint as ckpt
+from semconv.finetune.stage import train_config
+from semconv.finetune.strategy import DDP, strategy_for
+from semconv.finetune.train import train_func
+from semconv.training import Session
+
+from .conftest import tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def loop_config(run_dir: Path, base: Path, **finetune) -> dict:
+    return train_config(tiny_config(run_dir, base, **finetune), base, None)
+
+
+def test_a_resumed_run_ends_where_the_uninterrupted_one_does(planted_run_dir, tiny_lm_dir, tmp_path):
+    config = loop_config(planted_run_dir, tiny_lm_dir, max_steps=4, checkpoint_every=2, eval_every=2)
+    train_func(config, Session(checkpoint_every=2, checkpoint_dir=tmp_path / "full"))
+    full = tmp_path / "full" / "checkpoint_000004"
+    torch.load(full / ckpt.OPTIMIZER, weights_only=True)  # tensors and numbers: nothing unpickled
+
+    train_func(config, Session(checkpoint_every=2, checkpoint_dir=tmp_path / "resumed",
+                               restored=tmp_path / "full" / "checkpoint_000002"))
+    resumed = tmp_path / "resumed" / "checkpoint_000004"
+    a, b = ckpt.read_history(full), ckpt.read_history(resumed)
+    assert b["resumed_from_step"] == [2] and a["resumed_from_step"] == []
+    assert b["train_steps"] == [1, 2, 3, 4] and b["eval_steps"] == [2, 4]
+    assert b["train_loss"] == a["train_loss"] and b["eval_loss"] == a["eval_loss"] and b["lr"] == a["lr"]
+    wa, wb = load_file(str(full / ckpt.TRAINABLE)), load_file(str(resumed / ckpt.TRAINABLE))
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=0)
+    assert (resumed / ckpt.FINAL / "adapter_model.safetensors").is_file()
+    assert json.loads((resumed / ckpt.FINAL / "train_metrics.json").read_text())["resumed_from_step"] == [2]
+
+
+def test_a_run_restored_after_its_last_step_publishes_the_final_payload_again(planted_run_dir, tiny_lm_dir,
+                                                                               tmp_path):
+    config = loop_config(planted_run_dir, tiny_lm_dir, max_steps=2, checkpoint_every=2, eval_every=2)
+    train_func(config, Session(checkpoint_every=2, checkpoint_dir=tmp_path / "first"))
+    train_func(config, Session(checkpoint_dir=tmp_path / "again", restored=tmp_path / "first" / "checkpoint_000002"))
+    again = tmp_path / "again" / "checkpoint_000002"
+    metrics = json.loads((again / ckpt.FINAL / "train_metrics.json").read_text())
+    assert metrics["train_steps"] == [1, 2] and metrics["resumed_from_step"] == [2]  # no step ran twice
+    first = load_file(str(tmp_path / "first" / "checkpoint_000002" / ckpt.FINAL / "adapter_model.safetensors"))
+    for name, value in load_file(str(again / ckpt.FINAL / "adapter_model.safetensors")).items():
+        torch.testing.assert_close(value, first[name], rtol=0, atol=0)
+
+
+def test_deepspeed_only_on_gpus_with_a_deepspeed_config(tiny_lm_dir, tmp_path):
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    base = {"grad_clip": 1.0, "bf16": False}
+    # a DeepSpeed config without GPUs (or GPUs without one) trains with plain DDP
+    for use_gpu, deepspeed in ((False, {"zero_optimization": {"stage": 2}}), (True, None)):
+        strategy = strategy_for({**base, "use_gpu": use_gpu, "deepspeed": deepspeed}, model, opt, sched, Session())
+        assert isinstance(strategy, DDP) and strategy.runner is model
