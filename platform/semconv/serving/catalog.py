@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from semconv.codes import item_tokens
+from semconv.codes import code_arrays, item_tokens
 
 
 class CatalogError(ValueError):
@@ -49,10 +49,11 @@ class ItemCatalog:
         levels = 0
         codes = np.full((len(ids), 0), -1, dtype=np.int16)
         if item_codes is not None and item_codes.num_rows:
-            col = item_codes.column("codes").combine_chunks()
-            levels = col.type.list_size if pa.types.is_fixed_size_list(col.type) else int(pc.max(pc.list_value_length(col)).as_py())
-            flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.int16).reshape(-1, levels)
-            cid = item_codes.column("item_id").to_numpy().astype(np.int64)
+            try:
+                cid, flat = code_arrays(item_codes)
+            except ValueError as err:
+                raise CatalogError(str(err)) from None
+            levels = flat.shape[1]
             _sorted_unique(cid, "item_codes/ item_id")
             pos = np.searchsorted(ids, cid)
             known = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == cid) if len(ids) else np.zeros(len(cid), bool)
