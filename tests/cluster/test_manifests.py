@@ -141,3 +141,28 @@ def test_installed_versions_match_pins():
     for name in ("ray", "torch", "transformers", "peft"):
         key = next(k for k in PINS if k.split("[")[0] == name)
         assert metadata.version(name).split("+")[0] == PINS[key]
+
+
+def test_ray_token_auth_is_on_and_the_dashboard_is_not_public():
+    launcher = load("launcher.yaml")
+    starts = launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
+    assert not any("0.0.0.0" in c for c in starts) and any("--dashboard-host=127.0.0.1" in c for c in starts)
+    for name, key in [("kuberay/rayservice.yaml", "rayClusterConfig"), ("kuberay/rayjob-pipeline.yaml", "rayClusterSpec"),
+                      ("kuberay/rayjob-precache.yaml", "rayClusterSpec")]:
+        cluster = load(name)["spec"][key]
+        assert cluster["authOptions"] == {"mode": "token"}, name
+        ports = [p["containerPort"] for c in containers(cluster) for p in c.get("ports", [])]
+        assert 8265 not in ports, name  # the dashboard is never a named, exposed port
+    policy = load("kuberay/networkpolicy.yaml")
+    dash = [r for r in policy["spec"]["ingress"] if {"port": 8265} in r.get("ports", [])]
+    assert dash and all(r.get("from") for r in dash)  # 8265 only from the operator's namespace
+
+
+def test_the_served_app_requires_its_api_token():
+    svc = load("kuberay/rayservice.yaml")
+    (app,) = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
+    assert app["args"]["require_auth"] is True and app["args"]["docs"] is False
+    for c in containers(svc["spec"]["rayClusterConfig"]):
+        env = {e["name"]: e for e in c.get("env", [])}
+        assert "secretKeyRef" in env["SEMCONV_API_TOKEN"]["valueFrom"]
