@@ -11,6 +11,7 @@ import torch
 
 from semconv import training
 from semconv.artifacts import RunDir
+from semconv.hardware import cpu_bf16_supported
 from semconv.finetune.data import encode_batch, split_examples
 from semconv.finetune.model import load_for_inference
 from semconv.finetune.stage import FinetuneInputError, run_finetune
@@ -38,11 +39,13 @@ def test_run_finetune_writes_a_complete_model_that_loads(ray_local, planted_run_
     assert list((planted_run_dir / "_checkpoints").glob("finetune-*/checkpoint_*"))
 
     model, tok = load_for_inference(model_dir, str(tiny_lm_dir))
-    batch = encode_batch(tok, split_examples(sft_table(0, 4), "valid"), range(4), 128)
+    valid = split_examples(rd.read_table("sft"), "valid")  # the run's whole held-out sample
+    batch = encode_batch(tok, valid, range(len(valid)), 128)
     loss_fn = training_loss(cfg.finetune.code_softmax, code_token_ids(tok, LEVELS, K), LEVELS)
     with torch.no_grad():
         loss = loss_fn(model, batch, torch.device("cpu"))
-    assert abs(float(loss) - metrics["eval_loss"][-1]) < 0.5  # same model the run evaluated
+    # the saved model is the one the run evaluated last (fp32 here; bf16 autocast where native)
+    assert float(loss) == pytest.approx(metrics["eval_loss"][-1], rel=2e-2 if cpu_bf16_supported() else 1e-4)
     merged_logits = _logits(model_dir / "merged", batch)
     assert torch.allclose(merged_logits, model(**batch).logits.detach(), atol=1e-4)
 

@@ -24,6 +24,7 @@ from semconv.config import PipelineConfig
 from semconv.finetune.checkpoint import FINAL
 from semconv.finetune.model import resolve_base
 from semconv.decoding import Decoding
+from semconv.evaluate.report import plot_training
 from semconv.finetune.optim import deepspeed_config
 from semconv.lineage import checkpoint_name, stage_run
 
@@ -108,25 +109,6 @@ def fit(config: dict[str, Any], cfg: PipelineConfig, storage: str, name: str) ->
     )
 
 
-def plot_curve(metrics: dict[str, Any], path: Path) -> None:
-    """``train_curve.png``: train loss per step and held-out loss at evaluation steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(metrics["train_steps"], metrics["train_loss"], label="train", lw=1)
-    if metrics["eval_loss"]:
-        ax.plot(metrics["eval_steps"], metrics["eval_loss"], "o-", label="held-out")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("label cross-entropy")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def run_finetune(cfg: PipelineConfig) -> dict[str, str]:
     """LoRA fine-tune on ``sft/`` and publish ``model/``; skips when ``model/`` is complete."""
     rd = stage_run(cfg, "finetune")
@@ -156,7 +138,7 @@ def run_finetune(cfg: PipelineConfig) -> dict[str, str]:
             for item in final.iterdir():
                 if item.is_file() and item.name != "README.md":
                     shutil.copy2(item, tmp / item.name)
-            plot_curve(metrics, tmp / "train_curve.png")
+            plot_training(metrics, tmp / "train_curve.png")  # the report's plot of the same curve
             decoding.save(tmp)
             if cfg.finetune.merge:
                 _save_merged(tmp, base_path)
