@@ -9,6 +9,7 @@ tasks for real.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -254,3 +255,11 @@ def test_real_stages_rebuild_the_codebook_and_tasks_for_new_levels_and_keep_the_
     for a in ("codebook", "item_codes", "sft"):
         assert after[a] != before[a], a
     assert (root / "splits" / "part-00000.parquet").stat().st_mtime_ns == splits_mtime
+
+    # an interrupted stage (same fingerprint) resumes: the complete codebook/ is kept, not
+    # retrained; sft/ read the item_codes/ build that is gone, so it is rebuilt
+    shutil.rmtree(root / "item_codes")
+    run_pipeline(load_config(None, real_cfg + ["tokenize.levels=3"]), stages)
+    resumed = stamps(root)
+    assert resumed["codebook"] == after["codebook"] and resumed["sft"] != after["sft"]
+    assert run.read_table("item_codes").schema.field("codes").type.list_size == 3

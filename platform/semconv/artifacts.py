@@ -101,8 +101,9 @@ class RunDir:
     def writing(self, name: str, manifest: dict[str, Any] | None = None) -> Iterator[Path]:
         """Yield a local scratch directory; on clean exit it becomes ``<name>/`` atomically.
 
-        The manifest (``_SUCCESS``) is written last with ``created_at`` (and the stage's ``lineage``,
-        when this RunDir carries one) added. An exception leaves
+        The manifest (``_SUCCESS``) is written last with ``created_at``, a unique ``build`` id (two
+        builds within one second differ) and the stage's ``lineage`` (when this RunDir carries one)
+        added. An exception leaves
         the previous complete artifact, if any, untouched, and removes the scratch directory.
         """
         if self.is_local:
@@ -117,6 +118,7 @@ class RunDir:
             if self.lineage is not None:
                 meta["lineage"] = self.lineage
             meta["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            meta["build"] = uuid.uuid4().hex[:12]
             write_json_atomic(tmp / SUCCESS, meta)
             self._publish(tmp, name)
         finally:

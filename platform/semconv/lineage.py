@@ -4,11 +4,13 @@ Every artifact's ``_SUCCESS`` carries ``lineage``::
 
     {"stage": "tokenize", "fingerprint": "9c1e...",
      "config": {"seed": 0, "tokenize.levels": 4, ...},      # the keys the stage depends on
-     "inputs": {"item_emb": "51ab...", "item_text_emb": "07f2..."}}  # their fingerprints
+     "inputs": {"item_emb": "51ab...@3f9c0e12aa01", ...}}  # which build of each input
 
 ``config`` holds the values of the stage's registry keys (:mod:`semconv.stages`) minus its
-ignored ones, flattened to dotted keys; ``inputs`` the fingerprints of the artifacts it read; the
-fingerprint hashes both, so a change anywhere upstream changes every fingerprint below it. A stage
+ignored ones, flattened to dotted keys; ``inputs`` the fingerprint and build id of each
+artifact it read; the fingerprint hashes both, so a change anywhere upstream, or an input rebuilt
+for any reason (even with the same config: training is not bit-reproducible), changes every
+fingerprint below it. A stage
 is *current* when each artifact it writes is complete with the fingerprint the present config and
 inputs give; *stale* when one is complete with another (or none: built before lineage existed).
 :func:`semconv.pipeline.run_pipeline` skips current stages, resumes incomplete ones, and on a
@@ -61,13 +63,13 @@ def config_values(cfg: PipelineConfig, s: Stage) -> dict[str, Any]:
             if not any(k == i or k.startswith(i + ".") for i in s.ignore)}
 
 
-def artifact_fingerprint(run: RunDir, name: str) -> str | None:
-    """The fingerprint an artifact was built with (its creation time when it has no lineage)."""
+def artifact_build(run: RunDir, name: str) -> str | None:
+    """Which build of an artifact is there: ``<fingerprint>@<build id>`` (None: incomplete)."""
     if not run.is_complete(name):
         return None
     manifest = run.manifest(name)
-    lineage = manifest.get("lineage")
-    return lineage["fingerprint"] if lineage else f"created {manifest.get('created_at')}"
+    fingerprint = (manifest.get("lineage") or {}).get("fingerprint", "no-lineage")
+    return f"{fingerprint}@{manifest.get('build', manifest.get('created_at'))}"
 
 
 def record(cfg: PipelineConfig, name: str, run: RunDir | None = None) -> dict[str, Any]:
@@ -75,7 +77,7 @@ def record(cfg: PipelineConfig, name: str, run: RunDir | None = None) -> dict[st
     s = stage(name)
     run = run or RunDir(cfg.run_dir)
     config = config_values(cfg, s)
-    inputs = {a: artifact_fingerprint(run, a) for a in s.reads}
+    inputs = {a: artifact_build(run, a) for a in s.reads}
     blob = json.dumps({"stage": name, "config": config, "inputs": inputs}, sort_keys=True)
     return {"stage": name, "fingerprint": hashlib.sha256(blob.encode()).hexdigest()[:16],
             "config": config, "inputs": inputs}
