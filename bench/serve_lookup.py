@@ -1,11 +1,14 @@
 """Benchmark: the Ray Serve lookup endpoint vs a bare FastAPI/uvicorn app on the same arrays.
 
-Both servers run the same routes (``serve_app.api.build_api``) over the same memory-mapped
-precache, each in its own process; a bounded open-loop load generator on 127.0.0.1 offers both
-the same request rate (after one unrecorded warm-up round each), alternating rounds so
-background load hits both alike; a server's p50/p99 is the median over its rounds. Also measured, in
-fresh processes: the load time and resident memory of a synthetic 1M users x top-50 precache
-(first load converts the Parquet shards once; later loads memory-map the cache).
+All servers run the same routes (``serve_app.api.build_api``) over the same memory-mapped
+precache, each in its own process; a bounded open-loop load generator on 127.0.0.1 offers each
+the same request rate (after one unrecorded warm-up round each), rotating the order per round so
+background load hits all alike; a server's p50/p99 is the median over its rounds. Serve runs with
+bearer-token auth on (``SEMCONV_API_TOKEN``); the bare app runs twice, without and with the same
+auth middleware, so the auth check's cost is measured in the same run (plus the middleware alone,
+in process, per request). Also measured, in fresh processes: the load time and resident memory
+of a synthetic 1M users x top-50 precache (first load converts the Parquet shards once; later
+loads memory-map the cache).
 
     python bench/serve_lookup.py --quick --json out.json
 """
@@ -106,30 +109,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class StaticBackend:
-    """The bare baseline's backend: one state, no tokenizer."""
-
-    max_batch = 256
-    last_error = None
-
-    def __init__(self, state):
-        self.state = state
-
-    def tokenizer_info(self):
-        return None
-
-    async def encode(self, embeddings, texts):
-        raise RuntimeError("no tokenizer in the baseline")
+TOKEN = "bench-" + "0" * 59  # a 64-character token, the length of `openssl rand -hex 32`
 
 
-def run_bare(run_dir: str, cache: str, port: int) -> None:
+def run_bare(run_dir: str, cache: str, port: int, token: str) -> None:
     import uvicorn
 
     from semconv.serving.state import load_state
-    from serve_app.api import build_api
+    from serve_app.api import LocalBackend, build_api
 
-    api = build_api(StaticBackend(load_state(run_dir, cache_dir=cache)))
+    api = build_api(LocalBackend(load_state(run_dir, cache_dir=cache)), api_token=token or None)
     uvicorn.run(api, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def auth_check_us(n: int = 50_000) -> dict:
+    """The bearer middleware alone: microseconds per request it passes (right token) and rejects."""
+    from serve_app.middleware import BearerAuth
+
+    async def inner(scope, receive, send):
+        return None
+
+    async def sent(message):
+        return None
+
+    mw = BearerAuth(inner, TOKEN)
+    out = {}
+    for name, header in (("pass", f"Bearer {TOKEN}"), ("reject", "Bearer " + "1" * 64)):
+        scope = {"type": "http", "path": "/v1/users/1/recommendations",
+                 "headers": [(b"host", b"x"), (b"authorization", header.encode())]}
+
+        async def loop():
+            t = time.perf_counter()
+            for _ in range(n):
+                await mw(scope, None, sent)
+            return (time.perf_counter() - t) / n * 1e6
+
+        out[name] = asyncio.run(loop())
+    return out
 
 
 def wait_ready(url: str, timeout: float = 180) -> None:
@@ -171,12 +187,12 @@ def start_serve(run_dir: str, cache: str, port: int, num_cpus: float, env: dict[
     import ray
     from ray import serve
 
-    from serve_app.app import SemconvServer
+    from serve_app.app import SemconvIngress
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = SemconvServer.options(ray_actor_options={"num_cpus": num_cpus}, num_replicas=1).bind(
-        {"run_dir": run_dir, "cache_dir": cache})
+    app = SemconvIngress.options(ray_actor_options={"num_cpus": num_cpus}, num_replicas=1).bind(
+        {"run_dir": run_dir, "cache_dir": cache, "require_auth": True})  # lookups only: no tokenizer
     serve.run(app, name="semconv", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     wait_ready(url)
@@ -184,8 +200,10 @@ def start_serve(run_dir: str, cache: str, port: int, num_cpus: float, env: dict[
 
 
 # ---- load generator -------------------------------------------------------------------------
-async def offered_load(url: str, rate: float, n: int, max_s: float, users: int, k: int, seed: int) -> dict:
-    """Open loop: request i is sent at t0 + i / rate (never more than n, never past max_s)."""
+async def offered_load(url: str, rate: float, n: int, max_s: float, users: int, k: int, seed: int,
+                       token: str = TOKEN) -> dict:
+    """Open loop: request i is sent at t0 + i / rate (never more than n, never past max_s).
+    Every request carries the bearer token (a server without auth ignores it)."""
     import httpx
 
     rng = np.random.default_rng(seed)
@@ -193,7 +211,8 @@ async def offered_load(url: str, rate: float, n: int, max_s: float, users: int, 
     lat: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits, trust_env=False) as c:
+    async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits, trust_env=False,
+                                 headers={"authorization": f"Bearer {token}"}) as c:
         async def one(uid: int) -> None:
             nonlocal errors
             t = time.perf_counter()
@@ -266,24 +285,35 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"load: first (convert) {cold['load_s']:.2f}s, later (mmap) {warm['load_s']:.2f}s, "
           f"RSS after load {warm['rss_mb_after_load']:.0f} MB", flush=True)
 
-    bare_port, serve_port = free_port(), free_port()
-    bare = subprocess.Popen([sys.executable, __file__, "--_bare", run_dir, cache, str(bare_port)], cwd=REPO)
-    results: dict[str, list[dict]] = {"fastapi": [], "serve": []}
+    auth_us = auth_check_us()
+    print(f"auth middleware alone: {auth_us['pass']:.2f} us per request passed, {auth_us['reject']:.2f} us rejected", flush=True)
+    ports = {"fastapi": free_port(), "fastapi_auth": free_port()}
+    bares = {name: subprocess.Popen([sys.executable, __file__, "--_bare", run_dir, cache, str(port),
+                                     TOKEN if name == "fastapi_auth" else ""], cwd=REPO)
+             for name, port in ports.items()}
+    results: dict[str, list[dict]] = {"fastapi": [], "fastapi_auth": [], "serve": []}
     try:
-        bare_url = f"http://127.0.0.1:{bare_port}"
-        wait_ready(bare_url)
-        serve_url = start_serve(run_dir, cache, serve_port, args.replica_cpus, proxy_env(args.proxy, work))
-        for name, url in (("fastapi", bare_url), ("serve", serve_url)):  # warm-up, not recorded:
-            asyncio.run(offered_load(url, rate, per_round // 2, max_s, args.users, args.request_k, seed=99))
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        for url in urls.values():
+            wait_ready(url)
+        os.environ["SEMCONV_API_TOKEN"] = TOKEN  # before ray.init: the replica's environment
+        urls["serve"] = start_serve(run_dir, cache, free_port(), args.replica_cpus, proxy_env(args.proxy, work))
+        import httpx
+
+        assert httpx.get(f"{urls['serve']}/v1/users/1/recommendations", trust_env=False).status_code == 401
+        order = list(urls)
+        for name in order:  # warm-up, not recorded
+            asyncio.run(offered_load(urls[name], rate, per_round // 2, max_s, args.users, args.request_k, seed=99))
         for r in range(rounds):
-            for name, url in (("fastapi", bare_url), ("serve", serve_url)) if r % 2 == 0 else (("serve", serve_url), ("fastapi", bare_url)):
-                res = asyncio.run(offered_load(url, rate, per_round, max_s, args.users, args.request_k, seed=r))
+            for name in order[r % 3:] + order[: r % 3]:
+                res = asyncio.run(offered_load(urls[name], rate, per_round, max_s, args.users, args.request_k, seed=r))
                 results[name].append(res)
-                print(f"round {r} {name:8s} {res['requests']} req  {res['qps']:.0f} qps  p50 {res['p50_ms']:.2f} ms  "
+                print(f"round {r} {name:12s} {res['requests']} req  {res['qps']:.0f} qps  p50 {res['p50_ms']:.2f} ms  "
                       f"p99 {res['p99_ms']:.2f} ms  errors {res['errors']}", flush=True)
     finally:
-        bare.terminate()
-        bare.wait(30)
+        for bare in bares.values():
+            bare.terminate()
+            bare.wait(30)
         try:
             import ray
             from ray import serve
@@ -293,25 +323,30 @@ def main(argv: list[str] | None = None) -> dict:
         except Exception:
             pass
         subprocess.run(["rm", "-rf", str(work)], check=False)
-    fa, sv = merge(results["fastapi"]), merge(results["serve"])
+    fa, fa_auth, sv = merge(results["fastapi"]), merge(results["fastapi_auth"]), merge(results["serve"])
     out = {
-        "p99_ratio_vs_fastapi": sv["p99_ms"] / fa["p99_ms"],
-        "p50_ratio_vs_fastapi": sv["p50_ms"] / fa["p50_ms"],
-        "p99_ratio_vs_fastapi_pooled": sv["p99_ms_pooled"] / fa["p99_ms_pooled"],
+        "p99_ratio_vs_fastapi": sv["p99_ms"] / fa_auth["p99_ms"],  # both with auth on
+        "p50_ratio_vs_fastapi": sv["p50_ms"] / fa_auth["p50_ms"],
+        "p99_ratio_vs_fastapi_pooled": sv["p99_ms_pooled"] / fa_auth["p99_ms_pooled"],
+        "auth_p50_delta_ms": fa_auth["p50_ms"] - fa["p50_ms"], "auth_p99_delta_ms": fa_auth["p99_ms"] - fa["p99_ms"],
+        "auth_check_us": auth_us,
         "loadavg_1m_at_end": os.getloadavg()[0],
-        "errors": sv["errors"] + fa["errors"],
+        "errors": sv["errors"] + fa["errors"] + fa_auth["errors"],
         "load_s_1m": warm["load_s"], "first_load_s_1m": cold["load_s"],
         "rss_mb_1m": warm["rss_mb_after_20k_lookups"] - warm["rss_mb_before"],
         "rss_mb_1m_process": warm["rss_mb_after_20k_lookups"], "peak_rss_mb_first_load": cold["peak_rss_mb"],
         "store_lookup_us": warm["store_lookup_us"],
         "proxy": args.proxy, "offered_rate": rate, "requests_per_round": per_round, "rounds": rounds,
-        "users": args.users, "k": args.k, "serve": sv, "fastapi": fa, "quick": args.quick,
+        "users": args.users, "k": args.k, "serve": sv, "fastapi": fa, "fastapi_auth": fa_auth, "quick": args.quick,
     }
     print()
-    print(f"{'server':14s} {'qps':>6s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99 pooled':>10s} {'errors':>6s}")
-    for name, m in (("fastapi", fa), (f"serve/{args.proxy}", sv)):
-        print(f"{name:14s} {m['qps']:6.0f} {m['p50_ms']:8.2f} {m['p99_ms']:8.2f} {m['p99_ms_pooled']:10.2f} {m['errors']:6d}")
-    print(f"p99 ratio serve/fastapi {out['p99_ratio_vs_fastapi']:.2f} (target <= 1.5), p50 ratio {out['p50_ratio_vs_fastapi']:.2f}")
+    print(f"{'server':20s} {'qps':>6s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99 pooled':>10s} {'errors':>6s}")
+    for name, m in (("fastapi", fa), ("fastapi+auth", fa_auth), (f"serve/{args.proxy}+auth", sv)):
+        print(f"{name:20s} {m['qps']:6.0f} {m['p50_ms']:8.2f} {m['p99_ms']:8.2f} {m['p99_ms_pooled']:10.2f} {m['errors']:6d}")
+    print(f"p99 ratio serve/fastapi, auth on in both {out['p99_ratio_vs_fastapi']:.2f} (target <= 1.5), "
+          f"p50 ratio {out['p50_ratio_vs_fastapi']:.2f}")
+    print(f"auth cost: p50 {out['auth_p50_delta_ms']:+.3f} ms, p99 {out['auth_p99_delta_ms']:+.3f} ms (fastapi+auth - fastapi); "
+          f"middleware alone {auth_us['pass']:.2f} us/request")
     print(f"1M x top-{args.k}: load {out['load_s_1m']:.2f}s (first load with conversion {out['first_load_s_1m']:.2f}s), "
           f"RSS {out['rss_mb_1m']:.0f} MB over the bare interpreter ({out['rss_mb_1m_process']:.0f} MB process), "
           f"store lookup {out['store_lookup_us']:.1f} us")
@@ -325,6 +360,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--_measure-load":
         print(json.dumps(measure_load(sys.argv[2], sys.argv[3])))
     elif len(sys.argv) > 1 and sys.argv[1] == "--_bare":
-        run_bare(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        run_bare(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] if len(sys.argv) > 5 else "")
     else:
         main()

@@ -53,8 +53,20 @@ class Served:
         from ray.serve.context import _get_global_client
         from ray.serve.schema import ServeDeploySchema
 
+        from ray import serve
+
+        def deployed_at() -> float | None:
+            status = serve.status().applications.get(app["name"])
+            return status.last_deployed_time_s if status else None
+
+        before = deployed_at()
         _get_global_client().deploy_apps(ServeDeploySchema.model_validate({"applications": [app]}))
+        deadline = time.monotonic() + timeout
+        while deployed_at() == before and time.monotonic() < deadline:  # the controller took the config
+            time.sleep(0.2)
         self.wait_ready(wait_version, timeout)
+        settle(timeout)
+
 
     def wait_ready(self, version: str | None = None, timeout: float = 60) -> dict:
         deadline = time.monotonic() + timeout
@@ -70,6 +82,22 @@ class Served:
                     last = repr(e)
                 time.sleep(0.2)
         raise TimeoutError(f"app not ready (version {version}) after {timeout}s: {last}\n{deploy_messages()}")
+
+
+def settle(timeout: float = 60) -> None:
+    """Wait until every deployment is HEALTHY with only RUNNING replicas (a rollout finished), seen
+    twice a second apart: /readyz alone can answer from the old replicas while new ones start."""
+    from ray import serve
+
+    deadline, calm = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline:
+        deps = [d for a in serve.status().applications.values() for d in a.deployments.values()]
+        settled = deps and all(d.status == "HEALTHY" and set(d.replica_states) <= {"RUNNING"} for d in deps)
+        calm = calm + 1 if settled else 0
+        if calm >= 2:
+            return
+        time.sleep(1)
+    raise TimeoutError(f"deployments did not settle in {timeout}s:\n{deploy_messages()}")
 
 
 def deploy_messages() -> str:
