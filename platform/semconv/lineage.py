@@ -85,9 +85,7 @@ def record(cfg: PipelineConfig, name: str, run: RunDir | None = None) -> dict[st
 
 def stage_run(cfg: PipelineConfig, name: str) -> RunDir:
     """The run directory as stage ``name`` sees it: every manifest it writes carries its lineage."""
-    run = RunDir(cfg.run_dir)
-    run.lineage = record(cfg, name, run)
-    return run
+    return RunDir(cfg.run_dir, lineage=record(cfg, name))
 
 
 def checkpoint_name(run: RunDir, name: str) -> str:
