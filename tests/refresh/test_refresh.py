@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -28,10 +30,21 @@ def _lists(path) -> dict[int, tuple]:
                                                     t["scores"].to_pylist())}
 
 
-def test_new_items_and_touched_users_make_a_complete_new_version(run_copy, tiny_lm_dir, tmp_path):
-    inter, items = _delta(tmp_path)
-    out = run_refresh(config(run_copy, tiny_lm_dir, interactions=inter, items=items))
-    version = RunDir(out["version"])
+@pytest.fixture(scope="module")
+def refreshed(finished_run, tiny_lm_dir, tmp_path_factory):
+    """One refresh of a copy of the finished run: (run dir, version dir, config)."""
+    tmp = tmp_path_factory.mktemp("refreshed")
+    run_copy = tmp / "run"
+    shutil.copytree(finished_run, run_copy)
+    inter, items = _delta(tmp)
+    cfg = config(run_copy, tiny_lm_dir, interactions=inter, items=items)
+    return run_copy, run_refresh(cfg)["version"], cfg
+
+
+@pytest.mark.slow
+def test_new_items_and_touched_users_make_a_complete_new_version(refreshed):
+    run_copy, out, _ = refreshed
+    version = RunDir(out)
     manifest = RunDir(run_copy).manifest("versions/v0001")
     # new items: dense ids after the catalogue, unique codes, in catalogue, codes and trie inputs
     new = manifest["new_items"]
@@ -69,3 +82,37 @@ def test_new_items_and_touched_users_make_a_complete_new_version(run_copy, tiny_
     for u in (3, 70, 71):  # the whole new history is excluded, new items included
         assert not set(newl[u][0]) & set(new_seq[u][-20:])
     assert not (run_copy / "versions" / "v0001.partial").exists()
+
+
+@pytest.mark.slow
+def test_the_version_serves_the_new_items_and_the_touched_users_new_lists(refreshed):
+    from semconv.serving.state import load_state
+    from serve_app import service
+
+    run_copy, out, _ = refreshed
+    before = load_state(str(run_copy), fallback=False)
+    with pytest.raises(service.NotFound):
+        service.item(before, NUM_ITEMS)
+    after = load_state(out, fallback=True)  # the whole version: catalogue, codes and precache
+    got = service.item(after, NUM_ITEMS + 1)
+    codes = RunDir(out).read_table("item_codes")["codes"].to_pylist()[NUM_ITEMS + 1]
+    assert got["title"] == "new glove 1" and got["source_id"] == "n1" and got["codes"] == codes
+    version_lists = _lists(RunDir(out).path("precache/shard-00001.parquet"))
+    rec = service.recommendations(after, 70, 5)
+    assert rec["item_ids"] == list(version_lists[70][0]) and not rec["fallback"]
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_refresh_changes_nothing(refreshed):
+    run_copy, out, cfg = refreshed
+    created = RunDir(run_copy).manifest("versions/v0001")["created_at"]
+    assert run_refresh(cfg)["version"] == out
+    assert RunDir(run_copy).manifest("versions/v0001")["created_at"] == created
+    assert not (run_copy / "versions" / "v0002").exists()
+
+
+def test_a_refresh_needs_a_finished_run(tmp_path, tiny_lm_dir):
+    from semconv.artifacts import ArtifactError
+
+    with pytest.raises(ArtifactError, match="codebook"):
+        run_refresh(config(tmp_path / "empty", tiny_lm_dir, items="x.jsonl"))

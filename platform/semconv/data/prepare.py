@@ -58,33 +58,31 @@ def clean(interactions: pa.Table, items: pa.Table, cfg: PrepareConfig, report: R
 
     known = pc.is_in(interactions.column("item"), value_set=items.column("item"))
     if not pc.all(known).as_py():
-        bad = pc.indices_nonzero(pc.invert(known)).to_pylist()
+        bad = pc.indices_nonzero(pc.invert(known))
         if not skip:
-            r = interactions.column("row")[bad[0]].as_py()
-            it = interactions.column("item")[bad[0]].as_py()
+            r = interactions.column("row")[bad[0].as_py()].as_py()
+            it = interactions.column("item")[bad[0].as_py()].as_py()
             raise DataError(f"{inter_src}: row {r}: field 'item_id' names unknown item {it!r} "
                             f"({len(bad)} such interactions; set prepare.on_bad_rows=skip to drop them)")
         report.skip("unknown_item", len(bad))
         interactions = interactions.filter(known)
 
-    # chronological order per user: timestamp when present, else file order (row)
+    # chronological order per user: timestamp when present, else file order (row); users in
+    # order of first appearance (pc.unique keeps it), all in Arrow compute (no row objects)
     keys = [("user_first", "ascending")]
     users = interactions.column("user")
-    uniq, first = np.unique(np.asarray(users.to_pylist(), dtype=object), return_index=True)
-    order_of = dict(zip(uniq.tolist(), np.argsort(np.argsort(first)).tolist()))
     interactions = interactions.append_column(
-        "user_first", pa.array([order_of[u] for u in users.to_pylist()], pa.int64()))
+        "user_first", pc.cast(pc.index_in(users, value_set=pc.unique(users)), pa.int64()))
     if "timestamp" in interactions.column_names:
         keys.append(("timestamp", "ascending"))
     keys.append(("row", "ascending"))
     interactions = interactions.sort_by(keys)
     # drop repeated (user, item) pairs, keeping the earliest
-    pairs = [f"{u}\x00{i}" for u, i in zip(interactions.column("user").to_pylist(),
-                                            interactions.column("item").to_pylist())]
-    _, first_idx = np.unique(np.asarray(pairs, dtype=object), return_index=True)
+    pos = interactions.append_column("_pos", pa.array(np.arange(interactions.num_rows, dtype=np.int64)))
+    first_idx = pos.group_by(["user", "item"], use_threads=False).aggregate([("_pos", "min")])["_pos_min"]
     if len(first_idx) < interactions.num_rows:
         report.skip("duplicate_interaction", interactions.num_rows - len(first_idx))
-        interactions = interactions.take(pa.array(np.sort(first_idx)))
+        interactions = interactions.take(pa.array(np.sort(first_idx.to_numpy())))
     if cfg.k_core:
         interactions = k_core(interactions, cfg.k_core)
         if interactions.num_rows == 0:
@@ -106,22 +104,23 @@ def k_core(interactions: pa.Table, k: int) -> pa.Table:
 
 def build_tables(interactions: pa.Table, items: pa.Table) -> tuple[pa.Table, pa.Table]:
     """Dense ids; returns (items/, sequences/) tables."""
-    item_keys = items.column("item").to_pylist()
-    dense = {k: i for i, k in enumerate(item_keys)}
+    n_items = items.num_rows
     items_out = pa.table({
-        "item_id": pa.array(np.arange(len(item_keys), dtype=np.int64)),
+        "item_id": pa.array(np.arange(n_items, dtype=np.int64)),
         "source_id": items.column("item"),
         **{f: items.column(f) for f in ("title", "description", "brand", "categories")},
     }, schema=ITEMS_SCHEMA)
-    cols = ["item"] + [c for c in ("timestamp", "review") if c in interactions.column_names]
+    # dense item id = position in the catalogue, looked up column-wise before grouping
+    interactions = interactions.append_column(
+        "item_dense", pc.cast(pc.index_in(interactions.column("item"), value_set=items.column("item")), pa.int64()))
+    cols = ["item_dense"] + [c for c in ("timestamp", "review") if c in interactions.column_names]
     grouped = interactions.group_by("user_first", use_threads=False).aggregate(
         [("user", "min")] + [(c, "list") for c in cols])
     grouped = grouped.sort_by("user_first")
     seqs = {
         "user_id": pa.array(np.arange(grouped.num_rows, dtype=np.int64)),
         "source_user_id": grouped.column("user_min"),
-        "history": pa.array([[dense[i] for i in h] for h in grouped.column("item_list").to_pylist()],
-                            pa.list_(pa.int64())),
+        "history": grouped.column("item_dense_list").cast(pa.list_(pa.int64())),
     }
     if "timestamp" in cols:
         seqs["timestamps"] = grouped.column("timestamp_list").cast(pa.list_(pa.int64()))

@@ -6,10 +6,16 @@ Both return two Arrow tables in one canonical shape, so everything downstream is
   ``review`` (string);
 - items: ``item`` (string), ``title``, ``description``, ``brand``, ``categories`` (strings).
 
-Files are local paths or any ``pyarrow.fs`` URI. Parquet goes through Ray Data
-(``ray.data.read_parquet``: sharded, parallel, the industrial-scale path) when Ray is running;
-text formats are parsed line by line so a bad line is reported by its number, or skipped and
-counted when ``on_bad_rows="skip"``.
+Files are local paths or any ``pyarrow.fs`` URI. Generic files stay columnar end to end: Parquet
+goes through Ray Data (``ray.data.read_parquet``: sharded, parallel) when Ray is running, else
+``pyarrow.parquet``; CSV through ``pyarrow.csv`` (every column read as text, so ``007`` stays an
+id; a UTF-8 byte-order mark is skipped; a row with the wrong field count is reported by its line);
+JSON Lines through ``pyarrow.json`` (records end at ``\n`` only, so a U+2028 inside a string is
+text, not a line break). Validation is vectorised (Arrow compute); no row becomes a Python
+object. Only a JSON Lines file that Arrow cannot read as one table (an unparseable line, an id
+that is a number in one row and a string in another) takes a streaming line-by-line pass that
+names the bad line, or skips and counts it when ``on_bad_rows="skip"``. LC-Rec files are single
+JSON objects and are parsed whole.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 import pyarrow.fs as pafs
+import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
-INTERACTION_COLUMNS = {"user_id": "user", "item_id": "item", "timestamp": "timestamp",
-                       "rating": "rating", "review": "review"}
-ITEM_COLUMNS = ("item_id", "title", "description", "brand", "categories")
 TEXT_FIELDS = ("title", "description", "brand", "categories")
 
 
@@ -45,11 +52,14 @@ class ReadReport:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
 
 
-def _open_text(uri: str) -> str:
+def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" in uri and not uri.startswith("file://"):
-        fs, path = pafs.FileSystem.from_uri(uri)
-    else:
-        fs, path = pafs.LocalFileSystem(), str(Path(uri.removeprefix("file://")).resolve())
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), str(Path(uri.removeprefix("file://")).resolve())
+
+
+def _open_text(uri: str) -> str:
+    fs, path = _fs(uri)
     try:
         with fs.open_input_stream(path) as f:
             return f.read().decode("utf-8")
@@ -115,55 +125,128 @@ def _load_json_object(uri: str) -> dict[str, Any]:
 
 
 # ---- generic tables -------------------------------------------------------------------------
-def _records(uri: str, on_bad_rows: str, report: ReadReport) -> tuple[list[str], list[tuple[int, dict]]]:
-    """(columns, [(row_number, record)]) from a CSV or JSON Lines file."""
-    text = _open_text(uri)
-    out: list[tuple[int, dict]] = []
-    if uri.endswith((".jsonl", ".json", ".ndjson")):
-        columns: set[str] = set()
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as err:
-                _bad(uri, n, f"unparseable JSON line ({err})", on_bad_rows, report, "unparseable")
-                continue
-            columns |= rec.keys()
-            out.append((n, rec))
-        return sorted(columns), out
-    reader = csv.reader(io.StringIO(text))
+ROW = "row"  # 1-based source row: the line in CSV (header = 1) and JSON Lines, the record in Parquet
+CHUNK_LINES = 65536  # lines per chunk on the JSON Lines fallback pass
+
+
+def _stream(uri: str):
+    fs, path = _fs(uri)
     try:
-        header = next(reader)
-    except StopIteration:
-        raise DataError(f"{uri}: empty file (no header row)") from None
-    for n, values in enumerate(reader, start=2):
-        if not values:
-            continue
-        if len(values) != len(header):
-            _bad(uri, n, f"expected {len(header)} fields, found {len(values)}", on_bad_rows, report, "unparseable")
-            continue
-        out.append((n, dict(zip(header, values))))
-    return header, out
+        return fs.open_input_stream(path)
+    except FileNotFoundError:
+        raise DataError(f"{uri}: file not found") from None
 
 
-def read_rows(uri: str, on_bad_rows: str, report: ReadReport) -> tuple[list[str], list[tuple[int, dict]]]:
+def _with_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    return table.append_column(ROW, pa.array(rows, pa.int64()))
+
+
+def _read_csv(uri: str, on_bad_rows: str, report: ReadReport) -> pa.Table:
+    bad: list[tuple[int, int, int]] = []
+
+    def invalid(row) -> str:  # an exception raised here would be swallowed: collect, raise after
+        bad.append((row.number, row.expected_columns, row.actual_columns))
+        return "skip"
+
+    with _stream(uri) as f:
+        head = f.read(1 << 16).decode("utf-8", errors="replace").lstrip("\ufeff")
+    if not head.strip():
+        raise DataError(f"{uri}: empty file (no header row)")
+    header = next(csv.reader(io.StringIO(head.splitlines()[0])))
+    try:
+        with _stream(uri) as f:
+            table = pcsv.read_csv(
+                f, read_options=pcsv.ReadOptions(use_threads=False),  # row numbers of bad rows
+                parse_options=pcsv.ParseOptions(invalid_row_handler=invalid),
+                convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in header},
+                                                    strings_can_be_null=False))
+    except pa.ArrowInvalid as err:
+        raise DataError(f"{uri}: not readable as CSV ({err})") from None
+    for number, expected, actual in bad[:1]:
+        _bad(uri, number, f"expected {expected} fields, found {actual}", on_bad_rows, report, "unparseable")
+        report.skip("unparseable", len(bad) - 1)
+    rows = np.arange(2, table.num_rows + len(bad) + 2)
+    return _with_rows(table, rows[~np.isin(rows, [b[0] for b in bad])] if bad else rows)
+
+
+def _scalar_text(v: Any) -> Any:
+    """JSON scalars as text (ids and numbers alike, as CSV reads them); lists kept (embeddings)."""
+    if v is None or isinstance(v, (list, dict)):
+        return v
+    return json.dumps(v) if isinstance(v, bool) else str(v)
+
+
+def _column(values: list) -> pa.Array:
+    """Arrow's inferred column, or the values' JSON text when they mix types (a list of a string
+    and a number): the caller's validation then names the row."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else v if isinstance(v, str) else json.dumps(v) for v in values],
+                        pa.string())
+
+
+def _read_jsonl_lines(uri: str, on_bad_rows: str, report: ReadReport) -> pa.Table:
+    """The fallback pass: one line at a time (split at ``\n`` only), chunked into Arrow tables."""
+    parts, recs, rows = [], [], []
+
+    def flush():
+        if recs:
+            keys = list(dict.fromkeys(k for r in recs for k in r))  # every row's fields, not the first's
+            parts.append(_with_rows(pa.table({k: _column([r.get(k) for r in recs]) for k in keys}),
+                                    np.asarray(rows)))
+            recs.clear()
+            rows.clear()
+
+    with _stream(uri) as raw:
+        text = io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8-sig", newline="\n")
+        try:
+            for n, line in enumerate(text, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    if not isinstance(rec, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as err:
+                    _bad(uri, n, f"unparseable JSON line ({err})", on_bad_rows, report, "unparseable")
+                    continue
+                recs.append({k: _scalar_text(v) for k, v in rec.items()})
+                rows.append(n)
+                if len(recs) >= CHUNK_LINES:
+                    flush()
+        except UnicodeDecodeError as err:
+            raise DataError(f"{uri}: not UTF-8 text ({err})") from None
+    flush()
+    if not parts:
+        return pa.table({ROW: pa.array([], pa.int64())})
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _read_jsonl(uri: str, on_bad_rows: str, report: ReadReport) -> pa.Table:
+    try:
+        with _stream(uri) as f:
+            table = pjson.read_json(f)
+    except pa.ArrowInvalid:
+        return _read_jsonl_lines(uri, on_bad_rows, report)
+    return _with_rows(table, np.arange(1, table.num_rows + 1))
+
+
+def read_table(uri: str, on_bad_rows: str, report: ReadReport) -> pa.Table:
+    """The file's columns as read, plus ``row`` (see :data:`ROW`)."""
     if uri.endswith(".parquet") or uri.rstrip("/").endswith("parquet") or _is_dir(uri):
         table = _read_parquet(uri)
-        rows = table.to_pylist()
-        return table.column_names, list(enumerate(rows, start=1))
-    if uri.endswith((".csv", ".jsonl", ".json", ".ndjson")):
-        return _records(uri, on_bad_rows, report)
+        return _with_rows(table, np.arange(1, table.num_rows + 1))
+    if uri.endswith(".csv"):
+        return _read_csv(uri, on_bad_rows, report)
+    if uri.endswith((".jsonl", ".json", ".ndjson")):
+        return _read_jsonl(uri, on_bad_rows, report)
     raise DataError(f"{uri}: unknown file type; use .parquet, .csv, .jsonl (JSON Lines)")
 
 
 def _is_dir(uri: str) -> bool:
-    if "://" in uri and not uri.startswith("file://"):
-        fs, path = pafs.FileSystem.from_uri(uri)
-        return fs.get_file_info(path).type == pafs.FileType.Directory
-    return Path(uri.removeprefix("file://")).is_dir()
+    fs, path = _fs(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
 
 
 def _read_parquet(uri: str) -> pa.Table:
@@ -171,77 +254,97 @@ def _read_parquet(uri: str) -> pa.Table:
 
     if ray.is_initialized():
         return pa.concat_tables([ray.get(r) for r in ray.data.read_parquet(uri).to_arrow_refs()])
-    if "://" in uri and not uri.startswith("file://"):
-        fs, path = pafs.FileSystem.from_uri(uri)
-        return pq.read_table(path, filesystem=fs)
-    return pq.read_table(uri.removeprefix("file://"))
+    fs, path = _fs(uri)
+    return pq.read_table(path, filesystem=fs)
 
 
 def _require(uri: str, columns: list[str], required: tuple[str, ...]) -> None:
     missing = [c for c in required if c not in columns]
     if missing:
-        raise DataError(f"{uri}: missing required column(s) {missing}; found {sorted(columns)}")
+        raise DataError(f"{uri}: missing required column(s) {missing}; found {sorted(c for c in columns if c != ROW)}")
+
+
+def _text(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A column as strings (ids written as numbers become their text)."""
+    if pa.types.is_null(col.type):
+        return pa.chunked_array([pa.nulls(len(col), pa.string())])
+    return col if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) else pc.cast(col, pa.string())
+
+
+def _drop(table: pa.Table, bad: pa.ChunkedArray | pa.Array, uri: str, msg: str, on_bad_rows: str,
+          report: ReadReport, reason: str) -> pa.Table:
+    """Rows where ``bad`` is true: an error naming the first one's row, or dropped and counted."""
+    bad = pc.fill_null(bad, True)
+    n = int(pc.sum(bad).as_py() or 0)
+    if not n:
+        return table
+    first = int(pc.index(bad, True).as_py())
+    _bad(uri, int(table.column(ROW)[first].as_py()), msg, on_bad_rows, report, reason)
+    report.skip(reason, n - 1)
+    return table.filter(pc.invert(bad))
+
+
+NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+
+
+def _numbers(table: pa.Table, name: str, uri: str, on_bad_rows: str, report: ReadReport) -> pa.Table:
+    """``name`` as float64 (null when empty); a value that is not a number is a bad row."""
+    col = table.column(name)
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_null(col.type):
+        return table.set_column(table.column_names.index(name), name, pc.cast(col, pa.float64()))
+    col = _text(col)
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), True)
+    bad = pc.and_(pc.invert(empty), pc.invert(pc.fill_null(pc.match_substring_regex(col, NUMBER), True)))
+    table = _drop(table, bad, uri, "field 'timestamp' or 'rating' is not a number", on_bad_rows, report, "unparseable")
+    col = pc.if_else(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(_text(table.column(name))), ""), True),
+                     pa.scalar(None, pa.string()), pc.utf8_trim_whitespace(_text(table.column(name))))
+    return table.set_column(table.column_names.index(name), name, pc.cast(col, pa.float64()))
+
+
+def _empty(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.fill_null(pc.equal(col, ""), True)
 
 
 def read_interactions(uri: str, on_bad_rows: str = "error", report: ReadReport | None = None) -> pa.Table:
     """Interactions (``user_id``, ``item_id``, optional ``timestamp``/``rating``/``review``) in the
-    canonical shape (module docstring)."""
+    canonical shape (module docstring), validated column-wise."""
     report = report if report is not None else ReadReport()
-    cols, recs = read_rows(uri, on_bad_rows, report)
-    _require(uri, cols, ("user_id", "item_id"))
-    data: dict[str, list] = {"user": [], "item": [], "row": []}
-    optional = [c for c in ("timestamp", "rating", "review") if c in cols]
-    for c in optional:
-        data[c] = []
-    for n, rec in recs:
-        user, item = rec.get("user_id"), rec.get("item_id")
-        if user in (None, "") or item in (None, ""):
-            field_ = "user_id" if user in (None, "") else "item_id"
-            _bad(uri, n, f"field {field_!r} is empty", on_bad_rows, report, "missing_field")
-            continue
-        try:
-            ts = int(float(rec["timestamp"])) if "timestamp" in optional and rec.get("timestamp") not in (None, "") else None
-            rating = float(rec["rating"]) if "rating" in optional and rec.get("rating") not in (None, "") else None
-        except (TypeError, ValueError):
-            _bad(uri, n, "field 'timestamp' or 'rating' is not a number", on_bad_rows, report, "unparseable")
-            continue
-        data["user"].append(str(user))
-        data["item"].append(str(item))
-        data["row"].append(n)
-        if "timestamp" in optional:
-            data["timestamp"].append(ts)
-        if "rating" in optional:
-            data["rating"].append(rating)
-        if "review" in optional:
-            data["review"].append("" if rec.get("review") is None else str(rec["review"]))
-    types = {"user": pa.string(), "item": pa.string(), "row": pa.int64(), "timestamp": pa.int64(),
-             "rating": pa.float64(), "review": pa.string()}
-    return pa.table({k: pa.array(v, types[k]) for k, v in data.items()})
+    t = read_table(uri, on_bad_rows, report)
+    _require(uri, t.column_names, ("user_id", "item_id"))
+    t = t.set_column(t.column_names.index("user_id"), "user_id", _text(t.column("user_id")))
+    t = t.set_column(t.column_names.index("item_id"), "item_id", _text(t.column("item_id")))
+    for f in ("user_id", "item_id"):
+        t = _drop(t, _empty(t.column(f)), uri, f"field {f!r} is empty", on_bad_rows, report, "missing_field")
+    optional = [c for c in ("timestamp", "rating", "review") if c in t.column_names]
+    for c in ("timestamp", "rating"):
+        if c in optional:
+            t = _numbers(t, c, uri, on_bad_rows, report)
+    out = {"user": t.column("user_id"), "item": t.column("item_id"), "row": t.column(ROW)}
+    if "timestamp" in optional:
+        out["timestamp"] = pc.cast(pc.trunc(t.column("timestamp")), pa.int64())
+    if "rating" in optional:
+        out["rating"] = t.column("rating")
+    if "review" in optional:
+        out["review"] = pc.fill_null(_text(t.column("review")), "")
+    return pa.table(out)
 
 
 def read_items(uri: str, on_bad_rows: str = "error", report: ReadReport | None = None,
-               keep_raw: tuple[str, ...] = ()) -> tuple[pa.Table, dict[str, list]]:
+               keep_raw: tuple[str, ...] = ()) -> tuple[pa.Table, dict[str, pa.ChunkedArray]]:
     """Item metadata (``item_id``, ``title``, optional text fields) in the canonical shape plus
-    ``row``, and the values of the columns in ``keep_raw`` as read, one per kept row (e.g. a
+    ``row``, and the columns in ``keep_raw`` as read, aligned with the kept rows (e.g. a
     refresh's ``embedding``, validated by its caller)."""
     report = report if report is not None else ReadReport()
-    icols, irecs = read_rows(uri, on_bad_rows, report)
-    _require(uri, icols, ("item_id", "title"))
-    idata: dict[str, list] = {"item": [], **{f: [] for f in TEXT_FIELDS}, "row": []}
-    raw = {c: [] for c in keep_raw if c in icols}
-    for n, rec in irecs:
-        if rec.get("item_id") in (None, ""):
-            _bad(uri, n, "field 'item_id' is empty", on_bad_rows, report, "missing_field")
-            continue
-        idata["item"].append(str(rec["item_id"]))
-        for f in TEXT_FIELDS:
-            v = rec.get(f)
-            idata[f].append("" if v is None else str(v))
-        idata["row"].append(n)
-        for c in raw:
-            raw[c].append(rec.get(c))
-    out = {k: pa.array(v, pa.int64() if k == "row" else pa.string()) for k, v in idata.items()}
-    return pa.table(out), raw
+    t = read_table(uri, on_bad_rows, report)
+    _require(uri, t.column_names, ("item_id", "title"))
+    t = t.set_column(t.column_names.index("item_id"), "item_id", _text(t.column("item_id")))
+    t = _drop(t, _empty(t.column("item_id")), uri, "field 'item_id' is empty", on_bad_rows, report, "missing_field")
+    out = {"item": t.column("item_id")}
+    for f in TEXT_FIELDS:
+        out[f] = pc.fill_null(_text(t.column(f)), "") if f in t.column_names else pa.chunked_array(
+            [pa.array([""] * t.num_rows, pa.string())])
+    out["row"] = t.column(ROW)
+    return pa.table(out), {c: t.column(c) for c in keep_raw if c in t.column_names}
 
 
 def read_generic(

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from semconv.artifacts import RunDir
+from semconv.codes import read_item_codes
 from semconv.embed.supplied import embedding_table
 from semconv.refresh.codes import assign_new_codes, codes_table, load_tokenizer
 from semconv.refresh.delta import Delta, read_delta
@@ -101,9 +102,9 @@ def build_version(cfg, run: RunDir, base: RunDir) -> NewVersion:
     items = base.read_table("items").sort_by("item_id")
     sequences = base.read_table("sequences").sort_by("user_id")
     emb = _matrix(base.read_table("item_emb", columns=["item_id", "embedding"]))
-    code_t = base.read_table("item_codes", columns=["item_id", "codes"]).sort_by("item_id")
-    old_ids = code_t.column("item_id").to_numpy()
-    old_codes = code_t.column("codes").combine_chunks().flatten().to_numpy().astype(np.int64).reshape(len(old_ids), -1)
+    old_ids, old_codes = read_item_codes(base)
+    order = np.argsort(old_ids)
+    old_ids, old_codes = old_ids[order], old_codes[order]
     delta = read_delta(cfg.refresh, items, sequences, emb.shape[1])
     new_ids = delta.items.column("item_id").to_numpy()
 

@@ -77,7 +77,7 @@ def read_new_items(uri: str, catalogue: pa.Table, dim: int, skip: bool, report: 
     """New items with dense ids after the catalogue's, and their supplied embeddings."""
     items, raw = read_items(uri, "skip" if skip else "error", report, keep_raw=("embedding",))
     known = set(catalogue.column("source_id").to_pylist())
-    embeddings = raw.get("embedding", [None] * items.num_rows)
+    embeddings = raw["embedding"].to_pylist() if "embedding" in raw else [None] * items.num_rows
     seen: dict[str, int] = {}
     keep, vecs = [], []
     cols = {c: items.column(c).to_pylist() for c in ("item", "title", "description", "row")}

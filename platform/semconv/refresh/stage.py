@@ -28,6 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from semconv.artifacts import RunDir
+from semconv.codes import code_arrays
 from semconv.hardware import inference_dtype
 from semconv.inference.loading import ModelSpec
 from semconv.refresh.build import NewVersion, build_version
@@ -92,9 +93,7 @@ def run_refresh(cfg) -> dict[str, str]:
     plan = plan_refresh(base.fs, base.path("precache"), users, pc_cfg.users_per_shard)
     choice = inference_dtype(pc_cfg.bf16, pc_cfg.use_gpu)
     spec = ModelSpec(model_dir=str(run.local("model")), base_model=cfg.finetune.base_model, dtype=choice.dtype)
-    codes_col = new.item_codes.column("codes").combine_chunks()
-    codes = codes_col.flatten().to_numpy().astype(np.int64).reshape(new.item_codes.num_rows, -1)
-    item_ids = new.item_codes.column("item_id").to_numpy()
+    item_ids, codes = code_arrays(new.item_codes)
     partial = run.path(f"{VERSIONS}/{name}.partial")
     rank_fp = {**fingerprint, "version": name, "users_hash": _hash(users), "codes_hash": _hash(codes),
                "dtype": choice.dtype, **asdict(spec.resolved_decoding())}

@@ -48,10 +48,16 @@ def next_name(run: RunDir) -> str:
     return f"v{(max(nums) + 1 if nums else 1):04d}"
 
 
+BASE_KEYS = ("base", "base_precache")
+
+
 def find_applied(run: RunDir, fingerprint: dict) -> str | None:
-    """A complete version built from exactly this delta on exactly this base, if any."""
+    """A complete version built from exactly this delta and settings, whatever its base: a rerun
+    of a finished refresh finds its own version (which is now the newest base) and stops."""
+    want = {k: v for k, v in fingerprint.items() if k not in BASE_KEYS}
     for name in version_names(run):
-        if run.manifest(f"{VERSIONS}/{name}").get("fingerprint") == fingerprint:
+        have = run.manifest(f"{VERSIONS}/{name}").get("fingerprint") or {}
+        if {k: v for k, v in have.items() if k not in BASE_KEYS} == want:
             return name
     return None
 

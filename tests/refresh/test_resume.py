@@ -1,0 +1,90 @@
+"""A killed refresh, rerun, ranks only the missing shards and gives the clean run's result;
+``refresh.users=all`` re-decodes everyone."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import semconv.refresh.stage as stage
+from semconv.artifacts import RunDir
+from semconv.inference.loading import ModelSpec
+from semconv.refresh.stage import run_refresh
+
+from .conftest import NUM_USERS, config, write_jsonl
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultySpec(ModelSpec):
+    """Raises once, at the ``at``-th forward of an actor (a marker file makes it once per test)."""
+
+    marker: str = ""
+    at: int = 28  # in the 5th of 5 blocks of 16 users (2 batches x 3 levels each, after the prefix)
+
+    def load(self):
+        model, tok = super().load()
+        forward, calls = model.forward, [0]
+
+        def faulty_forward(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == self.at and not os.path.exists(self.marker):
+                Path(self.marker).touch()
+                raise RuntimeError("injected failure")
+            return forward(*args, **kwargs)
+
+        model.forward = faulty_forward
+        return model, tok
+
+
+def _all_lists(version: str) -> dict:
+    t = pq.read_table(f"{version}/precache")
+    return dict(zip(t["user_id"].to_pylist(), zip(t["items"].to_pylist(), t["scores"].to_pylist())))
+
+
+def _delta(tmp: Path) -> str:
+    users = list(range(0, 40)) + list(range(50, 90))  # shards 0 and 1 dirty, 2 carried over
+    return write_jsonl(tmp / "inter.jsonl", [{"user_id": f"u{u}", "item_id": "i7"} for u in users])
+
+
+@pytest.mark.slow
+def test_a_killed_refresh_reruns_to_the_same_result_touching_no_finished_shard_twice(
+        finished_run, tiny_lm_dir, tmp_path, monkeypatch):
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    inter = _delta(tmp_path)
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    shutil.copytree(finished_run, clean)
+    shutil.copytree(finished_run, killed)
+    want = _all_lists(run_refresh(config(clean, tiny_lm_dir, interactions=inter))["version"])
+
+    marker = str(tmp_path / "m")
+    monkeypatch.setattr(stage, "ModelSpec", lambda **kw: FaultySpec(**kw, marker=marker))
+    with pytest.raises(Exception, match="injected failure"):
+        run_refresh(config(killed, tiny_lm_dir, interactions=inter))
+    rank = killed / "versions" / "v0001.partial" / "rank"
+    before = {p.name: p.stat().st_mtime_ns for p in rank.glob("shard-*.parquet")}
+    assert len(before) == 1 and not (killed / "versions" / "v0001").exists()  # shard 0 only
+
+    monkeypatch.setattr(stage, "ModelSpec", ModelSpec)
+    out = run_refresh(config(killed, tiny_lm_dir, interactions=inter))["version"]
+    manifest = RunDir(killed).manifest("versions/v0001")
+    assert manifest["rank"]["rank_shards_done_before"] == 1 and manifest["rank"]["shards_written"] == 1
+    assert _all_lists(out) == want and len(want) == NUM_USERS
+
+
+@pytest.mark.slow
+def test_users_all_re_decodes_every_cached_user(finished_run, tiny_lm_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    items = write_jsonl(tmp_path / "items.jsonl", [{"item_id": "n0", "title": "new pump", "description": ""}])
+    run_refresh(config(run, tiny_lm_dir, items=items, users="all"))
+    m = RunDir(run).manifest("versions/v0001")
+    assert m["users"]["redecoded"] == NUM_USERS and m["users"]["reasons"]["refresh.users=all"] == NUM_USERS
+    assert m["precache"]["shards_rewritten"] == 3 and m["new_items"]["embedding_source"]["text"] == 1
