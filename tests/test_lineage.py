@@ -263,3 +263,11 @@ def test_real_stages_rebuild_the_codebook_and_tasks_for_new_levels_and_keep_the_
     resumed = stamps(root)
     assert resumed["codebook"] == after["codebook"] and resumed["sft"] != after["sft"]
     assert run.read_table("item_codes").schema.field("codes").type.list_size == 3
+
+
+def test_a_key_set_inside_a_mapping_is_named_alone(tmp_path, fake):
+    base = [f"run_dir={tmp_path}"]
+    run_pipeline(load_config(None, base), ["prepare", "embed", "tokenize", "tasks"])
+    with pytest.raises(StaleArtifactError, match=r"stage tasks is stale: tasks.weights.history was unset "
+                                                 r"when sft/ was built, now 2.0\. Rerun"):
+        run_pipeline(load_config(None, base + ["tasks.weights={history: 2}"]), on_change="error")

@@ -35,7 +35,7 @@ from semconv.stages import Stage, downstream, stage
 if TYPE_CHECKING:
     from semconv.config import PipelineConfig
 
-UNSET = "(unset)"
+UNSET = object()  # a key one side of a comparison does not have
 
 
 class StaleArtifactError(RuntimeError):
@@ -43,7 +43,7 @@ class StaleArtifactError(RuntimeError):
 
 
 def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
-    if isinstance(value, dict) and value:
+    if isinstance(value, dict):  # an empty mapping adds no key: setting one entry names just it
         for k, v in value.items():
             _flatten(v, f"{prefix}.{k}", out)
     else:
@@ -116,10 +116,14 @@ class Change:
     def describe(self) -> str:
         if self.legacy:
             return f"{self.artifact}/ was built before manifests recorded lineage"
-        parts = [f"{k} was {json.dumps(old)} when {self.artifact}/ was built, now {json.dumps(new)}"
+        parts = [f"{k} was {_show(old)} when {self.artifact}/ was built, now {_show(new)}"
                  for k, old, new in self.keys]
         parts += [f"its input {a}/ was rebuilt since" for a in self.inputs]
         return "; ".join(parts)
+
+
+def _show(value: Any) -> str:
+    return "unset" if value is UNSET else json.dumps(value)
 
 
 def _diff(stage_name: str, artifact: str, old: dict[str, Any] | None, new: dict[str, Any]) -> Change:
