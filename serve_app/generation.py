@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -118,6 +119,7 @@ class ModelGenerator:
 
         self.args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
         gen = self.args.generation
+        os.nice(gen.niceness)  # beam search yields the CPU to the ingress's lookups on a shared node
         self.use_gpu = bool(ray.get_gpu_ids())
         if not self.use_gpu:
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)

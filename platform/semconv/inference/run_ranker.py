@@ -94,7 +94,7 @@ def load_run_ranker(
     """``(GenerativeRanker, RankerSettings)`` for ``run``'s fine-tuned model, on the GPU when
     ``use_gpu``. ``settings`` defaults to :func:`resolve_settings`."""
     from semconv.inference.ranker import GenerativeRanker
-    from semconv.inference.stage import load_item_codes
+    from semconv.codes import read_item_codes
 
     run = run if isinstance(run, RunDir) else RunDir(run)
     settings = settings or resolve_settings(run, use_gpu=use_gpu)
@@ -103,7 +103,7 @@ def load_run_ranker(
     model, tokenizer = spec.load()
     if use_gpu:
         model = model.to("cuda")
-    item_ids, codes = load_item_codes(run)
+    item_ids, codes = read_item_codes(run)
     ranker = GenerativeRanker(
         model, tokenizer, codes, settings.num_beams, settings.top_k, batch_size, share_prefix, item_ids,
         decoding=spec.resolved_decoding(), max_len=settings.max_len,
