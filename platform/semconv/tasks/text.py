@@ -18,7 +18,6 @@ from semconv.tasks.rows import Rows
 from semconv.tasks.sampling import repeat_counts
 from semconv.tasks.templates import render, template_choice
 
-TEXT_TASKS = ("item2title", "title2item", "item2description", "description2item")
 _HAS_WORD = re.compile(r"\w")
 
 

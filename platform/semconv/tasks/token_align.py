@@ -15,8 +15,6 @@ import pyarrow as pa
 from semconv.codes import token_code
 from semconv.tasks.text import weighted_item_rows
 
-TS_TASKS = ("token2keywords", "keywords2token")
-
 
 def ts_align_rows(
     keywords: Mapping[str, Sequence[str]],
