@@ -7,7 +7,7 @@ import pytest
 from semconv.artifacts import RunDir
 from semconv.config import load_config
 
-from test_job_submission import free_port, write_tiny_lcrec  # noqa: F401
+from .test_job_submission import free_port, write_tiny_lcrec  # noqa: F401
 
 
 @pytest.fixture

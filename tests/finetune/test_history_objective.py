@@ -14,7 +14,7 @@ from semconv.finetune.train import label_loss, label_tokens
 from semconv.inference.ranker import GenerativeRanker
 from semconv.prompts import HISTORY_HEADER
 from semconv.tasks.history import history_rows
-from tests.conftest import build_tiny_lm
+from ..conftest import build_tiny_lm
 
 from .conftest import K, LEVELS, N_ITEMS, item_codes, next_item, train_planted
 

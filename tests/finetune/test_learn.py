@@ -8,7 +8,7 @@ import torch
 from semconv.codes import parse_item_tokens
 from semconv.finetune.data import IGNORE_INDEX, encode_example, split_examples
 from semconv.finetune.model import build_finetune_model
-from tests.conftest import build_tiny_lm
+from ..conftest import build_tiny_lm
 
 from .conftest import (
     K, LEVELS, all_planted_histories, item_codes, planted_example, planted_rows, sft_table_of, train_planted,

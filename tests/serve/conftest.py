@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from serve_fixtures import make_run_dir
+from .serve_fixtures import make_run_dir
 
 from semconv.artifacts import RunDir
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
-from serve_fixtures import LEVELS, N_ITEMS, N_USERS, make_run_dir
+from .serve_fixtures import LEVELS, N_ITEMS, N_USERS, make_run_dir
 
 from semconv.artifacts import RunDir
 from semconv.decoding import Decoding

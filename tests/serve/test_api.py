@@ -9,7 +9,7 @@ import json
 import httpx
 import numpy as np
 import pytest
-from serve_fixtures import K, code_embedding
+from .serve_fixtures import K, code_embedding
 
 from semconv.serving.state import load_state
 from serve_app.api import LocalBackend, build_api

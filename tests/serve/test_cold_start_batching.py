@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from serve_fixtures import code_embedding
+from .serve_fixtures import code_embedding
 
 from serve_app.service import encode_requests
 

@@ -8,8 +8,8 @@ import asyncio
 import numpy as np
 import pyarrow.fs as pafs
 import pytest
-from generation_fixtures import BEAMS, MAX_LEN, TOP_K, make_generation_run, user_histories
-from serve_fixtures import N_ITEMS
+from .generation_fixtures import BEAMS, MAX_LEN, TOP_K, make_generation_run, user_histories
+from .serve_fixtures import N_ITEMS
 
 from semconv.artifacts import RunDir
 from semconv.inference.run_ranker import load_run_ranker, resolve_settings

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from generation_fixtures import BEAMS, MAX_LEN, TOP_K, make_generation_run, user_histories
-from serve_harness import app_config, free_port, start_serve
+from .generation_fixtures import BEAMS, MAX_LEN, TOP_K, make_generation_run, user_histories
+from .serve_harness import app_config, free_port, start_serve
 
 
 pytestmark = pytest.mark.slow  # a Serve app with three deployments and a model: ~1 min

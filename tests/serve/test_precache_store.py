@@ -11,7 +11,7 @@ import pytest
 from semconv.artifacts import SUCCESS, RunDir
 from semconv.serving.precache_store import PAD, PrecacheError, load_precache, precache_version
 
-from serve_fixtures import K, N_USERS, precache_table, write_precache
+from .serve_fixtures import K, N_USERS, precache_table, write_precache
 
 
 def test_lookup_returns_each_users_list_best_first(run_dir, tmp_path):

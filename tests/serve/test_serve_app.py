@@ -14,8 +14,8 @@ import time
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
-from serve_fixtures import K, code_embedding, make_run_dir, write_precache
-from serve_harness import app_config, free_port, start_serve
+from .serve_fixtures import K, code_embedding, make_run_dir, write_precache
+from .serve_harness import app_config, free_port, start_serve
 
 ROUNDS_LIMIT = 3000  # hot-reload load loop: at most this many requests ...
 SECONDS_LIMIT = 40.0  # ... and this long

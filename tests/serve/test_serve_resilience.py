@@ -15,8 +15,8 @@ from collections import Counter
 
 import httpx
 import pytest
-from serve_fixtures import code_embedding, make_run_dir, write_precache
-from serve_harness import app_config, free_port, start_serve
+from .serve_fixtures import code_embedding, make_run_dir, write_precache
+from .serve_harness import app_config, free_port, start_serve
 
 TOKEN = "test-token-7f3a"
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-from serve_fixtures import N_ITEMS
+from .serve_fixtures import N_ITEMS
 
 from semconv.serving.catalog import CatalogError, ItemCatalog, SourceUserIndex
 from semconv.serving.fallback import popularity_top_k
@@ -53,7 +53,7 @@ def test_state_loads_everything_and_a_reload_reuses_the_catalog(run_dir, tmp_pat
 
 def test_a_precache_built_from_other_item_codes_is_refused(run_dir, tmp_path):
     from semconv.serving.precache_store import PrecacheError
-    from serve_fixtures import write_precache
+    from .serve_fixtures import write_precache
 
     write_precache(run_dir, "precache_old", offset=1, version="v0",
                    inputs={"item_codes": "2020-01-01T00:00:00Z"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokenize_helpers import Planted, planted
+from .tokenize_helpers import Planted, planted
 
 
 @pytest.fixture

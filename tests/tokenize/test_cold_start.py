@@ -18,7 +18,7 @@ from semconv.tokenize.train import fit
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A trained ED-free codebook saved to disk, plus its batch codes and an item_codes table."""
-    from tokenize_helpers import planted
+    from .tokenize_helpers import planted
 
     data = planted(n=600, seed=7)
     cfg = TokenizeConfig(levels=3, codes_per_level=16, epochs=2, batch_size=200, kmeans_iters=5)
@@ -72,7 +72,7 @@ def test_cold_start_rejects_bad_embeddings(saved):
 
 
 def test_cold_start_equals_batch_for_the_encoder_decoder_ablation(tmp_path):
-    from tokenize_helpers import planted
+    from .tokenize_helpers import planted
 
     data = planted(n=600, seed=8)
     cfg = TokenizeConfig(levels=3, codes_per_level=16, epochs=1, batch_size=200, kmeans_iters=5,

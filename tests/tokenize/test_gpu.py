@@ -11,7 +11,7 @@ from semconv.tokenize.assign import assign_codes
 from semconv.tokenize.config import TokenizeConfig
 from semconv.tokenize.train import train_codebook
 
-from tokenize_helpers import planted
+from .tokenize_helpers import planted
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

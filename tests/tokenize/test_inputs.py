@@ -9,7 +9,7 @@ import pytest
 from semconv.artifacts import ArtifactError, RunDir
 from semconv.tokenize.inputs import TokenizeInputError, align, load_inputs
 
-from tokenize_helpers import emb_table, planted, write_inputs
+from .tokenize_helpers import emb_table, planted, write_inputs
 
 
 def test_load_inputs_aligns_rows_by_item_id(tmp_path):

@@ -14,7 +14,7 @@ from semconv.tokenize.cold_start import CodebookTokenizer
 from semconv.tokenize.inputs import TokenizeInputError
 from semconv.tokenize.stage import run_tokenize
 
-from tokenize_helpers import planted, write_inputs
+from .tokenize_helpers import planted, write_inputs
 
 
 def small_cfg(run_dir, **tokenize) -> PipelineConfig:

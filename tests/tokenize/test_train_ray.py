@@ -13,7 +13,7 @@ from semconv.tokenize.config import TokenizeConfig
 from semconv.tokenize.train import load_checkpoint, shard_indices, train_codebook, train_func
 from semconv.training import Session
 
-from tokenize_helpers import planted
+from .tokenize_helpers import planted
 
 
 def test_shards_cover_every_item_with_equal_lengths():
