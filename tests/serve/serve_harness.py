@@ -113,3 +113,16 @@ def start_serve(port: int) -> Served:
 
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     return Served(f"http://127.0.0.1:{port}")
+
+
+def serve_test_app(root: Path) -> Served:
+    """A run dir under ``root`` (precache v1, plus ``precache_v2``) and Serve on a free port;
+    ``served.config(user_config, **overrides)`` is its application config (small limits)."""
+    from .serve_fixtures import make_run_dir, write_precache
+
+    rd = make_run_dir(root / "run")
+    write_precache(rd, "precache_v2", offset=5, version="v2")
+    s = start_serve(free_port())
+    s.run_dir, s.cache = rd, str(root / "cache")
+    s.config = lambda uc=None, **kw: app_config(rd.uri, s.cache, uc, max_batch=4, max_body_bytes=65536, **kw)
+    return s

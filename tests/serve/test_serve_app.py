@@ -14,8 +14,8 @@ import time
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
-from .serve_fixtures import K, code_embedding, make_run_dir, write_precache
-from .serve_harness import app_config, free_port, start_serve
+from .serve_fixtures import K, code_embedding
+from .serve_harness import serve_test_app
 
 ROUNDS_LIMIT = 3000  # hot-reload load loop: at most this many requests ...
 SECONDS_LIMIT = 40.0  # ... and this long
@@ -25,12 +25,8 @@ SECONDS_LIMIT = 40.0  # ... and this long
 def served(ray_local, tmp_path_factory):
     from ray import serve
 
-    root = tmp_path_factory.mktemp("serve_app")
-    rd = make_run_dir(root / "run")
-    write_precache(rd, "precache_v2", offset=5, version="v2")
-    s = start_serve(free_port())
-    s.run_dir, s.cache = rd, str(root / "cache")
-    s.base = lambda **uc: app_config(rd.uri, s.cache, uc, max_batch=4, max_body_bytes=65536)
+    s = serve_test_app(tmp_path_factory.mktemp("serve_app"))
+    s.base = lambda **uc: s.config(uc)
     s.deploy(s.base(), wait_version="v1", timeout=120)
     yield s
     serve.shutdown()

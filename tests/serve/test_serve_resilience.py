@@ -15,8 +15,8 @@ from collections import Counter
 
 import httpx
 import pytest
-from .serve_fixtures import code_embedding, make_run_dir, write_precache
-from .serve_harness import app_config, free_port, start_serve
+from .serve_fixtures import code_embedding
+from .serve_harness import serve_test_app
 
 TOKEN = "test-token-7f3a"
 pytestmark = pytest.mark.slow
@@ -26,12 +26,7 @@ pytestmark = pytest.mark.slow
 def served(ray_local, tmp_path_factory):
     from ray import serve
 
-    root = tmp_path_factory.mktemp("serve_resilience")
-    rd = make_run_dir(root / "run")
-    write_precache(rd, "precache_v2", offset=5, version="v2")
-    s = start_serve(free_port())
-    s.run_dir, s.cache = rd, str(root / "cache")
-    s.config = lambda uc=None, **kw: app_config(rd.uri, s.cache, uc, max_batch=4, max_body_bytes=65536, **kw)
+    s = serve_test_app(tmp_path_factory.mktemp("serve_resilience"))
     yield s
     serve.shutdown()
 
