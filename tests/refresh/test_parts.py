@@ -8,7 +8,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from semconv.refresh.decode import plan_refresh
-from semconv.refresh.embeddings import apply_ridge, fit_ridge, fold_in_features, learn_map, user_profiles
+from semconv.refresh.embeddings import (
+    apply_ridge, fit_ridge, fold_in_features, learn_map, neighbour_map, ridge_map, user_profiles,
+)
 from semconv.refresh.histories import extend_sequences, recent, refresh_splits
 
 
@@ -25,10 +27,17 @@ def test_learn_map_reports_first_level_agreement_on_held_back_items():
     rng = np.random.default_rng(0)
     y = rng.normal(size=(100, 4))
     first_code = lambda e: (np.asarray(e)[:, 0] > 0).astype(np.int64)  # noqa: E731
-    _, rep = learn_map("text", y * 3, y, np.ones(100, bool), first_code, 0.2, 1e-6, 0)
+    _, rep = learn_map("fold_in", y * 3, y, np.ones(100, bool), first_code, 0.2, ridge_map(1e-6), 0)
     assert rep.held_out == 20 and rep.first_level_agreement == 1.0
-    _, noise = learn_map("text", rng.normal(size=(100, 4)), y, np.ones(100, bool), first_code, 0.2, 1.0, 0)
+    _, noise = learn_map("fold_in", rng.normal(size=(100, 4)), y, np.ones(100, bool), first_code, 0.2, ridge_map(1.0), 0)
     assert noise.first_level_agreement < 0.9
+
+
+def test_the_neighbour_map_averages_the_nearest_items_by_cosine():
+    x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    y = np.array([[2.0], [4.0], [10.0]])
+    predict = neighbour_map(2)(x, y)
+    assert predict(np.array([[5.0, 0.1], [0.0, 3.0]])).tolist() == [[3.0], [7.0]]
 
 
 def test_fold_in_is_the_mean_profile_of_the_items_users_without_the_item():

@@ -13,7 +13,7 @@ from semconv.codes import read_item_codes
 from semconv.embed.supplied import embedding_table
 from semconv.refresh.codes import assign_new_codes, codes_table, load_tokenizer
 from semconv.refresh.delta import Delta, read_delta
-from semconv.refresh.embeddings import apply_ridge, fold_in_features, learn_map, user_profiles
+from semconv.refresh.embeddings import fold_in_features, learn_map, neighbour_map, ridge_map, user_profiles
 from semconv.refresh.histories import extend_sequences, refresh_splits
 
 
@@ -79,8 +79,8 @@ def new_item_embeddings(cfg, delta: Delta, emb: np.ndarray, text_emb: np.ndarray
             owner = np.repeat(np.arange(len(o_off) - 1), np.diff(o_off))
             ok = o_flat < n_old
             x, usable = fold_in_features(owner[ok], o_flat[ok], o_sums, o_counts, n_old, emb)
-            w, rep = learn_map("fold_in", x, emb, usable, first_code, rc.holdout, rc.ridge, cfg.seed)
-            out[fold] = apply_ridge(w, feats[fold])
+            predict, rep = learn_map("fold_in", x, emb, usable, first_code, rc.holdout, ridge_map(rc.ridge), cfg.seed)
+            out[fold] = predict(feats[fold])
             source[fold] = "fold_in"
             maps["fold_in"] = rep.as_dict()
         todo &= ~fold
@@ -89,8 +89,9 @@ def new_item_embeddings(cfg, delta: Delta, emb: np.ndarray, text_emb: np.ndarray
             raise ValueError(
                 f"{int(todo.sum())} new items have neither an embedding nor interactions in the delta, and "
                 "the run has no item_text_emb/ to map their text from: supply an 'embedding' column")
-        w, rep = learn_map("text", text_emb, emb, np.ones(n_old, bool), first_code, rc.holdout, rc.ridge, cfg.seed)
-        out[todo] = apply_ridge(w, new_text[todo])
+        predict, rep = learn_map("text", text_emb, emb, np.ones(n_old, bool), first_code, rc.holdout,
+                                 neighbour_map(rc.text_neighbours), cfg.seed)
+        out[todo] = predict(new_text[todo])
         source[todo] = "text"
         maps["text"] = rep.as_dict()
     counts = {s: int((source == s).sum()) for s in ("supplied", "fold_in", "text")}

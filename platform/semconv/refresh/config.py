@@ -27,4 +27,5 @@ class RefreshConfig(Section):
     on_bad_rows: Literal["error", "skip"] = "error"
     holdout: float = Field(0.1, gt=0, lt=1, description="share of existing items held back to measure "
                                                        "the text-to-behaviour map's code agreement")
-    ridge: float = Field(1.0, gt=0, description="L2 weight of the learned embedding maps")
+    ridge: float = Field(1.0, gt=0, description="L2 weight of the fold-in map")
+    text_neighbours: int = Field(5, ge=1, description="existing items averaged by the text map")

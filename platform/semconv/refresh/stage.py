@@ -44,7 +44,7 @@ def _fingerprint(cfg, run: RunDir, base: RunDir, base_name: str | None) -> dict:
         "base": base_name or ".", "base_precache": base.manifest("precache").get("created_at"),
         "model": run.manifest("model").get("created_at"), "codebook": run.manifest("codebook").get("created_at"),
         "interactions": file_digest(rc.interactions), "items": file_digest(rc.items),
-        "users": rc.users, "on_bad_rows": rc.on_bad_rows, "holdout": rc.holdout, "ridge": rc.ridge,
+        "users": rc.users, "on_bad_rows": rc.on_bad_rows, "holdout": rc.holdout, "ridge": rc.ridge, "text_neighbours": rc.text_neighbours,
         "max_len": cfg.prepare.max_len, "seed": cfg.seed, "top_k": pc_cfg.top_k,
         "num_beams": pc_cfg.num_beams, "exclude_history": pc_cfg.exclude_history,
     }
@@ -145,7 +145,8 @@ def publish(run: RunDir, base: RunDir, name: str, new: NewVersion, plan, partial
                     (cb / f.name).write_bytes(f.read_bytes())
         pmeta = {k: old_precache.get(k) for k in ("model", "base_model", "codebook", "top_k", "num_beams",
                                                    "exclude_history", "dtype")}
-        pmeta.update(version=name, shards=plan.num_shards)
+        pmeta.update(version=name, shards=plan.num_shards,  # serving checks "inputs" against the version
+                     inputs={a: view.manifest(a).get("created_at") for a in ("splits", "item_codes")})
         with view.writing("precache", pmeta) as ptmp:
             merged = merge_shards(run.fs, plan, f"{partial}/rank", ptmp)
             pmeta["users"] = sum(pq.ParquetFile(p).metadata.num_rows for p in ptmp.glob("shard-*.parquet"))
