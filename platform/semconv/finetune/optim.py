@@ -16,9 +16,6 @@ from typing import Any, Literal
 
 import torch
 
-BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
-
-
 class DeepSpeedConfigError(ValueError):
     """A DeepSpeed config file that does not match the training run."""
 
