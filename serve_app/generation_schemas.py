@@ -24,8 +24,9 @@ class GenerationArgs(BaseModel):
     max_inflight: int = Field(32, ge=1, description="generation requests one ingress replica holds; more get 429, "
                                                      "so generation never takes the slots lookups need")
     torch_threads: int | None = Field(None, ge=1, description="None: the CPUs the model replica reserves")
-    niceness: int = Field(10, ge=0, le=19, description="the model replica's CPU priority below the lookups' "
-                                                       "(os.nice) where they share a node's cores")
+    niceness: int = Field(0, ge=0, le=19, description="added to the model replica's niceness (os.nice; Ray "
+                          "starts workers at 15): > 0 lets lookups sharing its cores go first, but starves "
+                          "generation when anything else busies the node")
 
 
 class GenerateRequest(BaseModel):

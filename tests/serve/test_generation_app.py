@@ -17,35 +17,22 @@ from .serve_harness import app_config, free_port, start_serve
 pytestmark = pytest.mark.slow  # a Serve app with three deployments and a model: ~1 min
 
 
-def wait_generation(served, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    with served.client() as c:
-        while time.monotonic() < deadline:
-            r = c.post("/v1/recommendations", json={"history": [1]})
-            if r.status_code == 200:
-                return
-            time.sleep(0.5)
-    raise TimeoutError(f"generation not answering: {r.status_code} {r.text}")
-
-
 @pytest.fixture(scope="module")
-def served(ray_local, tiny_lm_dir, tmp_path_factory):
+def http(ray_local, tiny_lm_dir, tmp_path_factory):
+    """A client of the app serving a tiny model run, once generation answers."""
     from ray import serve
 
     root = tmp_path_factory.mktemp("gen_app")
     rd = make_generation_run(root / "run", tiny_lm_dir)
-    s = start_serve(free_port())
-    s.deploy(app_config(f"file://{rd.root}", str(root / "cache")), timeout=300)
-    wait_generation(s)
-    s.run_dir, s.cache = rd, str(root / "cache")
-    yield s
-    serve.shutdown()
-
-
-@pytest.fixture(scope="module")
-def http(served):
+    served = start_serve(free_port())
+    served.deploy(app_config(f"file://{rd.root}", str(root / "cache")), timeout=300)
+    deadline = time.monotonic() + 300
     with served.client() as c:
+        while (r := c.post("/v1/recommendations", json={"history": [1]})).status_code != 200:
+            assert time.monotonic() < deadline, f"generation not answering: {r.status_code} {r.text}"
+            time.sleep(0.5)
         yield c
+    serve.shutdown()
 
 
 def test_a_precached_users_test_history_gets_their_precached_list(http):
@@ -70,14 +57,14 @@ def test_source_ids_answer_like_item_ids_and_long_histories_keep_their_last_item
     assert long["history_used"] == MAX_LEN and not set(long["item_ids"]) & set(range(20, 40))
 
 
-def test_concurrent_requests_get_the_answers_they_get_alone(served, http):
+def test_concurrent_requests_get_the_answers_they_get_alone(http):
     rng = np.random.default_rng(9)
     bodies = [{"history": rng.choice(40, size=int(rng.integers(1, 8)), replace=False).tolist(),
                "k": int(rng.integers(1, 6)), "num_beams": int(rng.choice([6, BEAMS]))} for _ in range(16)]
     alone = [http.post("/v1/recommendations", json=b).json() for b in bodies]
 
     async def together():
-        async with httpx.AsyncClient(base_url=served.url, timeout=60, trust_env=False) as c:
+        async with httpx.AsyncClient(base_url=http.base_url, timeout=60, trust_env=False) as c:
             return await asyncio.gather(*(c.post("/v1/recommendations", json=b) for b in bodies))
 
     for a, r in zip(alone, asyncio.run(together())):
@@ -104,7 +91,7 @@ def test_bad_requests_get_422_naming_the_field(http, body, loc, needle):
         assert loc in r.json()["detail"][0]["loc"]
 
 
-def test_lookups_answer_while_generation_runs(served, http):
+def test_lookups_answer_while_generation_runs(http):
     with ThreadPoolExecutor(8) as pool:
         gens = [pool.submit(http.post, "/v1/recommendations", json={"history": [i, i + 1], "k": 5}) for i in range(8)]
         looks = [http.get(f"/v1/users/{u}/recommendations") for u in range(0, 16, 2)]
