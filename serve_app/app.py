@@ -38,7 +38,7 @@ log = logging.getLogger("ray.serve")
 
 
 @serve.deployment(
-    ray_actor_options={"num_cpus": 1},
+    ray_actor_options={"num_cpus": 0.5},  # fits `serve run` on 2 CPUs; cluster/serve.yaml reserves 1
     max_ongoing_requests=64,
     max_queued_requests=256,
     health_check_period_s=10,

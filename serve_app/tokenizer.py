@@ -90,7 +90,7 @@ def from_reply(reply: dict) -> dict:
 
 
 @serve.deployment(
-    ray_actor_options={"num_cpus": 1},
+    ray_actor_options={"num_cpus": 0.5},  # fits `serve run` on 2 CPUs; cluster/serve.yaml reserves 1
     max_ongoing_requests=16,
     max_queued_requests=64,
     health_check_period_s=10,
