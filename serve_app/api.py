@@ -29,7 +29,7 @@ from serve_app.schemas import (
     Readiness,
     Recommendations,
     TokenizeResponse,
-    inline_schema,
+    tokenize_body_schema,
     tokenize_request_model,
 )
 from serve_app.generation import add_generation_route
@@ -43,6 +43,7 @@ log = logging.getLogger("semconv.serve")
 class Backend(Protocol):
     state: ServingState | None
     max_batch: int
+    embedding_dim: int | None  # the codebook's input dimension, stated in the schema when known
 
     def status(self) -> dict:
         """``reloading``, ``reloads``, ``reload_failures``, ``last_error`` (paths removed)."""
@@ -62,6 +63,7 @@ class LocalBackend:
 
     def __init__(self, state: ServingState | None, tokenizer: LoadedTokenizer | None = None, max_batch: int = 256):
         self.state, self.tokenizer, self.max_batch = state, tokenizer, max_batch
+        self.embedding_dim = tokenizer.dim if tokenizer is not None else None
         self.model = tokenize_request_model(max_batch)
         self.fallbacks = 0
 
@@ -178,7 +180,7 @@ def build_api(
         """An item's title and semantic codes."""
         return service.item(current(), item_id)
 
-    body_schema = inline_schema(tokenize_request_model(backend.max_batch))
+    body_schema = tokenize_body_schema(backend.max_batch, backend.embedding_dim)
 
     @api.post("/v1/items/tokenize", response_model=TokenizeResponse,
               responses={**responses, 429: {"model": ErrorBody}},

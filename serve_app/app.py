@@ -62,6 +62,19 @@ class SemconvIngress:
         self.versioned: Versioned[ServingState] = Versioned(
             self._load, self.args.load_deadline_s, "serving state", on_change=self._published)
         await self.versioned.first(ServeUserConfig().target(self.args))
+        self.embedding_dim = await self._tokenizer_dim()
+
+    async def _tokenizer_dim(self) -> int | None:
+        """The codebook's input dimension for the OpenAPI schema (None when unknown: the
+        tokenizer validates either way)."""
+        if self.tokenizer is None:
+            return None
+        try:
+            info = await asyncio.wait_for(self.tokenizer.info.remote(), 60)
+        except Exception as exc:
+            log.warning("semconv: tokenizer info unavailable (%s); the schema omits the embedding length", exc)
+            return None
+        return info["dim"] if info else None
 
     def __serve_build_asgi_app__(self):
         return build_api(self, max_body_bytes=self.args.max_body_bytes, make_recorder=serve_counter_recorder,

@@ -49,6 +49,15 @@ def tokenize_request_model(max_batch: int) -> type[TokenizeRequest]:
                         items=(list[ItemIn], Field(min_length=1, max_length=max_batch)))
 
 
+def tokenize_body_schema(max_batch: int, dim: int | None) -> dict[str, Any]:
+    """The tokenize body's JSON schema for ``/openapi.json``: the item cap and, when the codebook
+    is known, its exact embedding length (so generated requests reach the value checks)."""
+    schema = inline_schema(tokenize_request_model(max_batch))
+    if dim is not None:
+        schema["properties"]["items"]["items"]["properties"]["embedding"].update(minItems=dim, maxItems=dim)
+    return schema
+
+
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     """``model``'s JSON schema with its ``$defs`` inlined, to embed in an OpenAPI operation."""
     schema = model.model_json_schema()

@@ -72,7 +72,9 @@ def test_bad_tokenize_batches_are_422(api, items, where):
 def test_the_schemas_item_cap_is_max_batch(api):
     body = call(api, "GET", "/openapi.json").json()["paths"]["/v1/items/tokenize"]["post"]["requestBody"]
     items = body["content"]["application/json"]["schema"]["properties"]["items"]
-    assert items["maxItems"] == 4 and items["items"]["properties"]["embedding"]["type"] == "array"
+    embedding = items["items"]["properties"]["embedding"]
+    assert items["maxItems"] == 4 and embedding["type"] == "array"
+    assert embedding["minItems"] == embedding["maxItems"] == 4  # the codebook's dimension
 
 
 def test_tokenize_answers_codes_and_a_codebook_version_not_a_path(api, run_dir):
