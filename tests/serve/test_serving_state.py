@@ -70,3 +70,21 @@ def test_a_reload_rereads_a_catalogue_republished_in_the_same_run_dir(run_dir, t
     assert again.stamps["items"] != state.stamps["items"]
     same = load_state(run_dir.uri, cache_dir=tmp_path / "cache", reuse=again)
     assert same.catalog is again.catalog and same.fallback_items is again.fallback_items  # unchanged: reused
+
+
+def test_a_precache_uri_is_fetched_through_the_versioned_cache(run_dir, tmp_path, monkeypatch):
+    import semconv.serving.state as state_mod
+
+    fetched = []
+
+    def fake_fetch(uri):  # what fetch_uri returns: the local copy of that manifest version
+        fetched.append(uri)
+        return run_dir.local("precache_v2")
+
+    from .serve_fixtures import write_precache
+
+    write_precache(run_dir, "precache_v2", offset=5, version="v2")
+    monkeypatch.setattr(state_mod, "fetch_uri", fake_fetch)
+    state = load_state(run_dir.uri, precache="s3://bucket/run/precache_v2/_SUCCESS", cache_dir=tmp_path / "c")
+    assert fetched == ["s3://bucket/run/precache_v2/_SUCCESS"] and state.version == "v2"
+    assert load_state(run_dir.uri, precache=f"file://{run_dir.path('precache')}", cache_dir=tmp_path / "c").version == "v1"
