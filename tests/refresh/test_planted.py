@@ -4,7 +4,7 @@ The planted rule of ``tests/finetune/conftest.py`` (16 items, codes ``(a, b, 2a-
 next item = every code one higher) is taught to a tiny LoRA model in the history prompt format.
 The run's catalogue holds 15 items; item 15 (codes 3,3,3,3, the rule's successor of item 10) is
 missing, so nobody can be recommended it. A refresh adds it (with an embedding whose nearest codes
-are exactly its planted codes) and gives one user a new interaction with item 10: constrained
+are exactly its planted codes) and a new user whose one interaction is item 10: constrained
 decoding over the new trie then ranks item 15 first for that user.
 """
 
@@ -46,7 +46,7 @@ def _vector(i: int) -> np.ndarray:
 
 
 def _history_sft(n: int) -> pa.Table:
-    rows = planted_rows(n, seed=0, max_history=3)
+    rows = planted_rows(n, seed=0, max_history=1)
     return pa.table({"task": ["sequential"] * n,
                      "prompt": [history_prompt([item_codes(h) for h in hist]) for hist, _ in rows],
                      "label": [item_tokens(item_codes(t)) for _, t in rows], "split": ["train"] * n,
@@ -81,7 +81,7 @@ def _build(run_dir, lm_dir) -> None:
     run.write_table("item_codes", codes_table(np.array(old), np.array([item_codes(i) for i in old])))
     torch.manual_seed(0)
     model, tok, _ = build_finetune_model(lm_dir, LEVELS, K, lora={"r": 16, "alpha": 32, "dropout": 0.0})
-    losses = train_planted(model, tok, split_examples(_history_sft(512), "train"), steps=300, max_len=40)
+    losses = train_planted(model, tok, split_examples(_history_sft(512), "train"), steps=400, max_len=40)
     assert np.mean(losses[-20:]) < np.mean(losses[:5]) / 3
     with run.writing("model", {"base_model": str(lm_dir)}) as tmp:
         model.save_pretrained(tmp)
@@ -104,7 +104,7 @@ def test_a_planted_preference_brings_the_new_item_out_of_constrained_decoding(tm
         lm = build_tiny_lm(tmp_path / "lm", hidden=96, layers=2)
         run_dir = tmp_path / "run"
         _build(run_dir, lm)
-        inter = write_jsonl(tmp_path / "inter.jsonl", [{"user_id": "u1", "item_id": "i10"}])
+        inter = write_jsonl(tmp_path / "inter.jsonl", [{"user_id": "fresh", "item_id": "i10"}])
         items = write_jsonl(tmp_path / "items.jsonl", [
             {"item_id": "i15", "title": "item 15", "description": "", "embedding": _vector(NEW).tolist()}])
         cfg = PipelineConfig.model_validate({
@@ -119,6 +119,7 @@ def test_a_planted_preference_brings_the_new_item_out_of_constrained_decoding(tm
         codes = dict(zip(*[version.read_table("item_codes")[c].to_pylist() for c in ("item_id", "codes")]))
         assert tuple(codes[NEW]) == item_codes(NEW)  # its nearest codes, free, kept
         lists = dict(zip(*[version.read_table("precache")[c].to_pylist() for c in ("user_id", "items")]))
-        assert lists[1][0] == NEW  # user u1 (1, 6, 11) now ends with item 10, whose successor is new
+        fresh = RunDir(run_dir).read_table("sequences").num_rows  # a user new to the run: the next id
+        assert lists[fresh][0] == NEW  # their history is item 10, whose successor is the new item
     finally:
         torch.set_num_threads(threads)
