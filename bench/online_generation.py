@@ -166,10 +166,8 @@ def test_histories(run: RunDir, n: int, seed: int = 0) -> tuple[list[int], list[
 
 
 def build_tiny(root: Path) -> str:
-    sys.path.insert(0, str(REPO / "tests" / "serve"))
-    from generation_fixtures import make_generation_run
-
     from tests.conftest import build_tiny_lm
+    from tests.serve.generation_fixtures import make_generation_run
 
     if not (root / "run" / "precache" / "_SUCCESS").exists():
         make_generation_run(root / "run", build_tiny_lm(root / "lm"))

@@ -163,6 +163,7 @@ class ModelGenerator:
         """One batched beam search per model version among the queued queries, in a thread (the
         replica keeps answering health checks)."""
         out: list[dict | None] = [None] * len(requests)
+        log.debug("semconv: ranking a batch of %d", len(requests))
         for loaded in dict.fromkeys(r[0] for r in requests):  # a reload may land mid-batch
             idx = [i for i, r in enumerate(requests) if r[0] is loaded]
             answers = await asyncio.to_thread(rank_isolated, loaded, [requests[i][1] for i in idx])
