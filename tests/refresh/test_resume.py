@@ -44,18 +44,22 @@ def test_a_killed_refresh_reruns_to_the_same_result_touching_no_finished_shard_t
     want = _all_lists(run_refresh(config(clean, tiny_lm_dir, interactions=inter))["version"])
 
     marker = str(tmp_path / "m")
-    # raises once, in the 5th of 5 blocks of 16 users (2 batches x 3 levels each, after the prefix)
-    monkeypatch.setattr(stage, "ModelSpec", lambda **kw: FaultySpec(**kw, marker=marker, at=28, how="raise"))
+    # raises once, at the last forward of the 5th of 5 blocks of 16 users (prefix + 2 batches x 3
+    # levels per block): shard 0 (users 0-39, blocks 1-3) is normally written by then
+    monkeypatch.setattr(stage, "ModelSpec", lambda **kw: FaultySpec(**kw, marker=marker, at=31, how="raise"))
     with pytest.raises(Exception, match="injected failure"):
         run_refresh(config(killed, tiny_lm_dir, interactions=inter))
     rank = killed / "versions" / "v0001.partial" / "rank"
     before = {p.name: p.stat().st_mtime_ns for p in rank.glob("shard-*.parquet")}
-    assert len(before) == 1 and not (killed / "versions" / "v0001").exists()  # shard 0 only
+    # whether shard 0 reached the driver before the error depends on Ray Data's streaming
+    assert len(before) <= 1 and not (killed / "versions" / "v0001").exists()
 
     monkeypatch.setattr(stage, "ModelSpec", ModelSpec)
     out = run_refresh(config(killed, tiny_lm_dir, interactions=inter))["version"]
     manifest = RunDir(killed).manifest("versions/v0001")
-    assert manifest["rank"]["rank_shards_done_before"] == 1 and manifest["rank"]["shards_written"] == 1
+    assert manifest["rank"]["rank_shards_done_before"] == len(before)
+    assert manifest["rank"]["shards_written"] == 2 - len(before)  # finished shards not ranked again
+    assert not rank.exists()  # the partial directory goes once the version is published
     got = _all_lists(out)
     assert set(got) == set(want) and len(want) == NUM_USERS
     # untouched users: the same bytes; re-ranked users: the same scores (the rerun batches them
