@@ -116,3 +116,23 @@ def test_a_refresh_needs_a_finished_run(tmp_path, tiny_lm_dir):
 
     with pytest.raises(ArtifactError, match="codebook"):
         run_refresh(config(tmp_path / "empty", tiny_lm_dir, items="x.jsonl"))
+
+
+@pytest.mark.slow
+def test_the_version_carries_the_model_so_online_generation_ranks_like_its_precache(refreshed):
+    """A version is served alone (run_dir=<version>), online generation included: its model/ is
+    the run's, and ranking a touched user's new history gives the version's precached list."""
+    from semconv.inference.run_ranker import load_run_ranker
+
+    run_copy, out, _ = refreshed
+    model, base = RunDir(out).local("model"), RunDir(run_copy).local("model")
+    files = sorted(f.name for f in base.iterdir() if f.name != "_SUCCESS")
+    assert files and sorted(f.name for f in model.iterdir() if f.name != "_SUCCESS") == files
+    assert all((model / f).read_bytes() == (base / f).read_bytes() for f in files)
+    ranker, settings = load_run_ranker(out)
+    history = {r["user_id"]: r["history"] for r in RunDir(out).read_table("sequences").to_pylist()}[70]
+    items, scores = ranker.rank([history], exclude_history=settings.exclude_history)
+    cached_items, cached_scores = _lists(RunDir(out).path("precache/shard-00001.parquet"))[70]
+    np.testing.assert_allclose(scores[0], cached_scores, rtol=1e-5, atol=1e-5)
+    clear = scores[0] > scores[0][-1] + 1e-5  # items above the K-th score: no ties at the cut
+    assert set(items[0][clear]) == {i for i, c in zip(cached_items, clear) if c}

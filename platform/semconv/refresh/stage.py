@@ -117,6 +117,21 @@ def run_refresh(cfg) -> dict[str, str]:
     return {"version": path}
 
 
+def _carry_over(run: RunDir, artifact: str, view: RunDir) -> None:
+    """``artifact`` of the run, unchanged, into the version: hard links where the filesystem allows
+    (a refresh never rewrites these files), else a copy."""
+    import os
+    import shutil
+
+    with view.writing(artifact, dict(run.manifest(artifact))) as tmp:
+        for f in Path(run.local(artifact)).iterdir():
+            if f.is_file() and f.name != "_SUCCESS":
+                try:
+                    os.link(f, tmp / f.name)
+                except OSError:
+                    shutil.copyfile(f, tmp / f.name)
+
+
 def _hash(a: np.ndarray) -> str:
     import hashlib
 
@@ -139,10 +154,8 @@ def publish(run: RunDir, base: RunDir, name: str, new: NewVersion, plan, partial
             tables["item_text_emb"] = new.item_text_emb
         for art, table in tables.items():
             view.write_table(art, table, manifest={"version": name})
-        with view.writing("codebook", dict(run.manifest("codebook"))) as cb:
-            for f in Path(run.local("codebook")).iterdir():
-                if f.is_file() and f.name != "_SUCCESS":
-                    (cb / f.name).write_bytes(f.read_bytes())
+        for art in ("codebook", "model"):  # the version serves lookups and online generation alone
+            _carry_over(run, art, view)
         pmeta = {k: old_precache.get(k) for k in ("model", "base_model", "codebook", "top_k", "num_beams",
                                                    "exclude_history", "dtype")}
         pmeta.update(version=name, shards=plan.num_shards,  # serving checks "inputs" against the version

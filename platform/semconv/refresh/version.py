@@ -2,7 +2,7 @@
 
 A version holds the artifacts served together (``items/``, ``item_codes/``, ``precache/``) and
 those a later refresh or the Serve app's fallback read (``item_emb/``, ``item_text_emb/`` when
-known, ``sequences/``, ``splits/``, ``codebook/``), each with its own ``_SUCCESS``. The version is
+known, ``sequences/``, ``splits/``, ``codebook/``, ``model/`` for online generation), each with its own ``_SUCCESS``. The version is
 one :meth:`RunDir.writing` artifact: built in a temporary directory and renamed into place with
 its manifest last, so a version is either whole or absent and no reader ever pairs a new
 precache with an old catalogue. ``serve run serve_app.app:app_builder run_dir=<version dir>``
