@@ -32,7 +32,7 @@ def extend_sequences(sequences: pa.Table, user_ids: np.ndarray, item_ids: np.nda
                                 .cast(old.schema)])
     old = old.sort_by("user_id")
     cols = {c: old.column(c).to_pylist() for c in old.column_names}
-    starts = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]])
+    starts = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]]) if len(user_ids) else np.zeros(0, np.int64)
     bounds = dict(zip(user_ids[starts].tolist(), zip(starts.tolist(), np.r_[starts[1:], len(user_ids)].tolist())))
     dropped = 0
     for r, uid in enumerate(cols["user_id"]):
