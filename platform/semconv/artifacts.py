@@ -37,7 +37,9 @@ class ArtifactError(RuntimeError):
     """A missing or incomplete artifact."""
 
 
-def _fs_and_path(uri: str) -> tuple[pafs.FileSystem, str, bool]:
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str, bool]:
+    """``(filesystem, path, is_local)`` for a local path, a ``file://`` URI or any ``pyarrow.fs``
+    URI (``s3://``, ``gs://``, ``mock://``): the one place the product resolves where data lives."""
     if "://" in uri and not uri.startswith("file://"):
         fs, path = pafs.FileSystem.from_uri(uri)
         return fs, path.rstrip("/"), False
@@ -60,7 +62,7 @@ class RunDir:
     def __init__(self, uri: str | Path, lineage: dict[str, Any] | None = None):
         self.uri = str(uri)
         self.lineage = lineage  # added to every manifest written here (semconv.lineage.stage_run)
-        self.fs, self.root, self.is_local = _fs_and_path(self.uri)
+        self.fs, self.root, self.is_local = filesystem(self.uri)
         if self.is_local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
         else:

@@ -35,6 +35,8 @@ import pyarrow.fs as pafs
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
+from semconv.artifacts import filesystem
+
 TEXT_FIELDS = ("title", "description", "brand", "categories")
 
 
@@ -52,14 +54,8 @@ class ReadReport:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
 
 
-def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in uri and not uri.startswith("file://"):
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), str(Path(uri.removeprefix("file://")).resolve())
-
-
 def _open_text(uri: str) -> str:
-    fs, path = _fs(uri)
+    fs, path, _ = filesystem(uri)
     try:
         with fs.open_input_stream(path) as f:
             return f.read().decode("utf-8")
@@ -130,7 +126,7 @@ CHUNK_LINES = 65536  # lines per chunk on the JSON Lines fallback pass
 
 
 def _stream(uri: str):
-    fs, path = _fs(uri)
+    fs, path, _ = filesystem(uri)
     try:
         return fs.open_input_stream(path)
     except FileNotFoundError:
@@ -245,7 +241,7 @@ def read_table(uri: str, on_bad_rows: str, report: ReadReport) -> pa.Table:
 
 
 def _is_dir(uri: str) -> bool:
-    fs, path = _fs(uri)
+    fs, path, _ = filesystem(uri)
     return fs.get_file_info(path).type == pafs.FileType.Directory
 
 
@@ -254,7 +250,7 @@ def _read_parquet(uri: str) -> pa.Table:
 
     if ray.is_initialized():
         return pa.concat_tables([ray.get(r) for r in ray.data.read_parquet(uri).to_arrow_refs()])
-    fs, path = _fs(uri)
+    fs, path, _ = filesystem(uri)
     return pq.read_table(path, filesystem=fs)
 
 

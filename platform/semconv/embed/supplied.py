@@ -20,16 +20,15 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from semconv.artifacts import filesystem
+
 
 class ItemEmbeddingError(ValueError):
     """User-supplied item embeddings that do not cover the items exactly once with finite vectors."""
 
 
 def _parquet_files(path: str) -> tuple[pafs.FileSystem, list[str]]:
-    if "://" in path and not path.startswith("file://"):
-        fs, root = pafs.FileSystem.from_uri(path)
-    else:
-        fs, root = pafs.LocalFileSystem(), str(Path(path.removeprefix("file://")).expanduser().resolve())
+    fs, root, _ = filesystem(path)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise ItemEmbeddingError(f"embed.item_embeddings: {path} does not exist")

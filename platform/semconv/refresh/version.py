@@ -19,7 +19,7 @@ import re
 
 import pyarrow.fs as pafs
 
-from semconv.artifacts import RunDir
+from semconv.artifacts import RunDir, filesystem
 
 VERSIONS = "versions"
 NAME = re.compile(r"^v(\d{4,})$")
@@ -66,10 +66,7 @@ def file_digest(uri: str | None) -> str | None:
     """sha256 of a file's bytes (every file, in path order, for a directory); None for None."""
     if not uri:
         return None
-    if "://" in uri and not uri.startswith("file://"):
-        fs, path = pafs.FileSystem.from_uri(uri)
-    else:
-        fs, path = pafs.LocalFileSystem(), uri.removeprefix("file://")
+    fs, path, _ = filesystem(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.Directory:
         files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
