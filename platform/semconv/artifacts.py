@@ -47,6 +47,18 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str, bool]:
     return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve()), True
 
 
+def link_or_copy(fs: pafs.FileSystem, src: str, dst: str | Path) -> None:
+    """Put ``fs``'s file ``src`` at the local path ``dst``: a hard link when both are on this
+    machine's filesystem (no copy; publishing never rewrites the source), else a copy."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            Path(dst).hardlink_to(src)
+        except OSError:
+            shutil.copyfile(src, dst)
+    else:
+        pafs.copy_files(src, str(dst), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write JSON to a temp file beside ``path`` and rename it over (local files)."""
     path = Path(path)

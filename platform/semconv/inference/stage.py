@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from semconv.artifacts import RunDir
+from semconv.artifacts import RunDir, link_or_copy
 from semconv.codes import read_item_codes
 from semconv.hardware import inference_dtype
 from semconv.inference.loading import ModelSpec
@@ -146,13 +144,5 @@ def publish_shards(run: RunDir, partial: str, plan: ShardPlan, manifest: dict) -
     """Move the checked shards into ``precache/`` atomically, then drop ``precache.partial/``."""
     with run.writing(PRECACHE, manifest) as tmp:
         for shard in range(plan.num_shards):
-            src, dst = f"{partial}/{shard_name(shard)}", Path(tmp) / shard_name(shard)
-            if run.is_local:
-                try:  # same filesystem: a hard link, no copy; the partial file stays until publish
-                    Path(dst).hardlink_to(src)
-                except OSError:
-                    shutil.copyfile(src, dst)
-            else:
-                pafs.copy_files(src, str(dst), source_filesystem=run.fs,
-                                destination_filesystem=pafs.LocalFileSystem())
+            link_or_copy(run.fs, f"{partial}/{shard_name(shard)}", Path(tmp) / shard_name(shard))
     run.fs.delete_dir(partial)

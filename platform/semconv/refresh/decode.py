@@ -14,7 +14,6 @@ ranks only the rest; the cheap, deterministic merge then runs when all are there
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from semconv.artifacts import link_or_copy
 from semconv.inference.precache import (
     SHARD,
     ShardPlan,
@@ -111,14 +111,7 @@ def merge_shards(fs: pafs.FileSystem, plan: RefreshPlan, partial: str, out_dir: 
     for s in range(plan.num_shards):
         dst = out_dir / shard_name(s)
         if s not in group_of:
-            src = plan.old_shards[s]
-            if isinstance(fs, pafs.LocalFileSystem):
-                try:
-                    dst.hardlink_to(src)
-                except OSError:
-                    shutil.copyfile(src, dst)
-            else:
-                pafs.copy_files(src, str(dst), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            link_or_copy(fs, plan.old_shards[s], dst)
             carried += 1
             continue
         new = pq.read_table(f"{partial}/{shard_name(group_of[s])}", filesystem=fs)

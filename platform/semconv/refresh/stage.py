@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from semconv.artifacts import RunDir
+from semconv.artifacts import RunDir, link_or_copy
 from semconv.codes import code_arrays
 from semconv.hardware import inference_dtype
 from semconv.inference.loading import ModelSpec
@@ -118,18 +118,11 @@ def run_refresh(cfg) -> dict[str, str]:
 
 
 def _carry_over(run: RunDir, artifact: str, view: RunDir) -> None:
-    """``artifact`` of the run, unchanged, into the version: hard links where the filesystem allows
-    (a refresh never rewrites these files), else a copy."""
-    import os
-    import shutil
-
+    """``artifact`` of the run, unchanged, into the version (hard links where it can)."""
     with view.writing(artifact, dict(run.manifest(artifact))) as tmp:
         for f in Path(run.local(artifact)).iterdir():
             if f.is_file() and f.name != "_SUCCESS":
-                try:
-                    os.link(f, tmp / f.name)
-                except OSError:
-                    shutil.copyfile(f, tmp / f.name)
+                link_or_copy(pafs.LocalFileSystem(), str(f), tmp / f.name)
 
 
 def _hash(a: np.ndarray) -> str:
