@@ -139,8 +139,11 @@ class RaySession(Session):
     def _publish(self, step: int, metrics: dict[str, Any], save: Save | None) -> None:
         import ray.train
 
+        if save is None:  # metrics only: no checkpoint directory to write
+            ray.train.report(metrics)
+            return
         with tempfile.TemporaryDirectory(prefix="semconv-ckpt-") as tmp:
-            has_files = save is not None and self._write(Path(tmp), step, save)
+            has_files = self._write(Path(tmp), step, save)
             checkpoint = ray.train.Checkpoint.from_directory(tmp) if has_files else None
             ray.train.report(metrics, checkpoint=checkpoint)
 

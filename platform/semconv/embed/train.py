@@ -31,7 +31,7 @@ def train_loop(config: dict[str, Any], session: Session | None = None) -> tuple[
     """Train LightGCN on ``config["users"], config["items"]`` edges; returns (model, epoch losses).
 
     Without ``session``: one process, no checkpoints. Reports and checkpoints go through the
-    session every ``config["checkpoint_every"]`` epochs (as its cadence says).
+    session, at the cadence it was given (:func:`fit_cf` passes ``config["checkpoint_every"]``).
     """
     c = config
     session = session or Session()

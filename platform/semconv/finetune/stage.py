@@ -84,8 +84,7 @@ def train_config(cfg: PipelineConfig, base_path: Path, sa_init: dict[str, list[s
         **{k: getattr(ft, k) for k in (
             "max_steps", "batch_size", "grad_accum", "lr", "code_token_lr_scale", "code_softmax", "weight_decay",
             "warmup_steps", "lr_schedule",
-            "min_lr_ratio", "grad_clip", "max_seq_len", "bucket_by_length", "eval_every", "eval_samples",
-            "checkpoint_every", "log_every")},
+            "min_lr_ratio", "grad_clip", "max_seq_len", "bucket_by_length", "eval_every", "eval_samples")},
     }
 
 
@@ -104,7 +103,7 @@ def fit(config: dict[str, Any], cfg: PipelineConfig, storage: str, name: str) ->
     config = {**config, "threads": config.get("threads") or cpus}
     return training.fit(
         train_func, config, name=name, storage_path=storage, num_workers=ft.num_workers,
-        checkpoint_every=config["checkpoint_every"], report_every=config["log_every"],
+        checkpoint_every=ft.checkpoint_every, report_every=ft.log_every,
         use_gpu=ft.use_gpu, cpus_per_worker=cpus, max_failures=ft.max_failures,
     )
 
