@@ -148,7 +148,7 @@ def main() -> None:
         refresh = time.perf_counter() - t0
         manifest = json.loads((version / "_SUCCESS").read_text())
         old, new = lists(run_dir / "precache"), lists(version / "precache")
-        redecoded = set(manifest["users"]["ids"] or [])
+        redecoded = set(pq.read_table(version / manifest["users"]["list"], columns=["user_id"])["user_id"].to_pylist())
         untouched = [u for u in old if u not in redecoded]
         identical = all(old[u] == new[u] for u in untouched)
         carried = manifest["precache"]["shards_carried_over"]
