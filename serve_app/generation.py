@@ -191,7 +191,9 @@ class GenerationClient:
             raise service.Overloaded(f"{self._inflight} generation requests in flight: retry later")
         self._inflight += 1
         try:
-            index = self._source_index(catalog) if body.source_history is not None else None
+            # the index sorts every item's source id once per catalogue: off the event loop
+            index = (await asyncio.to_thread(self._source_index, catalog)
+                     if body.source_history is not None else None)
             try:
                 history = resolve_history(catalog, body.history, body.source_history, index)
             except GenerationInputError as exc:

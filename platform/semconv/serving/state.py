@@ -35,7 +35,6 @@ class ServingState:
     source_users: SourceUserIndex | None
     load_s: float
     run_dir: str = ""
-    inputs: dict = field(default_factory=dict)  # artifact -> its manifest's created_at
     stamps: dict = field(default_factory=dict)  # artifact -> created_at + manifest mtime (reuse key)
 
     @property
@@ -115,4 +114,4 @@ def load_state(
             splits = rd.read_table("splits", columns=["split", "user_id", "history", "target"])
             fb_items, fb_scores = popularity_top_k(splits, store.k)
     return ServingState(store, catalog, fb_items, fb_scores, users, time.perf_counter() - t0,
-                        run_dir=rd.uri, inputs=inputs, stamps=stamps)
+                        run_dir=rd.uri, stamps=stamps)
