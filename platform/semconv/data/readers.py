@@ -46,9 +46,11 @@ class DataError(ValueError):
 
 @dataclass
 class ReadReport:
-    """What a reader skipped (only with ``on_bad_rows="skip"``)."""
+    """What a reader skipped (only with ``on_bad_rows="skip"``), and the setting an error names
+    as the way to skip such rows (the stage reading: ``prepare`` or ``refresh``)."""
 
     skipped: dict[str, int] = field(default_factory=dict)
+    setting: str = "prepare.on_bad_rows"
 
     def skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
@@ -65,11 +67,12 @@ def _open_text(uri: str) -> str:
         raise DataError(f"{uri}: not UTF-8 text ({err})") from None
 
 
-def _bad(uri: str, row: int, msg: str, on_bad_rows: str, report: ReadReport, reason: str) -> None:
+def bad_row(uri: str, row: int, msg: str, on_bad_rows: str, report: ReadReport, reason: str) -> None:
+    """Raise a :class:`DataError` naming the file and row, or (``on_bad_rows="skip"``) count it."""
     if on_bad_rows == "skip":
         report.skip(reason)
         return
-    raise DataError(f"{uri}: row {row}: {msg} (set prepare.on_bad_rows=skip to skip such rows)")
+    raise DataError(f"{uri}: row {row}: {msg} (set {report.setting}=skip to skip such rows)")
 
 
 # ---- LC-Rec JSON ----------------------------------------------------------------------------
@@ -159,7 +162,7 @@ def _read_csv(uri: str, on_bad_rows: str, report: ReadReport) -> pa.Table:
     except pa.ArrowInvalid as err:
         raise DataError(f"{uri}: not readable as CSV ({err})") from None
     for number, expected, actual in bad[:1]:
-        _bad(uri, number, f"expected {expected} fields, found {actual}", on_bad_rows, report, "unparseable")
+        bad_row(uri, number, f"expected {expected} fields, found {actual}", on_bad_rows, report, "unparseable")
         report.skip("unparseable", len(bad) - 1)
     rows = np.arange(2, table.num_rows + len(bad) + 2)
     return _with_rows(table, rows[~np.isin(rows, [b[0] for b in bad])] if bad else rows)
@@ -205,7 +208,7 @@ def _read_jsonl_lines(uri: str, on_bad_rows: str, report: ReadReport) -> pa.Tabl
                     if not isinstance(rec, dict):
                         raise ValueError("not a JSON object")
                 except ValueError as err:
-                    _bad(uri, n, f"unparseable JSON line ({err})", on_bad_rows, report, "unparseable")
+                    bad_row(uri, n, f"unparseable JSON line ({err})", on_bad_rows, report, "unparseable")
                     continue
                 recs.append({k: _scalar_text(v) for k, v in rec.items()})
                 rows.append(n)
@@ -275,7 +278,7 @@ def _drop(table: pa.Table, bad: pa.ChunkedArray | pa.Array, uri: str, msg: str, 
     if not n:
         return table
     first = int(pc.index(bad, True).as_py())
-    _bad(uri, int(table.column(ROW)[first].as_py()), msg, on_bad_rows, report, reason)
+    bad_row(uri, int(table.column(ROW)[first].as_py()), msg, on_bad_rows, report, reason)
     report.skip(reason, n - 1)
     return table.filter(pc.invert(bad))
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from semconv.data.prepare import ITEMS_SCHEMA, _has_text
-from semconv.data.readers import DataError, ReadReport, read_interactions, read_items
+from semconv.data.readers import DataError, ReadReport, bad_row, read_interactions, read_items
 
 
 @dataclass
@@ -42,14 +42,6 @@ class Delta:
     @property
     def num_items(self) -> int:
         return self.items.num_rows
-
-
-def _bad(uri: str, row: int, msg: str, skip: bool, report: ReadReport, reason: str) -> bool:
-    """Raise (error mode) or count the row as skipped; returns True when skipped."""
-    if not skip:
-        raise DataError(f"{uri}: row {row}: {msg} (set refresh.on_bad_rows=skip to skip such rows)")
-    report.skip(reason)
-    return True
 
 
 def _embedding(value, dim: int) -> np.ndarray | None | str:
@@ -72,10 +64,10 @@ def _embedding(value, dim: int) -> np.ndarray | None | str:
     return vec.astype(np.float32)
 
 
-def read_new_items(uri: str, catalogue: pa.Table, dim: int, skip: bool, report: ReadReport
+def read_new_items(uri: str, catalogue: pa.Table, dim: int, on_bad_rows: str, report: ReadReport
                    ) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """New items with dense ids after the catalogue's, and their supplied embeddings."""
-    items, raw = read_items(uri, "skip" if skip else "error", report, keep_raw=("embedding",))
+    items, raw = read_items(uri, on_bad_rows, report, keep_raw=("embedding",))
     known = set(catalogue.column("source_id").to_pylist())
     embeddings = raw["embedding"].to_pylist() if "embedding" in raw else [None] * items.num_rows
     seen: dict[str, int] = {}
@@ -90,12 +82,12 @@ def read_new_items(uri: str, catalogue: pa.Table, dim: int, skip: bool, report: 
             raise DataError(f"{uri}: row {row}: item_id {key!r} is already in the catalogue; a refresh "
                             "adds new items only (existing items keep their codes and text)")
         if not (_has_text(cols["title"][i]) or _has_text(cols["description"][i])):
-            _bad(uri, row, f"item {key!r} has no text (empty 'title' and 'description')", skip, report,
-                 "item_without_text")
+            bad_row(uri, row, f"item {key!r} has no text (empty 'title' and 'description')", on_bad_rows, report,
+                    "item_without_text")
             continue
         vec = _embedding(embeddings[i], dim)
         if isinstance(vec, str):
-            _bad(uri, row, f"item {key!r}: {vec}", skip, report, "bad_embedding")
+            bad_row(uri, row, f"item {key!r}: {vec}", on_bad_rows, report, "bad_embedding")
             continue
         keep.append(i)
         vecs.append(vec)
@@ -142,10 +134,9 @@ def read_delta(cfg, catalogue: pa.Table, sequences: pa.Table, dim: int) -> Delta
     """Read ``cfg.interactions`` / ``cfg.items`` (a ``RefreshConfig``) against the run's tables."""
     if not cfg.interactions and not cfg.items:
         raise DataError("refresh needs refresh.interactions and/or refresh.items (paths or URIs)")
-    skip = cfg.on_bad_rows == "skip"
-    report = ReadReport()
+    report = ReadReport(setting="refresh.on_bad_rows")
     if cfg.items:
-        items, supplied, has = read_new_items(cfg.items, catalogue, dim, skip, report)
+        items, supplied, has = read_new_items(cfg.items, catalogue, dim, cfg.on_bad_rows, report)
     else:
         items = ITEMS_SCHEMA.empty_table()
         supplied, has = np.zeros((0, dim), np.float32), np.zeros(0, bool)
@@ -162,8 +153,8 @@ def read_delta(cfg, catalogue: pa.Table, sequences: pa.Table, dim: int) -> Delta
     if (ids < 0).any():
         bad = np.flatnonzero(ids < 0)
         r, it = inter.column("row")[int(bad[0])].as_py(), inter.column("item")[int(bad[0])].as_py()
-        _bad(uri, r, f"field 'item_id' names unknown item {it!r}, in neither the catalogue nor the new "
-             f"items ({len(bad)} such interactions)", skip, report, "unknown_item")
+        bad_row(uri, r, f"field 'item_id' names unknown item {it!r}, in neither the catalogue nor the new "
+                f"items ({len(bad)} such interactions)", cfg.on_bad_rows, report, "unknown_item")
         report.skip("unknown_item", len(bad) - 1)
         keep = ids >= 0
         inter, ids = inter.filter(pa.array(keep)), ids[keep]
