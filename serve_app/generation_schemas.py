@@ -24,9 +24,10 @@ class GenerationArgs(BaseModel):
     max_inflight: int = Field(32, ge=1, description="generation requests one ingress replica holds; more get 429, "
                                                      "so generation never takes the slots lookups need")
     torch_threads: int | None = Field(None, ge=1, description="None: the CPUs the model replica reserves")
-    niceness: int = Field(0, ge=0, le=19, description="added to the model replica's niceness (os.nice; Ray "
-                          "starts workers at 15): > 0 lets lookups sharing its cores go first, but starves "
-                          "generation when anything else busies the node")
+    cpu_priority: Literal["normal", "low", "idle"] = Field(
+        "idle", description="the CPU model replica's beam search runs at this priority: idle (SCHED_IDLE: only "
+        "CPU time nothing else on the node wants, so lookups and the proxy go first; starves generation on a node "
+        "kept busy by other work), low (nice 19), normal (as Ray starts workers). Ignored on a GPU")
 
 
 class GenerateRequest(BaseModel):

@@ -4,6 +4,8 @@ checks, batching, history cap and exclusion, and the precached users' lists."""
 from __future__ import annotations
 
 import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -23,7 +25,7 @@ from semconv.serving.generation import (
 )
 from semconv.serving.state import load_catalog
 from serve_app import service
-from serve_app.generation import GenerationClient
+from serve_app.generation import BatchStats, GenerationClient, set_thread_cpu_priority
 from serve_app.generation_schemas import GenerateRequest, GenerationArgs
 
 
@@ -184,3 +186,38 @@ def test_the_ingress_client_maps_a_full_queue_and_timeouts_to_429_and_503(catalo
         assert client._inflight == 0
 
     asyncio.run(two_at_once())
+
+
+def test_batch_stats_tell_what_the_batches_between_two_snapshots_held():
+    stats = BatchStats()
+    stats.add(1, 0.5)
+    before = stats.snapshot()
+    for size, seconds in ((16, 2.0), (16, 2.0), (3, 1.0)):
+        stats.add(size, seconds)
+    after = stats.snapshot()
+    assert after["batches"] == 4 and after["requests"] == 36 and after["sizes"] == {"1": 1, "3": 1, "16": 2}
+    d = BatchStats.between(before, after)
+    assert d["batches"] == 3 and d["mean_batch"] == pytest.approx(35 / 3)
+    assert d["sizes"] == {"3": 1, "16": 2} and d["busy_s"] == pytest.approx(5.0)
+    assert BatchStats.between(after, after)["mean_batch"] is None
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_cpu_priority_holds_for_the_threads_the_model_replica_starts_after_setting_it():
+    def in_fresh_thread(priority: str) -> tuple[tuple[int, int], tuple[int, int]]:
+        def setter():
+            set_thread_cpu_priority(priority)
+            with ThreadPoolExecutor(1) as later:  # as asyncio.to_thread's executor, started afterwards
+                child = later.submit(lambda: (os.sched_getscheduler(0), os.nice(0))).result()
+            return (os.sched_getscheduler(0), os.nice(0)), child
+
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(setter).result()
+
+    mine = (os.sched_getscheduler(0), os.nice(0))
+    own, child = in_fresh_thread("idle")
+    assert own[0] == child[0] == os.SCHED_IDLE
+    own, child = in_fresh_thread("low")
+    assert own == child == (os.SCHED_OTHER, 19)
+    assert in_fresh_thread("normal") == (mine, mine)
+    assert (os.sched_getscheduler(0), os.nice(0)) == mine  # per thread: the caller's own is untouched

@@ -67,9 +67,19 @@ def test_concurrent_requests_get_the_answers_they_get_alone(http):
         async with httpx.AsyncClient(base_url=http.base_url, timeout=60, trust_env=False) as c:
             return await asyncio.gather(*(c.post("/v1/recommendations", json=b) for b in bodies))
 
-    for a, r in zip(alone, asyncio.run(together())):
+    from ray import serve
+
+    from serve_app.generation import BatchStats
+
+    model = serve.get_deployment_handle("ModelGenerator", app_name="semconv")
+    before = model.stats.remote().result()
+    answers = asyncio.run(together())
+    batches = BatchStats.between(before, model.stats.remote().result())
+    for a, r in zip(alone, answers):
         assert r.status_code == 200 and r.json()["item_ids"] == a["item_ids"]
         np.testing.assert_allclose(r.json()["scores"], a["scores"], rtol=0, atol=1e-5)
+    # they shared beam searches: fewer batches than requests
+    assert batches["mean_batch"] > 1.5 and sum(int(n) * c for n, c in batches["sizes"].items()) == len(bodies), batches
 
 
 @pytest.mark.parametrize("body, loc, needle", [
