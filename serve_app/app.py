@@ -21,8 +21,6 @@ import logging
 from typing import Any
 
 from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from semconv.serving.state import ServingState, load_state
@@ -30,6 +28,7 @@ from serve_app import service
 from serve_app.api import age_s, build_api
 from serve_app.config import AppArgs, ServeUserConfig
 from serve_app.generation import GenerationClient, ModelGenerator
+from serve_app.handles import call_deployment
 from serve_app.loading import VersionMetrics, Versioned
 from serve_app.middleware import serve_counter_recorder
 from serve_app.tokenizer import CodeTokenizer, from_reply
@@ -104,9 +103,7 @@ class SemconvIngress:
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Switch to the version named in ``user_config`` once it is fully loaded and checked."""
-        target = ServeUserConfig.model_validate(user_config or {}).target(self.args)
-        if target != self.versioned.target or self.versioned.last_error is not None:
-            await self.versioned.load(target)
+        await self.versioned.switch(ServeUserConfig.model_validate(user_config or {}).target(self.args))
 
     def check_health(self) -> None:
         """Unhealthy when nothing is loaded or a reload hangs past ``load_deadline_s``."""
@@ -131,14 +128,8 @@ class SemconvIngress:
     async def tokenize(self, body: bytes) -> dict:
         if self.tokenizer is None:
             raise service.Unavailable("cold-start tokenization is not deployed")
-        try:
-            reply = await asyncio.wait_for(self.tokenizer.tokenize.remote(body), self.args.tokenize_timeout_s)
-        except BackPressureError:
-            raise service.Overloaded("tokenization is at capacity; retry later") from None
-        except TimeoutError:
-            raise service.Unavailable(f"tokenization did not answer within {self.args.tokenize_timeout_s:g} s") from None
-        except (RayActorError, DeploymentUnavailableError) as exc:  # a replica died or none is up
-            raise service.Unavailable(f"tokenization is unavailable ({type(exc).__name__}); retry") from None
+        reply = await call_deployment(self.tokenizer.tokenize.remote(body), self.args.tokenize_timeout_s,
+                                      "tokenization")
         return from_reply(reply)
 
 

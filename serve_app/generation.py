@@ -28,8 +28,6 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from semconv.artifacts import RunDir
 from semconv.serving.catalog import ItemCatalog
@@ -47,7 +45,8 @@ from semconv.serving.generation import (
 from serve_app import service
 from serve_app.config import AppArgs, ServeUserConfig
 from serve_app.generation_schemas import GeneratedRecommendations, GenerateRequest, GenerationArgs
-from serve_app.loading import VersionMetrics, Versioned
+from serve_app.handles import call_deployment
+from serve_app.loading import VersionMetrics, Versioned, run_by_version
 
 log = logging.getLogger("ray.serve")
 
@@ -182,9 +181,8 @@ class ModelGenerator:
         if self.versioned.current is not None:
             self.versioned.current.ranker.batch_size = cfg.max_batch_size  # one serve batch = one search
         run_dir, _, _ = cfg.target(self.args)
-        if run_dir != self.versioned.target or self.versioned.last_error is not None:
-            if await self.versioned.load(run_dir) and self.versioned.current is not None:
-                self.versioned.current.ranker.batch_size = self.batch_size
+        if await self.versioned.switch(run_dir) and self.versioned.current is not None:
+            self.versioned.current.ranker.batch_size = self.batch_size
 
     def check_health(self) -> None:
         self.versioned.check()
@@ -209,15 +207,13 @@ class ModelGenerator:
     async def _rank(self, requests: list[tuple[LoadedModel, Query]]) -> list[dict]:
         """One batched beam search per model version among the queued queries, in a thread (the
         replica keeps answering health checks)."""
-        out: list[dict | None] = [None] * len(requests)
-        for loaded in dict.fromkeys(r[0] for r in requests):  # a reload may land mid-batch
-            idx = [i for i, r in enumerate(requests) if r[0] is loaded]
+        async def rank(loaded: LoadedModel, reqs: list[tuple[LoadedModel, Query]]) -> list[dict]:
             t0 = time.perf_counter()
-            answers = await asyncio.to_thread(rank_isolated, loaded, [requests[i][1] for i in idx])
-            self.batches.add(len(idx), time.perf_counter() - t0)
-            for i, a in zip(idx, answers):
-                out[i] = a
-        return out  # type: ignore[return-value]
+            answers = await asyncio.to_thread(rank_isolated, loaded, [q for _, q in reqs])
+            self.batches.add(len(reqs), time.perf_counter() - t0)
+            return answers
+
+        return await run_by_version(requests, lambda r: r[0], rank)
 
 
 class GenerationClient:
@@ -257,16 +253,8 @@ class GenerationClient:
         return describe_answer(catalog, reply["body"])
 
     async def _call(self, history: tuple[int, ...], k: int | None, num_beams: int | None) -> dict:
-        response = self.handle.generate.remote(history, k, num_beams)
-        try:
-            return await asyncio.wait_for(response, self.args.timeout_s)
-        except BackPressureError:
-            raise service.Overloaded("the model deployment's queue is full: retry later") from None
-        except TimeoutError:
-            response.cancel()
-            raise service.Unavailable(f"generation did not answer within {self.args.timeout_s:g} s") from None
-        except (RayActorError, DeploymentUnavailableError) as exc:
-            raise service.Unavailable(f"generation is unavailable ({type(exc).__name__}); retry") from None
+        return await call_deployment(self.handle.generate.remote(history, k, num_beams), self.args.timeout_s,
+                                     "generation")
 
 
 def add_generation_route(router, backend, current) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from serve_app.service import redact
@@ -76,6 +76,13 @@ class Versioned(Generic[T]):
         self.on_change(self)
         return True
 
+    async def switch(self, target: Any) -> bool:
+        """Load ``target`` unless it is the one already served (after a failed load, retry it):
+        what every deployment's ``reconfigure`` does with the version its ``user_config`` names."""
+        if target == self.target and self.last_error is None:
+            return False
+        return await self.load(target)
+
     def check(self) -> None:
         """Raise when nothing is loaded or a load has run past the deadline (for ``check_health``)."""
         if not self.reloads:
@@ -113,3 +120,19 @@ class VersionMetrics:
             if version is not None:
                 self.version.set(1, tags={"version": version})
             self._shown = version
+
+
+R = TypeVar("R")
+
+
+async def run_by_version(requests: Sequence[R], version_of: Callable[[R], Any],
+                         run: Callable[[Any, list[R]], Awaitable[list]]) -> list:
+    """Answers for a ``@serve.batch`` batch, in request order: ``run(version, requests)`` once per
+    version among them, since a reload can land while a batch is filling and each request must
+    be answered by the version it was checked against."""
+    out: list = [None] * len(requests)
+    for version in dict.fromkeys(version_of(r) for r in requests):
+        idx = [i for i, r in enumerate(requests) if version_of(r) is version]
+        for i, answer in zip(idx, await run(version, [requests[i] for i in idx])):
+            out[i] = answer
+    return out

@@ -22,7 +22,7 @@ from ray import serve
 from semconv.artifacts import RunDir
 from serve_app import service
 from serve_app.config import AppArgs, ServeUserConfig
-from serve_app.loading import VersionMetrics, Versioned
+from serve_app.loading import VersionMetrics, Versioned, run_by_version
 from serve_app.schemas import tokenize_request_model
 
 log = logging.getLogger("ray.serve")
@@ -109,8 +109,7 @@ class CodeTokenizer:
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         run_dir, _, _ = ServeUserConfig.model_validate(user_config or {}).target(self.args)
-        if run_dir != self.versioned.target or self.versioned.last_error is not None:
-            await self.versioned.load(run_dir)
+        await self.versioned.switch(run_dir)
 
     def check_health(self) -> None:
         self.versioned.check()
@@ -133,9 +132,6 @@ class CodeTokenizer:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _encode(self, requests: list[tuple[LoadedTokenizer, np.ndarray, list[str] | None]]) -> list:
-        """One codebook search for the requests queued within a few milliseconds (same version)."""
-        loaded = requests[0][0]
-        if any(r[0] is not loaded for r in requests):  # a reload landed mid-batch: one version each
-            return [(await asyncio.to_thread(service.encode_isolated, r[0].tokenizer, [(r[1], r[2])]))[0]
-                    for r in requests]
-        return await asyncio.to_thread(service.encode_isolated, loaded.tokenizer, [(e, t) for _, e, t in requests])
+        """One codebook search per version for the requests queued within a few milliseconds."""
+        return await run_by_version(requests, lambda r: r[0], lambda loaded, reqs: asyncio.to_thread(
+            service.encode_isolated, loaded.tokenizer, [(e, t) for _, e, t in reqs]))

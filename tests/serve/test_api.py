@@ -7,7 +7,6 @@ import asyncio
 import json
 
 import httpx
-import numpy as np
 import pytest
 from .serve_fixtures import K, code_embedding
 

@@ -172,7 +172,7 @@ def test_the_ingress_client_maps_a_full_queue_and_timeouts_to_429_and_503(catalo
 
     with pytest.raises(service.Unavailable, match="did not answer within 0.05 s"):
         asyncio.run(GenerationClient(_Handle(slow), GenerationArgs(timeout_s=0.05)).recommend(catalog, body))
-    with pytest.raises(service.Overloaded, match="queue is full"):
+    with pytest.raises(service.Overloaded, match="generation is at capacity"):
         asyncio.run(GenerationClient(_Handle(full), GenerationArgs()).recommend(catalog, body))
 
     async def two_at_once():

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from serve_app.config import AppArgs, ServeUserConfig
-from serve_app.loading import Versioned
+from serve_app.loading import Versioned, run_by_version
 
 
 def test_the_first_load_is_awaited_and_a_failed_one_fails_the_start():
@@ -87,6 +87,44 @@ def test_a_failed_reload_keeps_the_old_version_and_a_newer_reload_wins():
         return v.current, v.last_error
 
     assert asyncio.run(go()) == ("v3", None)
+
+
+def test_switch_loads_only_a_new_target_or_retries_a_failed_one():
+    calls = []
+    broken = {"bad"}
+
+    def load(target, old):
+        calls.append(target)
+        if target in broken:
+            raise ValueError("not yet published")
+        return target
+
+    v = Versioned(load, 30, "thing")
+
+    async def go():
+        await v.first("v1")
+        assert await v.switch("v1") is False  # the same version: no reload
+        assert await v.switch("bad") is False and v.current == "v1"
+        broken.clear()
+        assert await v.switch("bad") is True  # the failed target is tried again, and now loads
+        assert await v.switch("bad") is False
+
+    asyncio.run(go())
+    assert calls == ["v1", "bad", "bad"]
+
+
+def test_a_batch_is_answered_by_the_version_each_request_was_checked_against():
+    old, new = object(), object()
+    requests = [(old, 1), (new, 2), (old, 3), (new, 4), (old, 5)]
+    runs = []
+
+    async def run(version, reqs):
+        runs.append((version, [x for _, x in reqs]))
+        return [("old" if version is old else "new", x) for _, x in reqs]
+
+    out = asyncio.run(run_by_version(requests, lambda r: r[0], run))
+    assert out == [("old", 1), ("new", 2), ("old", 3), ("new", 4), ("old", 5)]  # request order
+    assert runs == [(old, [1, 3, 5]), (new, [2, 4])]  # one run per version
 
 
 def test_user_config_names_a_whole_version():

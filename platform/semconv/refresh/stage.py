@@ -17,7 +17,6 @@ last item). Their history, new items included, is excluded like any history item
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
