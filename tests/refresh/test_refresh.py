@@ -118,6 +118,18 @@ def test_a_refresh_needs_a_finished_run(tmp_path, tiny_lm_dir):
         run_refresh(config(tmp_path / "empty", tiny_lm_dir, items="x.jsonl"))
 
 
+@pytest.mark.slow  # the finished run it copies takes ~16 s to build
+def test_more_precache_actors_than_the_cluster_can_hold_is_refused_not_a_hang(run_copy, tiny_lm_dir, tmp_path):
+    from semconv.inference.precache import PrecacheError
+
+    inter, items = _delta(tmp_path)
+    cfg = config(run_copy, tiny_lm_dir, interactions=inter, items=items)
+    cfg.precache.num_actors = 4  # 4 CPUs of actors on a 2-CPU Ray: Ray Data's reads would never run
+    with pytest.raises(PrecacheError, match=r"precache.num_actors x precache.cpus_per_actor = 4"):
+        run_refresh(cfg)
+    assert not RunDir(run_copy).is_complete("versions/v0001")
+
+
 @pytest.mark.slow
 def test_the_version_carries_the_model_so_online_generation_ranks_like_its_precache(refreshed):
     """A version is served alone (run_dir=<version>), online generation included: its model/ is

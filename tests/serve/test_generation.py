@@ -12,6 +12,7 @@ import pyarrow.fs as pafs
 import pytest
 from .generation_fixtures import BEAMS, MAX_LEN, TOP_K, make_generation_run, user_histories
 from .serve_fixtures import N_ITEMS
+from .test_handles import FakeResponse
 
 from semconv.artifacts import RunDir
 from semconv.inference.run_ranker import load_run_ranker, resolve_settings
@@ -145,18 +146,7 @@ class _Handle:
         self.behave = behave
 
     def remote(self, *args):
-        return _Response(self.behave)
-
-
-class _Response:
-    def __init__(self, behave):
-        self.behave, self.cancelled = behave, False
-
-    def __await__(self):
-        return self.behave().__await__()
-
-    def cancel(self):
-        self.cancelled = True
+        return FakeResponse(self.behave)
 
 
 def test_the_ingress_client_maps_a_full_queue_and_timeouts_to_429_and_503(catalog):

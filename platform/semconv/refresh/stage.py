@@ -69,6 +69,9 @@ def _users_table(users: np.ndarray, new: NewVersion, mode: str) -> pa.Table:
 
 def run_refresh(cfg) -> dict[str, str]:
     """Build the next serving version from ``cfg.refresh``'s delta; returns ``{"version": path}``."""
+    import ray
+
+    from semconv.inference.stage import check_actor_budget
     from semconv.ray_env import init_ray
 
     t0 = time.perf_counter()
@@ -99,6 +102,7 @@ def run_refresh(cfg) -> dict[str, str]:
     stats: dict = {"shards_written": 0, "users_written": 0, "rank_shards": 0}
     if len(users):
         init_ray(cfg.ray.address, cfg.ray.num_cpus)
+        check_actor_budget(pc_cfg, ray.cluster_resources().get("CPU", 0))  # else the reads never run
         stats = rank_users(
             new.sequences, users, plan, run.fs, f"{partial}/rank", rank_fp, spec, codes, item_ids,
             cfg.prepare.max_len, num_beams=pc_cfg.num_beams, top_k=pc_cfg.top_k, batch_size=pc_cfg.batch_size,
