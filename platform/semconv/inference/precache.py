@@ -156,14 +156,9 @@ class PrecacheActor:
 
         if not use_gpu:
             torch.set_num_threads(num_threads)
-        model, tokenizer = spec.load()
-        if use_gpu:
-            model = model.to("cuda")
         self.exclude_history = exclude_history
-        self.ranker = GenerativeRanker(
-            model, tokenizer, item_codes, num_beams, top_k, batch_size, share_prefix, item_ids,
-            decoding=spec.resolved_decoding(),
-        )
+        self.ranker = GenerativeRanker.from_spec(spec, item_codes, item_ids, num_beams, top_k, batch_size,
+                                                 share_prefix, use_gpu)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return rank_users(self.ranker, batch, self.exclude_history)

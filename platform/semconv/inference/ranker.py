@@ -90,6 +90,19 @@ class GenerativeRanker:
             ids = tokenizer(prefix_text, add_special_tokens=False)["input_ids"]
             self.prefix = encode_prefix(model, ids)
 
+    @classmethod
+    def from_spec(cls, spec, item_codes: np.ndarray, item_ids: np.ndarray, num_beams: int, top_k: int,
+                  batch_size: int, share_prefix: bool = True, use_gpu: bool = False,
+                  max_len: int | None = None) -> "GenerativeRanker":
+        """Load ``spec`` (a :class:`~semconv.inference.loading.ModelSpec`: base, adapter, dtype)
+        and decode with its ``recommender.json``: the one way the precache actors, online
+        generation and a refresh build their ranker, so they answer a history alike."""
+        model, tokenizer = spec.load()
+        if use_gpu:
+            model = model.to("cuda")
+        return cls(model, tokenizer, item_codes, num_beams, top_k, batch_size, share_prefix, item_ids,
+                   decoding=spec.resolved_decoding(), max_len=max_len)
+
     def prompt(self, history: Sequence[int]) -> str:
         """The inference prompt of a history of item ids (oldest first): its last ``max_len``
         items, as training and the splits cut them."""

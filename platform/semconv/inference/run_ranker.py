@@ -100,13 +100,8 @@ def load_run_ranker(
     settings = settings or resolve_settings(run, use_gpu=use_gpu)
     run.require(MODEL, "item_codes")
     spec = ModelSpec(model_dir=str(run.local(MODEL)), base_model=settings.base_model, dtype=settings.dtype)
-    model, tokenizer = spec.load()
-    if use_gpu:
-        model = model.to("cuda")
     item_ids, codes = read_item_codes(run)
-    ranker = GenerativeRanker(
-        model, tokenizer, codes, settings.num_beams, settings.top_k, batch_size, share_prefix, item_ids,
-        decoding=spec.resolved_decoding(), max_len=settings.max_len,
-    )
+    ranker = GenerativeRanker.from_spec(spec, codes, item_ids, settings.num_beams, settings.top_k, batch_size,
+                                        share_prefix, use_gpu, max_len=settings.max_len)
     return ranker, settings
 
