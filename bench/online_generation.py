@@ -42,7 +42,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def app_config(run_dir: str, cache: str, max_batch_size: int, batch_wait_s: float, cpu_priority: str | None) -> dict:
+def app_config(run_dir: str, cache: str, max_batch_size: int, batch_wait_s: float, cpu_priority: str | None,
+               spacing_s: float) -> dict:
     app = copy.deepcopy(yaml.safe_load((REPO / "cluster" / "serve.yaml").read_text())["applications"][0])
     app["args"].update(run_dir=run_dir, cache_dir=cache)
     app["args"]["generation"].update(max_inflight=64, timeout_s=300)
@@ -54,14 +55,16 @@ def app_config(run_dir: str, cache: str, max_batch_size: int, batch_wait_s: floa
         dep["autoscaling_config"].update(min_replicas=1, initial_replicas=1, max_replicas=1)
         dep["user_config"] = {"run_dir": None, "precache": None}
         if dep["name"] == "ModelGenerator":
-            dep["user_config"].update(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_s)
+            dep["user_config"].update(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_s,
+                                      answer_spacing_s=spacing_s)
     return app
 
 
-def default_batch_wait_s() -> float:
+def generator_default(key: str) -> float:
+    """A key of the ModelGenerator's ``user_config`` in cluster/serve.yaml."""
     app = yaml.safe_load((REPO / "cluster" / "serve.yaml").read_text())["applications"][0]
     gen = next(d for d in app["deployments"] if d["name"] == "ModelGenerator")
-    return float(gen["user_config"]["batch_wait_timeout_s"])
+    return float(gen["user_config"][key])
 
 
 def deploy(app: dict) -> None:
@@ -262,7 +265,7 @@ async def measure(url: str, run: RunDir, quick: bool, rate: float, batch_wait_s:
     out: dict = {}
     await lookups_alone(url, users, rate, 3)  # warm-up, not recorded
     for mode, mbs in (("batched", batch), ("unbatched", 1)):
-        deploy(app_config(run.uri, CACHE, mbs, batch_wait_s, PRIORITY))
+        deploy(app_config(run.uri, CACHE, mbs, batch_wait_s, PRIORITY, SPACING))
         await wait_batch_size(url, bodies[0], 2, 4)
         out[f"{mode}_c1"] = await closed_loop(url, bodies[:n1], 1)
         out[f"lookup_before_{mode}_c16"] = await lookups_alone(url, users, rate, alone_s)
@@ -278,10 +281,11 @@ async def measure(url: str, run: RunDir, quick: bool, rate: float, batch_wait_s:
 CACHE = ""
 APP = "semconv"
 PRIORITY: str | None = None
+SPACING = 0.0
 
 
 def main() -> None:
-    global CACHE, PRIORITY
+    global CACHE, PRIORITY, SPACING
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", help="a complete run directory (model/, precache/, ...); read only")
     ap.add_argument("--tiny", help="build (once) and use a tiny-model run directory here")
@@ -289,6 +293,8 @@ def main() -> None:
     ap.add_argument("--lookup-rate", type=float, default=20.0, help="lookups per second, open loop")
     ap.add_argument("--batch-wait-s", type=float, default=None,
                     help="the model deployment's batch_wait_timeout_s (default: cluster/serve.yaml's)")
+    ap.add_argument("--answer-spacing-s", type=float, default=None,
+                    help="the model deployment's answer_spacing_s (default: cluster/serve.yaml's)")
     ap.add_argument("--max-batch-size", type=int, default=16, help="the batched phases' max_batch_size")
     ap.add_argument("--cpu-priority", choices=("normal", "low", "idle"), default=None,
                     help="generation.cpu_priority (default: cluster/serve.yaml's)")
@@ -299,7 +305,8 @@ def main() -> None:
     run_dir = a.run_dir or build_tiny(Path(a.tiny))
     run = RunDir(run_dir)
     PRIORITY = a.cpu_priority
-    wait_s = a.batch_wait_s if a.batch_wait_s is not None else default_batch_wait_s()
+    wait_s = a.batch_wait_s if a.batch_wait_s is not None else generator_default("batch_wait_timeout_s")
+    SPACING = a.answer_spacing_s if a.answer_spacing_s is not None else generator_default("answer_spacing_s")
     CACHE = tempfile.mkdtemp(prefix="semconv-bench-online-")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
@@ -318,7 +325,7 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
-    deploy(app_config(run.uri, CACHE, a.max_batch_size, wait_s, PRIORITY))
+    deploy(app_config(run.uri, CACHE, a.max_batch_size, wait_s, PRIORITY, SPACING))
     _, hists = test_histories(run, 1)
     asyncio.run(wait_generation(url, {"history": hists[0], "k": 10}))
     ready_s = time.perf_counter() - t0
@@ -326,13 +333,13 @@ def main() -> None:
     serve.shutdown()
     ray.shutdown()
 
-    info = {**machine_info(), "torch_threads_model": 1, "run_dir": run_dir, "quick": a.quick, "batch_wait_s": wait_s, "max_batch_size": a.max_batch_size, "cpu_priority": PRIORITY,
+    info = {**machine_info(), "torch_threads_model": 1, "run_dir": run_dir, "quick": a.quick, "batch_wait_s": wait_s, "max_batch_size": a.max_batch_size, "answer_spacing_s": SPACING, "cpu_priority": PRIORITY,
             "lookup_rate": a.lookup_rate, "deploy_to_first_answer_s": ready_s}
     ratio = res["batched_c16"]["users_per_s"] / res["unbatched_c16"]["users_per_s"]
     look = {m: res[f"lookup_during_{m}_c16"]["p99_ms"] / res[f"lookup_before_{m}_c16"]["p99_ms"]
             for m in ("batched", "unbatched")}
     print(f"machine: {info['cpu']}, {info['cores']} cores, native bf16: {info['bf16_native']}; run {run_dir}")
-    print(f"batched: max_batch_size {a.max_batch_size}, batch_wait_timeout_s {wait_s:g}, model cpu_priority {PRIORITY or 'from serve.yaml'}")
+    print(f"batched: max_batch_size {a.max_batch_size}, batch_wait_timeout_s {wait_s:g}, answer_spacing_s {SPACING:g}, model cpu_priority {PRIORITY or 'from serve.yaml'}")
     print("| phase | concurrency | requests | p50 ms | p99 ms | users/s | mean batch | model busy | errors |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for key in ("batched_c1", "batched_c16", "unbatched_c1", "unbatched_c16"):

@@ -26,7 +26,7 @@ from semconv.serving.generation import (
 )
 from semconv.serving.state import load_catalog
 from serve_app import service
-from serve_app.generation import BatchStats, GenerationClient, set_thread_cpu_priority
+from serve_app.generation import AnswerSpacing, BatchStats, GenerationClient, set_thread_cpu_priority
 from serve_app.generation_schemas import GenerateRequest, GenerationArgs
 
 
@@ -211,3 +211,31 @@ def test_cpu_priority_holds_for_the_threads_the_model_replica_starts_after_setti
     assert own == child == (os.SCHED_OTHER, 19)
     assert in_fresh_thread("normal") == (mine, mine)
     assert (os.sched_getscheduler(0), os.nice(0)) == mine  # per thread: the caller's own is untouched
+
+
+def test_answers_of_one_batch_leave_spaced_and_a_lone_answer_at_once():
+    async def release(spacing: AnswerSpacing, n: int) -> list[float]:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+
+        async def one() -> float:
+            await spacing.wait()
+            return loop.time() - t0
+
+        return sorted(await asyncio.gather(*(one() for _ in range(n))))
+
+    async def go():
+        spacing = AnswerSpacing(0.2)
+        burst = await release(spacing, 4)  # a batch's four answers, set at the same moment
+        await asyncio.sleep(0.5)  # idle longer than the spacing
+        lone = await release(spacing, 1)
+        spacing.spacing_s = 0  # user_config answer_spacing_s: 0 (from the next slot on)
+        await asyncio.sleep(0.3)
+        together = await release(spacing, 4)
+        return burst, lone, together
+
+    burst, lone, together = asyncio.run(go())
+    assert all(b - a >= 0.2 - 1e-3 for a, b in zip(burst, burst[1:]))  # 200 ms apart, in order
+    assert burst[0] < 0.1  # the first leaves at once
+    assert lone[0] < 0.1  # no wait after an idle spell
+    assert together[-1] < 0.1
