@@ -44,11 +44,12 @@ def test_item_codes_artifact_reads_the_same_from_a_run_dir_and_a_local_directory
     import pyarrow as pa
 
     from semconv.artifacts import RunDir
-    from semconv.codes import code_arrays, read_item_codes
+    from semconv.codes import code_arrays, item_codes_table, read_item_codes
 
-    codes = np.array([[3, 1], [0, 2], [5, 5]], dtype=np.int16)
-    table = pa.table({"item_id": pa.array([2, 0, 1], pa.int64()),
-                      "codes": pa.FixedSizeListArray.from_arrays(pa.array(codes.ravel()), 2)})
+    codes = np.array([[3, 1], [0, 2], [5, 5]])
+    table = item_codes_table(np.array([2, 0, 1]), codes)  # the one writer's shape
+    assert table.schema.field("codes").type == pa.list_(pa.int16(), 2)
+    assert table.schema.field("item_id").type == pa.int64()
     run = RunDir(tmp_path)
     run.write_table("item_codes", table, num_shards=2)
     for ids, got in (read_item_codes(run), read_item_codes(tmp_path / "item_codes")):

@@ -3,7 +3,8 @@
 Level ``l`` uses the letter ``chr(ord('a') + l)``, so an item with codes ``(12, 7, 201, 3)`` is
 written ``<a_12><b_7><c_201><d_3>``. Tasks, fine-tuning, inference and serving all go through
 these helpers so the spelling lives in one place; :func:`read_item_codes` is likewise the one
-reader of the ``item_codes/`` artifact (``item_id`` + a fixed-size list ``codes`` per item).
+reader of the ``item_codes/`` artifact (``item_id`` + a fixed-size list ``codes`` per item), and
+:func:`item_codes_table` the one shape it is written in.
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ def parse_item_tokens(text: str) -> tuple[int, ...]:
             raise ValueError(f"code token {m.group(0)!r} at position {level} has the wrong level")
         codes.append(int(m.group(2)))
     return tuple(codes)
+
+
+def item_codes_table(item_ids: np.ndarray, codes: np.ndarray) -> pa.Table:
+    """The ``item_codes/`` table: ``item_id`` int64, ``codes`` fixed_size_list<int16>[L]."""
+    codes = np.asarray(codes)
+    flat = pa.array(codes.astype(np.int16).ravel())
+    return pa.table({"item_id": pa.array(np.asarray(item_ids), pa.int64()),
+                     "codes": pa.FixedSizeListArray.from_arrays(flat, codes.shape[1])})
 
 
 def code_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:

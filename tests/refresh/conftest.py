@@ -33,7 +33,7 @@ def build_run(path: Path, lm_dir: Path) -> None:
     from semconv.embed.text import TextEmbedder
     from semconv.finetune.model import build_finetune_model
     from semconv.inference.stage import run_precache
-    from semconv.refresh.codes import codes_table
+    from semconv.codes import item_codes_table
     from semconv.tokenize.assign import assign_codes
     from semconv.tokenize.codebook import CodebookConfig, ResidualCodebook
     from semconv.tokenize.collisions import resolve_collisions
@@ -66,7 +66,7 @@ def build_run(path: Path, lm_dir: Path) -> None:
     books = book.codebook_vectors()
     raw, _ = assign_codes(book.embed(emb), books)
     codes = resolve_collisions(book.embed(emb), books, raw).codes
-    run.write_table("item_codes", codes_table(np.arange(NUM_ITEMS), codes))
+    run.write_table("item_codes", item_codes_table(np.arange(NUM_ITEMS), codes))
     model, tok, _ = build_finetune_model(lm_dir, LEVELS, CODES, lora={"r": 2, "target_modules": ["q_proj"]})
     with run.writing("model", {"base_model": str(lm_dir)}) as tmp:
         model.save_pretrained(tmp)

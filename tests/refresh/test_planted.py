@@ -16,12 +16,11 @@ import pytest
 import torch
 
 from semconv.artifacts import RunDir
-from semconv.codes import item_tokens
+from semconv.codes import item_codes_table, item_tokens
 from semconv.config import PipelineConfig
 from semconv.data.prepare import ITEMS_SCHEMA, leave_last_out
 from semconv.decoding import Decoding
 from semconv.prompts import history_prompt
-from semconv.refresh.codes import codes_table
 from tests.conftest import build_tiny_lm
 from tests.finetune.conftest import K, LEVELS, N_ITEMS, item_codes, next_item, planted_rows, train_planted
 
@@ -78,7 +77,7 @@ def _build(run_dir, lm_dir) -> None:
         book.initialized.fill_(True)
     with run.writing("codebook", {"levels": LEVELS}) as tmp:
         book.save_pretrained(tmp)
-    run.write_table("item_codes", codes_table(np.array(old), np.array([item_codes(i) for i in old])))
+    run.write_table("item_codes", item_codes_table(np.array(old), np.array([item_codes(i) for i in old])))
     torch.manual_seed(0)
     model, tok, _ = build_finetune_model(lm_dir, LEVELS, K, lora={"r": 16, "alpha": 32, "dropout": 0.0})
     losses = train_planted(model, tok, split_examples(_history_sft(512), "train"), steps=400, max_len=40)

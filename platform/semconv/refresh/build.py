@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from semconv.artifacts import RunDir
-from semconv.codes import read_item_codes
+from semconv.codes import item_codes_table, read_item_codes
 from semconv.embed.supplied import embedding_table
-from semconv.refresh.codes import assign_new_codes, codes_table, load_tokenizer
+from semconv.refresh.codes import assign_new_codes, load_tokenizer
 from semconv.refresh.delta import Delta, read_delta
 from semconv.refresh.embeddings import fold_in_features, learn_map, neighbour_map, ridge_map, user_profiles
 from semconv.refresh.histories import extend_sequences, refresh_splits
@@ -129,7 +129,7 @@ def build_version(cfg, run: RunDir, base: RunDir) -> NewVersion:
         skipped["duplicate_interaction"] = skipped.get("duplicate_interaction", 0) + repeats
     return NewVersion(
         items=pa.concat_tables([items, delta.items.cast(items.schema)]),
-        item_codes=codes_table(np.r_[old_ids, new_ids], np.concatenate([old_codes, codes]).reshape(-1, old_codes.shape[1])),
+        item_codes=item_codes_table(np.r_[old_ids, new_ids], np.concatenate([old_codes, codes]).reshape(-1, old_codes.shape[1])),
         item_emb=embedding_table(np.concatenate([emb, vecs])),
         item_text_emb=None if text_emb is None else embedding_table(np.concatenate([text_emb, new_text])),
         sequences=new_seqs,

@@ -10,7 +10,6 @@ LLM and every cached list know them. The codebook is not retrained.
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 
 from semconv.tokenize.cold_start import CodebookTokenizer
 from semconv.tokenize.codebook import ResidualCodebook
@@ -25,10 +24,3 @@ def assign_new_codes(tokenizer: CodebookTokenizer, embeddings: np.ndarray) -> tu
     if len(embeddings) == 0:
         return np.zeros((0, tokenizer.levels), np.int64), np.zeros(0, np.int64)
     return tokenizer.tokenize_unique(np.asarray(embeddings, np.float32))
-
-
-def codes_table(item_ids: np.ndarray, codes: np.ndarray) -> pa.Table:
-    """The ``item_codes/`` schema: ``item_id``, ``codes: fixed_size_list<int16>[L]``."""
-    flat = pa.array(np.asarray(codes).astype(np.int16).ravel())
-    return pa.table({"item_id": pa.array(np.asarray(item_ids), pa.int64()),
-                     "codes": pa.FixedSizeListArray.from_arrays(flat, codes.shape[1])})

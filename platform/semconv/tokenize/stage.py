@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from semconv.artifacts import RunDir
+from semconv.codes import item_codes_table
 from semconv.config import PipelineConfig
 from semconv.lineage import checkpoint_name, stage_run
 from semconv.tokenize.assign import assign_codes
@@ -111,12 +111,8 @@ def run_tokenize(cfg: PipelineConfig) -> dict[str, str]:
             for i in resolution.reassigned
         ]
         _write_codebook(rd, cfg, model, metrics, history, collisions)
-    flat = pa.array(codes.astype(np.int16).ravel())
-    table = pa.table({
-        "item_id": pa.array(inputs.item_ids, pa.int64()),
-        "codes": pa.FixedSizeListArray.from_arrays(flat, tk.levels),
-    })
-    rd.write_table("item_codes", table, manifest={"levels": tk.levels, "codebook": out["codebook"]})
+    rd.write_table("item_codes", item_codes_table(inputs.item_ids, codes),
+                   manifest={"levels": tk.levels, "codebook": out["codebook"]})
 
     print(
         f"tokenize: {metrics['items']} items, L={tk.levels} K={tk.codes_per_level}: "
