@@ -24,6 +24,7 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,22 +43,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def app_config(run_dir: str, cache: str, max_batch_size: int, batch_wait_s: float, cpu_priority: str | None,
-               spacing_s: float) -> dict:
-    app = copy.deepcopy(yaml.safe_load((REPO / "cluster" / "serve.yaml").read_text())["applications"][0])
-    app["args"].update(run_dir=run_dir, cache_dir=cache)
-    app["args"]["generation"].update(max_inflight=64, timeout_s=300)
-    if cpu_priority is not None:
-        app["args"]["generation"]["cpu_priority"] = cpu_priority
-    cpus = {"SemconvIngress": 0.5, "CodeTokenizer": 0.25, "ModelGenerator": 1}
-    for dep in app["deployments"]:
-        dep["ray_actor_options"] = {"num_cpus": cpus[dep["name"]]}
-        dep["autoscaling_config"].update(min_replicas=1, initial_replicas=1, max_replicas=1)
-        dep["user_config"] = {"run_dir": None, "precache": None}
-        if dep["name"] == "ModelGenerator":
-            dep["user_config"].update(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_s,
-                                      answer_spacing_s=spacing_s)
-    return app
+@dataclass(frozen=True)
+class AppUnderTest:
+    """The app as this bench deploys it: cluster/serve.yaml sized to one replica each on 2 CPUs,
+    with the model deployment's knobs under test."""
+
+    run_dir: str
+    cache: str
+    batch_wait_s: float
+    spacing_s: float
+    cpu_priority: str | None  # None: serve.yaml's
+
+    def config(self, max_batch_size: int) -> dict:
+        app = copy.deepcopy(yaml.safe_load((REPO / "cluster" / "serve.yaml").read_text())["applications"][0])
+        app["args"].update(run_dir=self.run_dir, cache_dir=self.cache)
+        app["args"]["generation"].update(max_inflight=64, timeout_s=300)
+        if self.cpu_priority is not None:
+            app["args"]["generation"]["cpu_priority"] = self.cpu_priority
+        cpus = {"SemconvIngress": 0.5, "CodeTokenizer": 0.25, "ModelGenerator": 1}
+        for dep in app["deployments"]:
+            dep["ray_actor_options"] = {"num_cpus": cpus[dep["name"]]}
+            dep["autoscaling_config"].update(min_replicas=1, initial_replicas=1, max_replicas=1)
+            dep["user_config"] = {"run_dir": None, "precache": None}
+            if dep["name"] == "ModelGenerator":
+                dep["user_config"].update(max_batch_size=max_batch_size, batch_wait_timeout_s=self.batch_wait_s,
+                                          answer_spacing_s=self.spacing_s)
+        return app
 
 
 def generator_default(key: str) -> float:
@@ -257,7 +268,7 @@ def build_tiny(root: Path) -> str:
     return str(root / "run")
 
 
-async def measure(url: str, run: RunDir, quick: bool, rate: float, batch_wait_s: float, batch: int) -> dict:
+async def measure(url: str, run: RunDir, app: AppUnderTest, quick: bool, rate: float, batch: int) -> dict:
     n1, n16, alone_s = (4, 48, 15) if quick else (24, 256, 30)
     users, hists = test_histories(run, 256)
     bodies = [{"history": h, "k": 10} for h in hists if h]
@@ -265,7 +276,7 @@ async def measure(url: str, run: RunDir, quick: bool, rate: float, batch_wait_s:
     out: dict = {}
     await lookups_alone(url, users, rate, 3)  # warm-up, not recorded
     for mode, mbs in (("batched", batch), ("unbatched", 1)):
-        deploy(app_config(run.uri, CACHE, mbs, batch_wait_s, PRIORITY, SPACING))
+        deploy(app.config(mbs))
         await wait_batch_size(url, bodies[0], 2, 4)
         out[f"{mode}_c1"] = await closed_loop(url, bodies[:n1], 1)
         out[f"lookup_before_{mode}_c16"] = await lookups_alone(url, users, rate, alone_s)
@@ -278,14 +289,10 @@ async def measure(url: str, run: RunDir, quick: bool, rate: float, batch_wait_s:
     return out
 
 
-CACHE = ""
 APP = "semconv"
-PRIORITY: str | None = None
-SPACING = 0.0
 
 
 def main() -> None:
-    global CACHE, PRIORITY, SPACING
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", help="a complete run directory (model/, precache/, ...); read only")
     ap.add_argument("--tiny", help="build (once) and use a tiny-model run directory here")
@@ -304,10 +311,11 @@ def main() -> None:
         ap.error("give --run-dir or --tiny")
     run_dir = a.run_dir or build_tiny(Path(a.tiny))
     run = RunDir(run_dir)
-    PRIORITY = a.cpu_priority
-    wait_s = a.batch_wait_s if a.batch_wait_s is not None else generator_default("batch_wait_timeout_s")
-    SPACING = a.answer_spacing_s if a.answer_spacing_s is not None else generator_default("answer_spacing_s")
-    CACHE = tempfile.mkdtemp(prefix="semconv-bench-online-")
+    app = AppUnderTest(
+        run.uri, tempfile.mkdtemp(prefix="semconv-bench-online-"),
+        a.batch_wait_s if a.batch_wait_s is not None else generator_default("batch_wait_timeout_s"),
+        a.answer_spacing_s if a.answer_spacing_s is not None else generator_default("answer_spacing_s"),
+        a.cpu_priority)
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
     from ray import serve
@@ -325,21 +333,23 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
-    deploy(app_config(run.uri, CACHE, a.max_batch_size, wait_s, PRIORITY, SPACING))
+    deploy(app.config(a.max_batch_size))
     _, hists = test_histories(run, 1)
     asyncio.run(wait_generation(url, {"history": hists[0], "k": 10}))
     ready_s = time.perf_counter() - t0
-    res = asyncio.run(measure(url, run, a.quick, a.lookup_rate, wait_s, a.max_batch_size))
+    res = asyncio.run(measure(url, run, app, a.quick, a.lookup_rate, a.max_batch_size))
     serve.shutdown()
     ray.shutdown()
 
-    info = {**machine_info(), "torch_threads_model": 1, "run_dir": run_dir, "quick": a.quick, "batch_wait_s": wait_s, "max_batch_size": a.max_batch_size, "answer_spacing_s": SPACING, "cpu_priority": PRIORITY,
-            "lookup_rate": a.lookup_rate, "deploy_to_first_answer_s": ready_s}
+    info = {**machine_info(), "torch_threads_model": 1, "run_dir": run_dir, "quick": a.quick,
+            "batch_wait_s": app.batch_wait_s, "max_batch_size": a.max_batch_size, "answer_spacing_s": app.spacing_s,
+            "cpu_priority": app.cpu_priority, "lookup_rate": a.lookup_rate, "deploy_to_first_answer_s": ready_s}
     ratio = res["batched_c16"]["users_per_s"] / res["unbatched_c16"]["users_per_s"]
     look = {m: res[f"lookup_during_{m}_c16"]["p99_ms"] / res[f"lookup_before_{m}_c16"]["p99_ms"]
             for m in ("batched", "unbatched")}
     print(f"machine: {info['cpu']}, {info['cores']} cores, native bf16: {info['bf16_native']}; run {run_dir}")
-    print(f"batched: max_batch_size {a.max_batch_size}, batch_wait_timeout_s {wait_s:g}, answer_spacing_s {SPACING:g}, model cpu_priority {PRIORITY or 'from serve.yaml'}")
+    print(f"batched: max_batch_size {a.max_batch_size}, batch_wait_timeout_s {app.batch_wait_s:g}, "
+          f"answer_spacing_s {app.spacing_s:g}, model cpu_priority {app.cpu_priority or 'from serve.yaml'}")
     print("| phase | concurrency | requests | p50 ms | p99 ms | users/s | mean batch | model busy | errors |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for key in ("batched_c1", "batched_c16", "unbatched_c1", "unbatched_c16"):
