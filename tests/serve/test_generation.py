@@ -239,3 +239,17 @@ def test_answers_of_one_batch_leave_spaced_and_a_lone_answer_at_once():
     assert burst[0] < 0.1  # the first leaves at once
     assert lone[0] < 0.1  # no wait after an idle spell
     assert together[-1] < 0.1
+
+
+def test_bad_batching_and_priority_settings_are_refused_naming_the_field():
+    from pydantic import ValidationError
+
+    from serve_app.generation import GeneratorUserConfig
+
+    with pytest.raises(ValidationError, match="answer_spacing_s"):
+        GeneratorUserConfig.model_validate({"answer_spacing_s": -0.01})
+    with pytest.raises(ValidationError, match="batch_wait_timeout_s"):
+        GeneratorUserConfig.model_validate({"batch_wait_timeout_s": 11})
+    with pytest.raises(ValidationError, match="cpu_priority"):
+        GenerationArgs.model_validate({"cpu_priority": "realtime"})
+    assert GeneratorUserConfig().answer_spacing_s == 0.02 and GenerationArgs().cpu_priority == "idle"
