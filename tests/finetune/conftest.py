@@ -80,32 +80,28 @@ def sft_table_of(train: list[tuple[list[int], int]], valid: list[tuple[list[int]
     })
 
 
-def train_planted(model, tok, train, steps: int, max_len: int) -> list[float]:
-    """LoRA steps on planted rows (batches of 16); the per-step losses.
+def train_planted(base: Path, rows, steps: int, pack_len: int, code_softmax: str = "level", **over):
+    """The package's loop (:func:`semconv.finetune.recipe.train`) on planted rows in one process:
+    LoRA r=16, ~16 rows a step; returns its :class:`~semconv.finetune.recipe.Trained`.
 
     The code-token rows learn at 3x the LR (the demo's recipe): with one LR for all, a planted run
     sits on a plateau (loss ~1.9, one code level unlearnt) or escapes it on float rounding alone.
     """
-    import torch
+    from semconv.finetune.optim import TrainBudget
+    from semconv.finetune.recipe import FinetuneData, LoraSettings, Recipe, train
+    from semconv.training import Session
 
-    from semconv.finetune.data import BatchPlan, encode_batch
-    from semconv.finetune.optim import build_optimizer, build_scheduler
-    from semconv.finetune.train import optimizer_step
-
-    plan = BatchPlan(train.lengths(), batch_size=16, seed=0)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = build_optimizer(list(model.named_parameters()), lr=5e-3, weight_decay=0.0, code_token_lr_scale=3.0)
-    sched = build_scheduler(opt, 10, steps, "cosine", 0.1)
-    model.train()
-    return [optimizer_step(model, [encode_batch(tok, train, plan[s], max_len)], opt, sched, params, 1.0,
-                           False, torch.device("cpu")) for s in range(steps)]
+    recipe = Recipe(base_path=str(base), levels=LEVELS, codes_per_level=K, lora=LoraSettings(16, 32, 0.0),
+                    code_softmax=code_softmax, pack_len=pack_len, lr=5e-3, code_token_lr_scale=3.0,
+                    budget=TrainBudget(steps, None, 10, "cosine", 0.1), eval_every=10**9, bf16=False, **over)
+    return train(recipe, FinetuneData(rows), Session(checkpoint_every=10**9))
 
 
 def tiny_config(run_dir: Path, base: Path, **finetune) -> PipelineConfig:
     """A pipeline config for the planted rule on a tiny model (fast on 2 CPU cores)."""
     ft = {"base_model": str(base), "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "max_steps": 6,
           "batch_size": 4, "lr": 3e-3, "warmup_steps": 1, "eval_every": 3, "eval_samples": 8,
-          "checkpoint_every": 3, "log_every": 1, "max_seq_len": 128, "cpus_per_worker": 1, **finetune}
+          "checkpoint_every": 3, "log_every": 1, "pack_len": 128, "cpus_per_worker": 1, **finetune}
     return PipelineConfig.model_validate({
         "run_dir": str(run_dir), "tokenize": {"levels": LEVELS, "codes_per_level": K}, "finetune": ft,
     })
@@ -117,3 +113,24 @@ def planted_run_dir(tmp_path: Path) -> Path:
     run_dir = tmp_path / "run"
     RunDir(run_dir).write_table("sft", sft_table(64, 8))
     return run_dir
+
+
+def held_out_loss(model, tok, examples, pack_len: int = 128, code_softmax: str = "level") -> float:
+    """Mean label loss of ``examples`` under a saved (merged) model, as the loop's held-out
+    evaluation takes it: rows packed, the ``code_softmax`` loss per label token."""
+    import torch
+
+    from semconv.codes import all_code_tokens
+    from semconv.finetune.lm import PackedLM
+    from semconv.finetune.packing import collate_packs, encode_rows, pack_rows
+    from semconv.finetune.step import label_count
+
+    rows = encode_rows(tok, examples, pack_len)
+    lm = PackedLM(model, tok.convert_tokens_to_ids(all_code_tokens(LEVELS, K)), LEVELS, code_softmax).eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for pack in pack_rows(rows.lengths(), range(len(rows)), pack_len):
+            batch = collate_packs(rows, [pack], pack_len, tok.pad_token_id)
+            total += float(lm(**batch))
+            count += label_count(batch)
+    return total / count

@@ -1,19 +1,15 @@
-"""The loss is taken on the label (+ EOS) only; batches follow a resumable, disjoint plan."""
+"""The loss is taken on the label (+ EOS) only; rows are packed in a resumable, disjoint plan."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
-import torch.nn.functional as F
 from transformers import AutoTokenizer
 
-from semconv.finetune.data import (
-    IGNORE_INDEX, BatchPlan, SftDataError, collate, encode_batch, encode_example, epoch_batches,
-    eval_sample, split_examples,
-)
-from semconv.finetune.model import build_finetune_model
+from semconv.finetune.data import IGNORE_INDEX, SftDataError, encode_example, eval_sample, split_examples
+from semconv.finetune.packing import EncodedRows, PackPlan, collate_packs, encode_rows, epoch_packs, pack_rows
+from semconv.finetune.step import label_count
 from semconv.finetune.tokenizer import add_code_tokens
 
 from .conftest import K, LEVELS, sft_table
@@ -46,61 +42,62 @@ def test_truncation_keeps_the_label_and_the_latest_prompt_tokens(tok):
     assert sum(l != IGNORE_INDEX for l in labels) == 8 and tok.eos_token_id not in labels
 
 
-def test_loss_ignores_prompt_tokens(tiny_lm_dir, tok):
-    model, tok2, _ = build_finetune_model(tiny_lm_dir, LEVELS, K)
+def test_only_the_codes_and_eos_of_each_row_are_scored(tok):
     examples = split_examples(sft_table(4, 0), "train")
-    batch = encode_batch(tok2, examples, range(4), 128)
-    with torch.no_grad():
-        out = model(**batch)
-    logits = out.logits[:, :-1].float()
-    targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE_INDEX
-    manual = F.cross_entropy(logits[keep], targets[keep])
-    assert torch.allclose(out.loss, manual, atol=1e-5)
-    # 4 code tokens + EOS per row are scored, nothing else (padding included).
-    assert int(keep.sum()) == 4 * 5
-    # Changing a prompt token's label entry to a real id changes the loss: the mask is what hides it.
-    leaked = batch["labels"].clone()
-    leaked[:, 1] = batch["input_ids"][:, 1]
-    with torch.no_grad():
-        assert not torch.allclose(model(**{**batch, "labels": leaked}).loss, out.loss)
+    rows = encode_rows(tok, examples, 128)
+    batch = collate_packs(rows, [[0, 1], [2, 3]], 256, tok.pad_token_id)
+    assert label_count(batch) == 4 * 5  # 4 code tokens + EOS per row; prompts and padding are not
+    assert rows.label_tokens() == 4 * 5
 
 
-def test_collate_pads_right_and_masks_padding():
-    batch = collate([([5, 6, 7], [-100, 6, 7]), ([5], [5])], pad_id=0)
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
+def test_collate_packs_masks_each_row_to_itself_and_restarts_positions():
+    rows = EncodedRows([np.array([5, 6, 7]), np.array([8, 9]), np.array([4])],
+                       [np.array([-100, 6, 7]), np.array([-100, 9]), np.array([4])])
+    batch = collate_packs(rows, [[0, 1], [2]], 8, pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [4, 0, 0, 0, 0]]  # width: the longest pack
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 0, 1, 2, 3]]
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9], [4, -100, -100, -100, -100]]
+    mask = batch["attention_mask"][0, 0].int()
+    assert mask.tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
+    # a label right after a row boundary is not predicted from the row before it
+    assert label_count(batch) == 3
+    with pytest.raises(SftDataError, match="pack_len=4"):
+        collate_packs(rows, [[0, 1]], 4, pad_id=0)
 
 
-def test_epoch_covers_every_row_once_and_buckets_by_length():
+def test_packs_keep_the_order_fill_up_and_cover_every_row_once():
     rng = np.random.default_rng(0)
-    lengths = rng.integers(10, 200, size=103)
-    batches = epoch_batches(lengths, batch_size=8, seed=1, epoch=0, bucket=True, window=4)
-    assert sorted(np.concatenate(batches).tolist()) == list(range(103))
-    spread = np.mean([np.ptp(lengths[b]) for b in batches])
-    plain = epoch_batches(lengths, batch_size=8, seed=1, epoch=0, bucket=False)
-    assert spread < np.mean([np.ptp(lengths[b]) for b in plain]) / 2
+    lengths = rng.integers(10, 120, size=300)
+    packs = pack_rows(lengths, list(range(300)), 256)
+    assert sorted(i for p in packs for i in p) == list(range(300))
+    assert all(lengths[p].sum() <= 256 for p in packs)
+    assert [p[0] for p in packs] == sorted(p[0] for p in packs)  # each pack starts with the oldest row left
+    fill = lengths.sum() / (256 * len(packs))
+    assert fill > 0.9, fill
+    with pytest.raises(SftDataError, match="does not fit finetune.pack_len=64"):
+        pack_rows(np.array([10, 65]), [0, 1], 64)
 
 
-def test_batch_plan_is_disjoint_across_workers_and_reproducible():
-    lengths = np.arange(40)
-    plan = BatchPlan(lengths, batch_size=4, seed=3)
-    step_rows = [plan.micro_batch(0, a, 2, r, 2).tolist() for a in range(2) for r in range(2)]
-    flat = [i for rows in step_rows for i in rows]
-    assert len(flat) == len(set(flat)) == 16
-    again = BatchPlan(lengths, batch_size=4, seed=3)
-    assert [again.micro_batch(7, 1, 2, 1, 2).tolist()] == [plan.micro_batch(7, 1, 2, 1, 2).tolist()]
-    # Epoch 2 is a different order of the same rows.
-    assert sorted(np.concatenate([plan[k] for k in range(10, 20)]).tolist()) == list(range(40))
-    assert [plan[k].tolist() for k in range(10)] != [plan[k].tolist() for k in range(10, 20)]
+def test_pack_plan_is_disjoint_across_workers_and_reproducible():
+    lengths = np.full(40, 10)  # 4 rows a pack of 40: 10 packs an epoch
+    plan = PackPlan(lengths, 40, seed=3)
+    assert plan.per_epoch == 10 and plan.tokens_per_epoch == 400
+    step = [plan.micro_batch(0, a, 2, r, 2, per_micro=2) for a in range(2) for r in range(2)]
+    flat = [i for micro in step for pack in micro for i in pack]
+    assert len(flat) == len(set(flat)) == 32
+    again = PackPlan(lengths, 40, seed=3)
+    assert again.micro_batch(7, 1, 2, 1, 2, 2) == plan.micro_batch(7, 1, 2, 1, 2, 2)
+    # epoch 2 is a different order of the same rows
+    assert sorted(i for k in range(10, 20) for i in plan[k]) == list(range(40))
+    assert [plan[k] for k in range(10)] != [plan[k] for k in range(10, 20)]
+    assert epoch_packs(lengths, 40, 3, 1) == [plan[k] for k in range(10, 20)]
 
 
 def test_eval_sample_is_fixed_and_bounded():
     examples = split_examples(sft_table(0, 30), "valid")
-    assert eval_sample(examples, 10, seed=0) == eval_sample(examples, 10, seed=0)
-    assert len(set(eval_sample(examples, 10, seed=0))) == 10
-    assert len(eval_sample(examples, 100, seed=0)) == 30
+    assert eval_sample(len(examples), 10, seed=0) == eval_sample(len(examples), 10, seed=0)
+    assert len(set(eval_sample(len(examples), 10, seed=0))) == 10
+    assert len(eval_sample(len(examples), 100, seed=0)) == 30
 
 
 def test_bad_sft_tables_are_named():
@@ -109,4 +106,4 @@ def test_bad_sft_tables_are_named():
     with pytest.raises(SftDataError, match="row 1"):
         split_examples(pa.table({"prompt": ["a", "b"], "label": ["x", ""], "split": ["train"] * 2}), "train")
     with pytest.raises(SftDataError, match="no training rows"):
-        BatchPlan(np.array([], dtype=np.int64), 4, 0)
+        PackPlan(np.array([], dtype=np.int64), 64, 0)

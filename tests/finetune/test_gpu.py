@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from semconv.artifacts import RunDir
-from semconv.finetune.data import encode_batch, split_examples
+from semconv.finetune.data import split_examples
 from semconv.finetune.model import load_for_inference
 from semconv.finetune.stage import run_finetune
 
-from .conftest import sft_table, tiny_config
+from .conftest import held_out_loss, sft_table, tiny_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 ZERO2 = Path(__file__).resolve().parents[2] / "configs" / "deepspeed_zero2.json"
@@ -36,7 +36,5 @@ def test_finetune_on_a_gpu_worker_learns_and_writes_a_loadable_model(ray_local, 
     assert ckpts and (not deepspeed or any((c / "deepspeed").is_dir() for c in ckpts))
 
     model, tok = load_for_inference(model_dir, str(tiny_lm_dir))
-    batch = encode_batch(tok, split_examples(sft_table(0, 16), "valid"), range(16), 128)
-    with torch.no_grad():
-        loss = float(model(**batch).loss)
+    loss = held_out_loss(model.cpu().float(), tok, split_examples(RunDir(run_dir).read_table("sft"), "valid"))
     assert abs(loss - metrics["eval_loss"][-1]) < 0.25  # the adapter saved is the model trained

@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from semconv.codes import item_tokens
+from semconv.codes import all_code_tokens, item_tokens
 from semconv.decoding import Decoding
-from semconv.finetune.data import IGNORE_INDEX, SftExamples, collate, encode_example
+from semconv.finetune.data import IGNORE_INDEX, SftExamples, encode_example
+from semconv.finetune.lm import PackedLM
 from semconv.finetune.model import build_finetune_model
-from semconv.finetune.train import label_loss, label_tokens
+from semconv.finetune.packing import collate_packs, encode_rows
 from semconv.inference.ranker import GenerativeRanker
 from semconv.prompts import HISTORY_HEADER
 from semconv.tasks.history import history_rows
@@ -28,9 +29,12 @@ def _history_row(history=HISTORY):
 
 
 def _summed_loss(model, tok, pairs, eos):
-    batch = collate([encode_example(tok, p, l, 256, eos) for p, l in pairs], tok.pad_token_id)
+    """The fine-tune's summed label loss (the whole vocabulary's softmax) of rows packed together."""
+    rows = encode_rows(tok, SftExamples([p for p, _ in pairs], [l for _, l in pairs], [eos] * len(pairs)), 256)
+    code_ids = tok.convert_tokens_to_ids(all_code_tokens(LEVELS, K))
     with torch.no_grad():
-        return float(label_loss(model, batch, torch.device("cpu"))) * label_tokens(batch)
+        lm = PackedLM(model, code_ids, LEVELS, "vocabulary")
+        return float(lm(**collate_packs(rows, [list(range(len(rows)))], 256, tok.pad_token_id)))
 
 
 def test_history_row_loss_equals_the_sum_of_its_per_prefix_rows(tiny_lm_dir, one_thread):
@@ -80,9 +84,7 @@ def test_the_inference_prompt_of_a_history_is_its_training_prefix(tiny_lm_dir):
 
 
 def test_the_history_objective_learns_a_planted_next_item_rule(tmp_path, one_thread):
-    torch.manual_seed(0)
     base = build_tiny_lm(tmp_path / "lm", hidden=96, layers=2)
-    model, tok, _ = build_finetune_model(base, LEVELS, K, lora={"r": 16, "alpha": 32, "dropout": 0.0})
     rng = np.random.default_rng(0)
     histories = []
     for _ in range(128):
@@ -92,33 +94,11 @@ def test_the_history_objective_learns_a_planted_next_item_rule(tmp_path, one_thr
         histories.append(h)
     table = history_rows(list(range(len(histories))), histories, CODES, max_len=20)
     train = SftExamples(table["prompt"].to_pylist(), table["label"].to_pylist(), [False] * table.num_rows)
-    losses = train_planted(model, tok, train, steps=150, max_len=64)
+    trained = train_planted(base, train, steps=150, pack_len=64, batch_size=8)  # ~2 rows a pack
+    losses = trained.history["train_loss"]
     assert np.mean(losses[-10:]) < np.mean(losses[:5]) / 3
-    ranker = GenerativeRanker(model.merge_and_unload(), tok, CODES, num_beams=4, top_k=1, decoding=Decoding("history"))
+    ranker = GenerativeRanker(trained.model.merge_and_unload(), trained.tokenizer, CODES, num_beams=4, top_k=1, decoding=Decoding("history"))
     starts = [[i, next_item(i)] for i in range(N_ITEMS)]
     items, _ = ranker.rank(starts)
     hits = sum(int(items[i, 0]) == next_item(h[-1]) for i, h in enumerate(starts))
     assert hits / len(starts) >= 0.9, f"next-item accuracy {hits}/{len(starts)}"
-
-
-def test_level_loss_scores_code_labels_against_their_level_and_text_against_the_vocabulary():
-    from semconv.finetune.train import code_level_cross_entropy
-
-    torch.manual_seed(0)
-    vocab, code_ids = 30, torch.arange(10, 22).view(3, 4)  # 3 levels x 4 codes at ids 10..21
-    logits = torch.randn(5, vocab, requires_grad=True)
-    targets = torch.tensor([11, 17, 21, 3, 14])  # a_1, b_3, c_3, a text token, b_0
-    got = code_level_cross_entropy(logits, targets, code_ids)
-    by_hand = []
-    for row, t in enumerate(targets.tolist()):
-        if 10 <= t < 22:
-            level = code_ids[(t - 10) // 4]
-            by_hand.append(-logits[row, level].log_softmax(-1)[(t - 10) % 4])
-        else:
-            by_hand.append(-logits[row].log_softmax(-1)[t])
-    want = torch.stack(by_hand).mean()
-    assert torch.allclose(got, want, atol=1e-6)
-    got.backward()
-    # a code label's gradient reaches only its level's logits
-    assert logits.grad[0, :10].abs().sum() == 0 and logits.grad[0, 14:].abs().sum() == 0
-    assert logits.grad[3].abs().min() > 0  # the text label's softmax spans the vocabulary

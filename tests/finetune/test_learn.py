@@ -7,7 +7,6 @@ import torch
 
 from semconv.codes import parse_item_tokens
 from semconv.finetune.data import IGNORE_INDEX, encode_example, split_examples
-from semconv.finetune.model import build_finetune_model
 from ..conftest import build_tiny_lm
 
 from .conftest import (
@@ -16,7 +15,7 @@ from .conftest import (
 
 # A short context keeps only the latest history (prompts lose their oldest tokens first), which a
 # frozen two-layer random model can read within a few hundred LoRA steps; a pretrained LLM reads
-# whole prompts (the demo uses max_seq_len 192).
+# whole prompts (the demo packs rows of up to finetune.pack_len tokens).
 MAX_LEN = 24
 
 
@@ -36,14 +35,15 @@ def test_training_learns_the_planted_next_item_rule(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one busy thread beats two spinning ones on a shared 2-core host
     try:
-        torch.manual_seed(0)
         base = build_tiny_lm(tmp_path / "lm", hidden=96, layers=2)
-        model, tok, _ = build_finetune_model(base, LEVELS, K, lora={"r": 16, "alpha": 32, "dropout": 0.0})
         train = split_examples(sft_table_of(planted_rows(512, seed=0, max_history=1)), "train")
-        losses = train_planted(model, tok, train, steps=400, max_len=MAX_LEN)
+        # rows of MAX_LEN tokens: one row a pack, 16 packs a step; the whole vocabulary's softmax,
+        # since greedy decoding below reads it
+        trained = train_planted(base, train, steps=400, pack_len=MAX_LEN, code_softmax="vocabulary", batch_size=16)
+        losses = trained.history["train_loss"]
         assert np.mean(losses[-20:]) < np.mean(losses[:5]) / 3
 
-        merged = model.merge_and_unload().eval()
+        merged, tok = trained.model.merge_and_unload().eval(), trained.tokenizer
         cases = all_planted_histories(max_history=1)  # every item once
         hits = sum(greedy_codes(merged, tok, planted_example(h, t)[0]) == item_codes(t) for h, t in cases)
         assert hits / len(cases) >= 0.9, f"next-item accuracy {hits}/{len(cases)}"

@@ -14,15 +14,21 @@ from semconv.finetune.model import build_finetune_model
 from .conftest import K, LEVELS, item_codes, next_item
 
 
-def test_full_variant_starts_from_the_same_function_with_every_weight_trainable(tiny_lm_dir):
-    torch.manual_seed(0)
-    lora, _, _ = build_finetune_model(tiny_lm_dir, LEVELS, K)
-    ids = torch.tensor([[5, 9, 2, 7]])
-    before = lora(input_ids=ids).logits.detach()
-    n_lora = sum(p.requires_grad for p in lora.parameters())
-    full = learning_curve.full_model(lora)
-    assert all(p.requires_grad for p in full.parameters()) and sum(1 for _ in full.parameters()) != n_lora
-    assert torch.allclose(full(input_ids=ids).logits, before, atol=1e-5)
+def test_a_variant_changes_only_its_keys_and_is_validated_like_the_config_file(tmp_path):
+    import pytest
+    from pydantic import ValidationError
+
+    from semconv.config import PipelineConfig
+
+    cfg = PipelineConfig.model_validate({"run_dir": str(tmp_path)})
+    v = learning_curve.variant_config(cfg, "num_layers=12+lr=2e-3+objective=prompt")
+    assert v.finetune.num_layers == 12 and v.finetune.lr == 2e-3 and v.tasks.sequential_objective == "prompt"
+    assert v.finetune.lora_r == cfg.finetune.lora_r and cfg.finetune.num_layers is None  # the demo's is untouched
+    assert learning_curve.variant_config(cfg, "default") == cfg
+    with pytest.raises(ValidationError, match="num_layers"):
+        learning_curve.variant_config(cfg, "num_layers=0")
+    with pytest.raises(SystemExit, match="key=value"):
+        learning_curve.parse_variant("num_layers")
 
 
 def test_valid_sample_is_seeded_and_at_picks_the_nearest_point(tmp_path):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semconv.finetune.data import encode_batch, split_examples
+from semconv.finetune.data import split_examples
+from semconv.finetune.lm import PackedLM
 from semconv.finetune.model import build_finetune_model, load_base, trainable_state
-from semconv.finetune.optim import build_optimizer, build_scheduler
-from semconv.finetune.train import optimizer_step
+from semconv.finetune.optim import build_optimizer
+from semconv.finetune.packing import collate_packs, encode_rows
+from semconv.finetune.step import optimizer_step
 
 from .conftest import K, LEVELS, sft_table
 
@@ -30,10 +32,10 @@ def test_only_lora_and_code_rows_change_after_a_step(tiny_lm_dir):
     all_before = {k: v.clone() for k, v in model.state_dict().items()}
     effective_before = _effective_weights(model)
     examples = split_examples(sft_table(8, 0), "train")
-    batch = encode_batch(tok, examples, range(8), 128)
+    batch = collate_packs(encode_rows(tok, examples, 512), [[0, 1, 2, 3], [4, 5, 6, 7]], 512, tok.pad_token_id)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(params, lr=1e-2, weight_decay=0.0)
-    optimizer_step(model, [batch], opt, build_scheduler(opt, 0, 10), params, 1.0, False, torch.device("cpu"))
+    optimizer_step(PackedLM(model, code_ids, LEVELS), [batch], opt, params, 1.0, False, torch.device("cpu"))
 
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, all_before[k])}
     assert changed, "one step at lr 1e-2 must move some weight"
@@ -86,27 +88,36 @@ def test_trainable_state_is_small(tiny_lm_dir):
     assert total < sum(p.numel() for p in model.parameters()) / 2
 
 
-@pytest.mark.parametrize("masked", [True, False], ids=["label-positions", "older-transformers-fallback"])
-def test_label_loss_equals_the_full_logits_loss_and_its_gradients(tiny_lm_dir, monkeypatch, masked):
-    """Projecting only the label positions changes the cost, not the loss or the gradients; with a
-    transformers that cannot take a boolean ``logits_to_keep`` the fallback gives the same."""
-    from semconv.finetune import train
-    from semconv.finetune.train import label_loss
+def test_a_shallower_model_round_trips_through_save_and_from_pretrained(tiny_lm_dir, tmp_path):
+    """``finetune.num_layers``: the first N layers, saved whole, loaded by plain ``from_pretrained``."""
+    from transformers import AutoModelForCausalLM
 
-    assert train.masked_logits_supported()  # the pinned transformers takes the mask
-    if not masked:
-        monkeypatch.setattr(train, "masked_logits_supported", lambda: False)
+    from semconv.finetune.model import load_for_inference, save_recommender
+
     torch.manual_seed(0)
-    model, tok, _ = build_finetune_model(tiny_lm_dir, LEVELS, K, lora={"r": 4, "alpha": 8, "dropout": 0.0})
-    examples = split_examples(sft_table(8, 0), "train")
-    batch = encode_batch(tok, examples, range(8), 128)
-    assert (batch["labels"] == -100).float().mean() > 0.5  # mostly prompt: the masked projection matters
-    params = [p for p in model.parameters() if p.requires_grad]
+    model, tok, code_ids = build_finetune_model(tiny_lm_dir, LEVELS, K, lora={"r": 4, "alpha": 8, "dropout": 0.0},
+                                                num_layers=1)
+    with torch.no_grad():  # trained-looking adapter and code rows, so the merge is part of the check
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    ids = torch.tensor([[5, 9, 2, code_ids[3], code_ids[K + 1]]])
+    want = model.eval()(input_ids=ids).logits.detach()
+    save_recommender(tmp_path / "model", model, tok, whole=True)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    assert loaded.config.num_hidden_layers == 1 and len(loaded.model.layers) == 1
+    torch.testing.assert_close(loaded(input_ids=ids).logits, want, rtol=1e-4, atol=1e-5)
+    again, tok2 = load_for_inference(tmp_path / "model", "not-needed-for-a-whole-model")
+    torch.testing.assert_close(again(input_ids=ids).logits, want, rtol=1e-4, atol=1e-5)
+    assert len(tok2) == len(tok)
+    with pytest.raises(ValueError, match="between 1 and the base's 2 layers"):
+        build_finetune_model(tiny_lm_dir, LEVELS, K, num_layers=3)
 
-    ours = label_loss(model, batch, torch.device("cpu"))
-    ours_grads = torch.autograd.grad(ours, params)
-    full = model(**batch).loss
-    full_grads = torch.autograd.grad(full, params)
-    torch.testing.assert_close(ours, full, rtol=1e-5, atol=1e-6)
-    for a, b in zip(ours_grads, full_grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+def test_full_fine_tuning_trains_every_weight_and_the_code_rows_keep_their_own_group(tiny_lm_dir):
+    model, _, code_ids = build_finetune_model(tiny_lm_dir, LEVELS, K, method="full")
+    assert all(p.requires_grad for p in model.parameters())
+    opt = build_optimizer(model.named_parameters(), lr=1e-3, weight_decay=0.0, code_token_lr_scale=10.0)
+    assert [g.get("name") for g in opt.param_groups] == ["model", "code_rows"]
+    rows = opt.param_groups[1]["params"]
+    assert len(rows) == 1 and rows[0].shape[0] == len(code_ids)

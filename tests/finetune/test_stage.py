@@ -12,13 +12,11 @@ import torch
 from semconv import training
 from semconv.artifacts import RunDir
 from semconv.hardware import cpu_bf16_supported
-from semconv.finetune.data import encode_batch, split_examples
+from semconv.finetune.data import split_examples
 from semconv.finetune.model import load_for_inference
 from semconv.finetune.stage import FinetuneInputError, run_finetune
-from semconv.finetune.tokenizer import code_token_ids
-from semconv.finetune.train import training_loss
 
-from .conftest import K, LEVELS, sft_table, tiny_config
+from .conftest import held_out_loss, sft_table, tiny_config
 
 
 def test_run_finetune_writes_a_complete_model_that_loads(ray_local, planted_run_dir, tiny_lm_dir):
@@ -33,31 +31,30 @@ def test_run_finetune_writes_a_complete_model_that_loads(ray_local, planted_run_
     metrics = json.loads((model_dir / "train_metrics.json").read_text())
     assert metrics["train_steps"] == [1, 2, 3, 4] and len(metrics["train_loss"]) == 4
     assert metrics["eval_steps"] == [2, 4] and all(x > 0 for x in metrics["eval_loss"])
-    assert metrics["samples"] == 4 * 4 and metrics["samples_per_s"] > 0
+    # 4 packs of 128 tokens a step hold several planted rows each
+    assert 4 * 4 <= metrics["samples"] <= 4 * 64 and metrics["samples_per_s"] > 0 and metrics["tokens_per_s"] > 0
     # The adapter holds the code rows but not the whole resized vocabulary.
     assert (model_dir / "adapter_model.safetensors").stat().st_size < 200_000
     assert list((planted_run_dir / "_checkpoints").glob("finetune-*/checkpoint_*"))
 
     model, tok = load_for_inference(model_dir, str(tiny_lm_dir))
     valid = split_examples(rd.read_table("sft"), "valid")  # the run's whole held-out sample
-    batch = encode_batch(tok, valid, range(len(valid)), 128)
-    loss_fn = training_loss(cfg.finetune.code_softmax, code_token_ids(tok, LEVELS, K), LEVELS)
-    with torch.no_grad():
-        loss = loss_fn(model, batch, torch.device("cpu"))
+    loss = held_out_loss(model, tok, valid, code_softmax=cfg.finetune.code_softmax)
     # the saved model is the one the run evaluated last (fp32 here; bf16 autocast where native)
-    assert float(loss) == pytest.approx(metrics["eval_loss"][-1], rel=2e-2 if cpu_bf16_supported() else 1e-4)
-    merged_logits = _logits(model_dir / "merged", batch)
-    assert torch.allclose(merged_logits, model(**batch).logits.detach(), atol=1e-4)
+    assert loss == pytest.approx(metrics["eval_loss"][-1], rel=2e-2 if cpu_bf16_supported() else 1e-4)
+    ids = torch.tensor([tok(valid.prompts[0] + valid.labels[0])["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(_logits(model_dir / "merged", ids), model(input_ids=ids).logits, atol=1e-4)
 
     before = (model_dir / "_SUCCESS").read_text()
     assert run_finetune(cfg) == out and (model_dir / "_SUCCESS").read_text() == before  # complete: skipped
 
 
-def _logits(path: Path, batch: dict) -> torch.Tensor:
+def _logits(path: Path, ids: torch.Tensor) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 
     with torch.no_grad():
-        return AutoModelForCausalLM.from_pretrained(path)(**batch).logits
+        return AutoModelForCausalLM.from_pretrained(path)(input_ids=ids).logits
 
 
 def test_codes_outside_the_configured_vocabulary_are_rejected(tmp_path, tiny_lm_dir):
@@ -85,7 +82,7 @@ def test_two_workers_resume_after_a_killed_worker(ray_local, planted_run_dir, ti
     metrics = json.loads((Path(out["model"]) / "train_metrics.json").read_text())
     assert metrics["resumed_from_step"] == [3]  # restarted from the step-3 checkpoint
     assert metrics["train_steps"] == [1, 2, 3, 4, 5, 6]  # the counter went on, no step twice
-    assert metrics["workers"] == 2 and metrics["samples"] == 6 * 2 * 4
+    assert metrics["workers"] == 2 and metrics["samples"] > 6 * 2 * 4  # several rows a pack
 
 
 def test_a_time_budget_stops_training_and_still_publishes_the_model(ray_local, planted_run_dir, tiny_lm_dir):

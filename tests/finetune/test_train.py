@@ -1,4 +1,4 @@
-"""The fine-tuning loop in one process (``train_func(config, Session())``): a run resumed from a
+"""The fine-tuning loop in one process (``train(recipe, data, Session())``): a run resumed from a
 checkpoint ends exactly where the uninterrupted one does, a run restored after its last step
 publishes the final payload again, and the strategy is DeepSpeed only on GPUs with its config."""
 
@@ -11,10 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import dataclasses
+
+from semconv.artifacts import RunDir
 from semconv.finetune import checkpoint as ckpt
-from semconv.finetune.stage import train_config
+from semconv.finetune.recipe import train, train_func
+from semconv.finetune.stage import read_data, recipe_of
 from semconv.finetune.strategy import DDP, strategy_for
-from semconv.finetune.train import train_func
 from semconv.training import Session
 
 from .conftest import tiny_config
@@ -23,7 +26,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loop_config(run_dir: Path, base: Path, **finetune) -> dict:
-    return train_config(tiny_config(run_dir, base, **finetune), base, None)
+    """What the stage hands each Ray Train worker: the typed recipe and the rows in memory."""
+    return {"recipe": recipe_of(tiny_config(run_dir, base, **finetune), base, None),
+            "data": read_data(RunDir(run_dir))}
 
 
 def test_a_resumed_run_ends_where_the_uninterrupted_one_does(planted_run_dir, tiny_lm_dir, tmp_path):
@@ -60,12 +65,40 @@ def test_a_run_restored_after_its_last_step_publishes_the_final_payload_again(pl
         torch.testing.assert_close(value, first[name], rtol=0, atol=0)
 
 
-def test_deepspeed_only_on_gpus_with_a_deepspeed_config(tiny_lm_dir, tmp_path):
+def test_deepspeed_only_on_gpus_with_a_deepspeed_config(planted_run_dir, tiny_lm_dir):
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    base = {"grad_clip": 1.0, "bf16": False}
+    recipe = loop_config(planted_run_dir, tiny_lm_dir)["recipe"]
     # a DeepSpeed config without GPUs (or GPUs without one) trains with plain DDP
     for use_gpu, deepspeed in ((False, {"zero_optimization": {"stage": 2}}), (True, None)):
-        strategy = strategy_for({**base, "use_gpu": use_gpu, "deepspeed": deepspeed}, model, opt, sched, Session())
+        strategy = strategy_for(dataclasses.replace(recipe, use_gpu=use_gpu, deepspeed=deepspeed), model, opt,
+                                Session())
         assert isinstance(strategy, DDP) and strategy.runner is model
+
+
+def test_the_frozen_phase_changes_only_the_code_token_rows(planted_run_dir, tiny_lm_dir):
+    """``finetune.code_rows_first``: the first part of the budget trains the code rows alone."""
+    config = loop_config(planted_run_dir, tiny_lm_dir, max_steps=4, code_rows_first=0.5, eval_every=100)
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+
+    def snapshot(step, seconds, model, tokenizer):
+        seen[step] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    start = _initial(config["recipe"])
+    trained = train(config["recipe"], config["data"], Session(checkpoint_every=100), probes=[snapshot])
+    assert trained.history["train_steps"] == [1, 2, 3, 4]
+    rows = [n for n in seen[2] if "trainable_tokens_delta" in n]
+    others = [n for n in seen[2] if n not in rows]
+    assert rows and others and all("lora_" in n for n in others)
+    for n in others:  # LoRA untouched through the frozen phase (steps 1-2) ...
+        assert torch.equal(seen[2][n], start[n]), n
+    assert all(not torch.equal(seen[2][n], start[n]) for n in rows)  # ... while the code rows learned
+    assert any(not torch.equal(seen[4][n], start[n]) for n in others if "lora_B" in n)  # then LoRA too
+
+
+def _initial(recipe) -> dict[str, torch.Tensor]:
+    """The trainable weights a recipe starts from (its build is seeded)."""
+    from semconv.finetune.recipe import build_model
+
+    lm, _ = build_model(recipe)
+    return {n[len("model."):]: p.detach().clone() for n, p in lm.named_parameters() if p.requires_grad}

@@ -55,7 +55,6 @@ def _history_sft(n: int) -> pa.Table:
 def _build(run_dir, lm_dir) -> None:
     from semconv.embed.supplied import embedding_table
     from semconv.finetune.data import split_examples
-    from semconv.finetune.model import build_finetune_model
     from semconv.tokenize.codebook import CodebookConfig, ResidualCodebook
 
     run = RunDir(run_dir)
@@ -78,9 +77,9 @@ def _build(run_dir, lm_dir) -> None:
     with run.writing("codebook", {"levels": LEVELS}) as tmp:
         book.save_pretrained(tmp)
     run.write_table("item_codes", item_codes_table(np.array(old), np.array([item_codes(i) for i in old])))
-    torch.manual_seed(0)
-    model, tok, _ = build_finetune_model(lm_dir, LEVELS, K, lora={"r": 16, "alpha": 32, "dropout": 0.0})
-    losses = train_planted(model, tok, split_examples(_history_sft(512), "train"), steps=400, max_len=40)
+    trained = train_planted(lm_dir, split_examples(_history_sft(512), "train"), steps=400, pack_len=40,
+                            code_softmax="vocabulary", batch_size=8)  # ~2 rows a pack
+    losses, model, tok = trained.history["train_loss"], trained.model, trained.tokenizer
     assert np.mean(losses[-20:]) < np.mean(losses[:5]) / 3
     with run.writing("model", {"base_model": str(lm_dir)}) as tmp:
         model.save_pretrained(tmp)

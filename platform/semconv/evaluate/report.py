@@ -76,7 +76,7 @@ def training_summary(train: dict[str, Any]) -> dict[str, Any]:
         values = [v for v in curve(train, key)[1] if v is not None]
         if values:
             out[f"{key}_first"], out[f"{key}_last"], out[f"{key}_min"] = values[0], values[-1], min(values)
-    for key in ("steps", "train_time_s", "samples_per_s", "workers"):
+    for key in ("steps", "epochs", "train_time_s", "samples_per_s", "tokens_per_s", "workers"):
         if isinstance(train.get(key), (int, float)):
             out[key] = train[key]
     return out

@@ -10,7 +10,7 @@ from typing import Any
 __all__ = ["add_code_tokens", "load_for_inference", "run_finetune", "train_func"]
 
 _HOME = {"add_code_tokens": "tokenizer", "load_for_inference": "model", "run_finetune": "stage",
-         "train_func": "train"}
+         "train_func": "recipe"}
 
 
 def __getattr__(name: str) -> Any:

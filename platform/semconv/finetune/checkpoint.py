@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from semconv.finetune.model import trainable_state
+from semconv.finetune.model import save_recommender, trainable_state
 
 STATE = "train_state.json"
 TRAINABLE = "trainable.safetensors"
@@ -27,17 +27,18 @@ DEEPSPEED_TAG = "deepspeed"
 def new_history() -> dict[str, Any]:
     """Everything the run accumulates, in step order; survives restarts via checkpoints."""
     return {"step": 0, "train_loss": [], "train_steps": [], "lr": [], "eval_loss": [], "eval_steps": [],
-            "samples": 0, "train_time_s": 0.0, "resumed_from_step": []}
+            "samples": 0, "tokens": 0, "train_time_s": 0.0, "resumed_from_step": []}
 
 
-def save_state(path: Path, model: Any, optimizer: Any, scheduler: Any) -> None:
-    """Write the trainable weights, optimizer and schedule of the plain (DDP) path into ``path``."""
+def save_state(path: Path, model: Any, optimizer: Any) -> None:
+    """Write the trainable weights and optimizer of the plain (DDP) path into ``path`` (the LR is
+    a function of the step and the training time, which the history holds)."""
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(path / TRAINABLE))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path / OPTIMIZER)
+    torch.save({"optimizer": optimizer.state_dict()}, path / OPTIMIZER)
 
 
-def load_state(path: Path, model: Any, optimizer: Any, scheduler: Any) -> None:
+def load_state(path: Path, model: Any, optimizer: Any) -> None:
     """Restore what :func:`save_state` wrote. The optimizer file holds only tensors and plain
     values, so it loads with ``weights_only=True`` (no pickled code runs from a checkpoint)."""
     weights = load_file(str(path / TRAINABLE))
@@ -48,9 +49,7 @@ def load_state(path: Path, model: Any, optimizer: Any, scheduler: Any) -> None:
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    opt = torch.load(path / OPTIMIZER, weights_only=True)
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
+    optimizer.load_state_dict(torch.load(path / OPTIMIZER, weights_only=True)["optimizer"])
 
 
 def write_history(path: Path, history: dict[str, Any]) -> None:
@@ -61,8 +60,10 @@ def read_history(path: Path) -> dict[str, Any]:
     return json.loads((path / STATE).read_text())
 
 
-def save_final(path: Path, model: Any, tokenizer: Any, metrics: dict[str, Any]) -> None:
-    """The ``model/`` payload: peft adapter (code rows included, full vocab not), tokenizer, metrics.
+def save_final(path: Path, model: Any, tokenizer: Any, metrics: dict[str, Any], whole: bool = False) -> None:
+    """The ``model/`` payload: peft adapter (code rows included, full vocab not), tokenizer, metrics;
+    with ``whole`` (a shallower base, full fine-tuning) the merged model instead
+    (:func:`semconv.finetune.model.save_recommender`).
 
     It loads with plain Hugging Face calls, into the model that was trained::
 
@@ -89,18 +90,5 @@ def save_final(path: Path, model: Any, tokenizer: Any, metrics: dict[str, Any]) 
     rows, so the adapter stays small (SmolLM2-135M, 1,024 codes, LoRA r=16: 22 MB; with the
     embedding and lm_head matrices it would be 256 MB).
     """
-    path.mkdir(parents=True, exist_ok=True)
-    _pin_base_path(model)
-    model.save_pretrained(str(path), save_embedding_layers=False)
-    tokenizer.save_pretrained(str(path))
+    save_recommender(path, model, tokenizer, whole)
     (path / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
-
-
-def _pin_base_path(model: Any) -> None:
-    """A base named by a relative path is recorded absolute, so the adapter finds it from any
-    working directory (a hub id, or a directory that does not exist here, is left as it is)."""
-    for config in model.peft_config.values():
-        name = config.base_model_name_or_path
-        if name and Path(name).expanduser().is_dir():
-            config.base_model_name_or_path = os.path.abspath(Path(name).expanduser())
-

@@ -37,12 +37,24 @@ class FinetuneConfig(Section):
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         min_length=1, description="module names that get LoRA",
     )
+    method: Literal["lora", "full"] = Field(
+        "lora", description="lora: LoRA on target_modules + the code-token rows; full: every weight "
+        "(the code-token rows keep code_token_lr_scale)")
+    num_layers: int | None = Field(
+        None, ge=1, description="keep the base's first N transformer layers (None: all): a step costs "
+        "about N / depth as much, so a CPU budget buys more epochs; model/ then holds the whole merged "
+        "model, which plain from_pretrained loads")
+    code_rows_first: float = Field(
+        0.0, ge=0, lt=1, description="fraction of the training budget (steps or minutes) that trains "
+        "only the code-token rows, the LLM frozen, before everything trains together")
     max_steps: int = Field(60, ge=1, description="optimizer steps (at most)")
     max_minutes: float | None = Field(
         None, gt=0, description="wall-clock budget of the training loop: it stops at the first step "
         "past it (all workers together) and the LR schedule decays over whichever of steps and time "
         "runs out first, so a slower CPU trains fewer steps instead of taking longer")
-    batch_size: int = Field(8, ge=1, description="micro-batch per worker")
+    pack_len: int = Field(256, ge=8, description="tokens per packed sequence (rows are laid end to end, "
+                          "each attending only to itself); also the longest a row may be")
+    batch_size: int = Field(4, ge=1, description="packed sequences per micro-batch per worker")
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(5e-4, gt=0)
     code_token_lr_scale: float = Field(1.0, gt=0, description="LR multiplier of the code-token rows")
@@ -55,8 +67,6 @@ class FinetuneConfig(Section):
     lr_schedule: Literal["cosine", "linear"] = "cosine"
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final LR as a fraction of lr")
     grad_clip: float = Field(1.0, gt=0)
-    max_seq_len: int = Field(192, ge=8)
-    bucket_by_length: bool = Field(True, description="sort by length within windows (less padding)")
     eval_every: int = Field(30, ge=1, description="steps between held-out loss evaluations")
     eval_samples: int = Field(32, ge=1, description="fixed sample of sft split=='valid' rows")
     checkpoint_every: int = Field(30, ge=1, description="steps between checkpoints (resume points)")

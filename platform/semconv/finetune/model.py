@@ -1,9 +1,15 @@
 """The fine-tuned recommender: base causal LM + code tokens + LoRA (Alignment Tasks, stage 2).
 
-Only two kinds of weights learn: the LoRA matrices on the attention and MLP projections, and
-the embedding rows of the new code tokens (peft ``trainable_token_indices``). The pretrained
-vocabulary stays frozen, so the LLM keeps its language while it learns the item "words"; with
-tied input/output embeddings the same new rows also serve as the output projection.
+With LoRA (``finetune.method: lora``, the default) only two kinds of weights learn: the LoRA
+matrices on the attention and MLP projections, and the embedding rows of the new code tokens
+(peft ``trainable_token_indices``). The pretrained vocabulary stays frozen, so the LLM keeps its
+language while it learns the item "words"; with tied input/output embeddings the same new rows
+also serve as the output projection. ``full`` trains every weight.
+
+``finetune.num_layers`` keeps the base's first N transformer layers: a step costs about N / depth
+of the full model's, so a CPU budget buys that many more epochs. A shallower (or fully trained)
+model is not the base plus an adapter, so ``model/`` then holds the whole merged model, which
+plain ``AutoModelForCausalLM.from_pretrained`` loads (:func:`save_recommender`).
 
 SA-Init (TS-Rec): a code token starts at the mean input embedding of keywords describing the
 items that share it, instead of the generic mean-of-vocabulary init of ``resize_token_embeddings``.
@@ -30,15 +36,35 @@ def resolve_base(name_or_path: str | os.PathLike[str]) -> Path:
     return Path(resolve(name_or_path))
 
 
-def load_base(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """Load any causal LM directory and its tokenizer (never runs remote code)."""
+def load_base(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32,
+              num_layers: int | None = None) -> tuple[Any, Any]:
+    """Load any causal LM directory and its tokenizer (never runs remote code), keeping its first
+    ``num_layers`` transformer layers when given."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
+    if num_layers is not None:
+        keep_layers(model, num_layers)
     return model, tokenizer
+
+
+def keep_layers(model: Any, num_layers: int) -> None:
+    """Cut a causal LM to its first ``num_layers`` decoder layers, config included, so that
+    ``save_pretrained`` / ``from_pretrained`` round-trip the shallower model."""
+    decoder = getattr(model, model.base_model_prefix)
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise ValueError(f"finetune.num_layers: {type(model).__name__} has no .layers to cut")
+    if not 1 <= num_layers <= len(layers):
+        raise ValueError(f"finetune.num_layers must be between 1 and the base's {len(layers)} layers, "
+                         f"not {num_layers}")
+    decoder.layers = layers[:num_layers]
+    model.config.num_hidden_layers = num_layers
+    if isinstance(getattr(model.config, "layer_types", None), list):
+        model.config.layer_types = model.config.layer_types[:num_layers]
 
 
 def resize_for_code_tokens(model: Any, tokenizer: Any) -> None:
@@ -98,16 +124,54 @@ def build_finetune_model(
     lora: Mapping[str, Any] | None = None,
     sa_init: Mapping[str, Sequence[str]] | None = None,
     dtype: torch.dtype = torch.float32,
+    num_layers: int | None = None,
+    method: str = "lora",
 ) -> tuple[Any, Any, list[int]]:
-    """Base LM + code tokens (+ SA-Init) + LoRA, ready to train: ``(peft_model, tokenizer, ids)``."""
-    model, tokenizer = load_base(base_path, dtype)
+    """Base LM (its first ``num_layers`` layers) + code tokens (+ SA-Init), then LoRA (``method``
+    ``lora``: a peft model) or every weight trainable (``full``): ``(model, tokenizer, code ids)``."""
+    model, tokenizer = load_base(base_path, dtype, num_layers)
     code_ids = add_code_tokens(tokenizer, levels, codes_per_level)
     resize_for_code_tokens(model, tokenizer)
     if sa_init:
         sa_init_embeddings(model, tokenizer, sa_init)
     model.config.pad_token_id = tokenizer.pad_token_id
-    peft_model = apply_lora(model, code_ids, **dict(lora or {}))
-    return peft_model, tokenizer, code_ids
+    if method == "full":  # code rows as peft trainable tokens (their own LR), every other weight as well
+        from peft import TrainableTokensConfig, get_peft_model
+
+        model = get_peft_model(model, TrainableTokensConfig(token_indices=list(code_ids)))
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model, tokenizer, code_ids
+    if method != "lora":
+        raise ValueError(f"finetune.method must be 'lora' or 'full', not {method!r}")
+    return apply_lora(model, code_ids, **dict(lora or {})), tokenizer, code_ids
+
+
+def is_adapter(model: Any) -> bool:
+    """Whether ``model`` is a peft model (saved as an adapter over its base)."""
+    return hasattr(model, "peft_config")
+
+
+def merged_copy(model: Any) -> Any:
+    """A plain causal LM with LoRA and the code rows folded in (``model`` is left as it is)."""
+    import copy
+
+    return copy.deepcopy(model).merge_and_unload() if is_adapter(model) else model
+
+
+def save_recommender(path: str | os.PathLike[str], model: Any, tokenizer: Any, whole: bool) -> None:
+    """``model/``'s weights and tokenizer. A peft adapter over the full base (``whole`` False)
+    is saved as the adapter (a few MB; see ``checkpoint.save_final``); a shallower base or a
+    fully trained model (``whole``) as the whole merged model, which plain
+    ``AutoModelForCausalLM.from_pretrained(path)`` loads."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if whole or not is_adapter(model):
+        merged_copy(model).save_pretrained(str(path))
+    else:
+        pin_base_path(model)
+        model.save_pretrained(str(path), save_embedding_layers=False)
+    tokenizer.save_pretrained(str(path))
 
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
@@ -122,18 +186,25 @@ def load_for_inference(
 ) -> tuple[Any, Any]:
     """Load the fine-tuned model for decoding: base + code tokens + adapter, merged.
 
-    ``model_dir`` is the ``model/`` artifact. Merging (``merge_and_unload``) folds LoRA and the
-    code-token rows into plain weights, so decoding pays no adapter overhead. The same model as
+    ``model_dir`` is the ``model/`` artifact: a whole model (``config.json``: a shallower base or
+    full fine-tuning, loaded as it is) or an adapter over ``base_model``. Merging
+    (``merge_and_unload``) folds LoRA and the code-token rows into plain weights, so decoding pays
+    no adapter overhead. The same model as
     ``peft.AutoPeftModelForCausalLM.from_pretrained(model_dir).merge_and_unload()`` when the base
     recorded in ``adapter_config.json`` is reachable (see ``checkpoint.save_final``); this one
     takes the base explicitly.
     """
     from peft import PeftModel
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
     if not (model_dir / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{model_dir} has no adapter_config.json: not a finetune model/ artifact")
+        if (model_dir / "config.json").exists():
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=False)
+            return model.eval(), tokenizer
+        raise FileNotFoundError(f"{model_dir} has neither adapter_config.json nor config.json: not a "
+                                "finetune model/ artifact")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     base, _ = load_base(resolve_base(base_model), dtype)
     resize_for_code_tokens(base, tokenizer)
@@ -142,4 +213,13 @@ def load_for_inference(
     model = model.merge_and_unload()
     model.eval()
     return model, tokenizer
+
+
+def pin_base_path(model: Any) -> None:
+    """A base named by a relative path is recorded absolute, so the adapter finds it from any
+    working directory (a hub id, or a directory that does not exist here, is left as it is)."""
+    for config in model.peft_config.values():
+        name = config.base_model_name_or_path
+        if name and Path(name).expanduser().is_dir():
+            config.base_model_name_or_path = os.path.abspath(Path(name).expanduser())
 

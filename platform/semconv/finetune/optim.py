@@ -1,9 +1,13 @@
-"""Optimizer, learning-rate schedule and the DeepSpeed ZeRO-2 config for LoRA fine-tuning.
+"""Optimizer, training budget, learning-rate schedule and the DeepSpeed ZeRO-2 config.
 
 The schedule is linear warmup then cosine (or linear) decay to ``min_lr_ratio`` of the peak,
-the usual LoRA SFT recipe (LC-Rec, TIGER-style). The DeepSpeed file keeps the batch sizes as
-``"auto"`` (Hugging Face's convention) and :func:`deepspeed_config` fills them from our config,
-so the file holds only what a cluster operator tunes (ZeRO stage, bf16, buckets).
+the usual LoRA SFT recipe (LC-Rec, TIGER-style), over the :class:`TrainBudget`: at most
+``max_steps`` steps and ``max_seconds`` of training, whichever ends first, so a run that a time
+budget stops still ends at the low end of its schedule. The LR is a pure function of the step
+and the training seconds (:meth:`TrainBudget.lr_factor`), set on the optimizer before each step:
+a resumed run needs nothing but its history to continue the same schedule. The DeepSpeed file
+keeps the batch sizes as ``"auto"`` (Hugging Face's convention) and :func:`deepspeed_config`
+fills them from our config, so the file holds only what a cluster operator tunes.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -20,20 +25,58 @@ class DeepSpeedConfigError(ValueError):
     """A DeepSpeed config file that does not match the training run."""
 
 
-def lr_factor(
-    step: int, warmup_steps: int, total_steps: int,
-    kind: Literal["cosine", "linear"] = "cosine", min_lr_ratio: float = 0.0,
-) -> float:
-    """Multiplier of the peak LR at optimizer step ``step`` (0-based)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    decay = 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
-    return min_lr_ratio + (1 - min_lr_ratio) * decay
+def decay(progress: float, kind: Literal["cosine", "linear"] = "cosine", min_lr_ratio: float = 0.0) -> float:
+    """The decay's multiplier at ``progress`` in [0, 1]: 1 at the start, ``min_lr_ratio`` at the end."""
+    progress = min(1.0, max(0.0, progress))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
+    return min_lr_ratio + (1 - min_lr_ratio) * shape
+
+
+@dataclass(frozen=True)
+class TrainBudget:
+    """How long a training loop runs: ``max_steps`` optimizer steps and, when set,
+    ``max_seconds`` of training time (the steps' own time; held-out evaluation is not counted),
+    whichever ends first (``finetune.max_steps`` / ``finetune.max_minutes``)."""
+
+    max_steps: int
+    max_seconds: float | None = None
+    warmup_steps: int = 0
+    kind: Literal["cosine", "linear"] = "cosine"
+    min_lr_ratio: float = 0.0
+
+    def progress(self, steps: int, seconds: float) -> float:
+        """The fraction of the budget used after ``steps`` steps and ``seconds`` of training."""
+        by_steps = steps / self.max_steps
+        return max(by_steps, seconds / self.max_seconds) if self.max_seconds else by_steps
+
+    def done(self, steps: int, seconds: float) -> bool:
+        return steps >= self.max_steps or (self.max_seconds is not None and seconds >= self.max_seconds)
+
+    def lr_factor(self, step: int, seconds: float) -> float:
+        """The LR multiplier for 0-based step ``step``, taken after ``seconds`` of training:
+        warmup over steps, then the decay at whichever of steps and time is further on."""
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        span = max(1, self.max_steps - self.warmup_steps)
+        by_steps = (step - self.warmup_steps) / span
+        if self.max_seconds:
+            by_steps = max(by_steps, seconds / self.max_seconds)
+        return decay(by_steps, self.kind, self.min_lr_ratio)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float, only: str | None = None) -> float:
+    """Set every group's LR to its peak (``initial_lr``) times ``factor``; with ``only`` (a group
+    name, e.g. :data:`CODE_ROWS`) every other group gets 0, so its weights stay as they are (AdamW
+    with LR 0 moves nothing, weight decay included). Returns the first group's LR."""
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+        on = only is None or group.get("name") == only
+        group["lr"] = group["initial_lr"] * factor if on else 0.0
+    return optimizer.param_groups[0]["lr"]
 
 
 TOKEN_ROWS = "trainable_tokens"  # peft's name for the trainable code-token rows
+CODE_ROWS = "code_rows"  # the optimizer group that holds them
 
 
 def build_optimizer(
@@ -47,26 +90,10 @@ def build_optimizer(
     named = [p if isinstance(p, tuple) else ("", p) for p in params]
     rows = [p for n, p in named if p.requires_grad and TOKEN_ROWS in n]
     rest = [p for n, p in named if p.requires_grad and TOKEN_ROWS not in n]
-    groups = [{"params": rest, "lr": lr}]
+    groups = [{"params": rest, "lr": lr, "name": "model"}]
     if rows:
-        groups.append({"params": rows, "lr": lr * code_token_lr_scale})
+        groups.append({"params": rows, "lr": lr * code_token_lr_scale, "name": CODE_ROWS})
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-    kind: Literal["cosine", "linear"] = "cosine", min_lr_ratio: float = 0.0,
-    progress: Callable[[], float] | None = None,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Warmup then decay over ``total_steps``; with ``progress`` (the fraction of a time budget
-    used, ``finetune.max_minutes``) the decay runs at whichever of steps and time is further on,
-    so a run that the budget stops early still ends at the low end of its schedule."""
-    def factor(step: int) -> float:
-        if progress is not None and step >= warmup_steps:
-            step = max(step, min(total_steps, int(progress() * total_steps)))
-        return lr_factor(step, warmup_steps, total_steps, kind, min_lr_ratio)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def deepspeed_config(

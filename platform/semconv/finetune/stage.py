@@ -1,7 +1,7 @@
 """The ``finetune`` stage: ``sft/`` -> ``model/`` (LoRA adapter + tokenizer + training metrics).
 
 Ray sits only here: the harness (:func:`semconv.training.fit`) runs
-:func:`semconv.finetune.train.train_func` on ``num_workers`` workers, checkpoints to
+:func:`semconv.finetune.recipe.train_func` on ``num_workers`` workers, checkpoints to
 ``<run_dir>/_checkpoints/finetune-<lineage fingerprint>`` and restarts failed workers from the
 latest checkpoint (``FailureConfig``). Re-running the stage after a crash resumes the same Ray
 Train run; a changed config or a rebuilt ``sft/`` has another fingerprint (:mod:`semconv.lineage`)
@@ -10,9 +10,10 @@ and starts afresh.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import dataclasses
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,10 @@ from semconv.artifacts import RunDir
 from semconv.codes import code_token, code_tokens_in
 from semconv.config import PipelineConfig
 from semconv.finetune.checkpoint import FINAL
+from semconv.finetune.data import split_examples
 from semconv.finetune.model import resolve_base
+from semconv.finetune.optim import TrainBudget
+from semconv.finetune.recipe import FinetuneData, LoraSettings, Recipe, train_func
 from semconv.decoding import Decoding
 from semconv.evaluate.report import plot_training
 from semconv.finetune.optim import deepspeed_config
@@ -67,42 +71,46 @@ def sft_prompt_format(sft_manifest: dict[str, Any]) -> str:
     return "history" if tasks.get("sequential_objective") == "history" else "instruction"
 
 
-def train_config(cfg: PipelineConfig, base_path: Path, sa_init: dict[str, list[str]] | None) -> dict[str, Any]:
-    """The plain dict that ``train_func`` receives (everything a worker needs, nothing Ray)."""
+def recipe_of(cfg: PipelineConfig, base_path: Path, sa_init: dict[str, list[str]] | None) -> Recipe:
+    """The :class:`~semconv.finetune.recipe.Recipe` that ``finetune`` describes (nothing Ray)."""
     ft = cfg.finetune
     ds = None
     if ft.use_gpu and ft.deepspeed_config:
         ds = deepspeed_config(ft.deepspeed_config, ft.batch_size, ft.grad_accum, ft.num_workers, ft.grad_clip)
-    return {
-        "run_dir": cfg.run_dir, "base_path": str(base_path), "seed": cfg.seed,
-        "levels": cfg.tokenize.levels, "codes_per_level": cfg.tokenize.codes_per_level,
-        "lora": {"r": ft.lora_r, "alpha": ft.lora_alpha, "dropout": ft.lora_dropout,
-                 "target_modules": list(ft.target_modules)},
-        "sa_init": sa_init, "deepspeed": ds, "use_gpu": ft.use_gpu, "bf16": ft.bf16,
-        "threads": ft.cpus_per_worker,
-        "max_train_seconds": ft.max_minutes * 60 if ft.max_minutes else None,
-        **{k: getattr(ft, k) for k in (
-            "max_steps", "batch_size", "grad_accum", "lr", "code_token_lr_scale", "code_softmax", "weight_decay",
-            "warmup_steps", "lr_schedule",
-            "min_lr_ratio", "grad_clip", "max_seq_len", "bucket_by_length", "eval_every", "eval_samples")},
-    }
+    return Recipe(
+        base_path=str(base_path), levels=cfg.tokenize.levels, codes_per_level=cfg.tokenize.codes_per_level,
+        seed=cfg.seed, method=ft.method, num_layers=ft.num_layers, sa_init=sa_init,
+        lora=LoraSettings(ft.lora_r, ft.lora_alpha, ft.lora_dropout, tuple(ft.target_modules)),
+        code_softmax=ft.code_softmax, pack_len=ft.pack_len, batch_size=ft.batch_size, grad_accum=ft.grad_accum,
+        lr=ft.lr, code_token_lr_scale=ft.code_token_lr_scale, code_rows_first=ft.code_rows_first,
+        weight_decay=ft.weight_decay, grad_clip=ft.grad_clip,
+        budget=TrainBudget(ft.max_steps, ft.max_minutes * 60 if ft.max_minutes else None, ft.warmup_steps,
+                           ft.lr_schedule, ft.min_lr_ratio),
+        eval_every=ft.eval_every, eval_samples=ft.eval_samples, bf16=ft.bf16, use_gpu=ft.use_gpu,
+        deepspeed=ds, threads=ft.cpus_per_worker,
+    )
 
 
-def fit(config: dict[str, Any], cfg: PipelineConfig, storage: str, name: str) -> Any:
-    """Run ``train_func`` on ``finetune.num_workers`` Ray Train workers (:func:`semconv.training.fit`);
-    returns the Ray Train ``Result``."""
+def read_data(rd: RunDir) -> FinetuneData:
+    """``sft/``'s train and held-out rows."""
+    table = rd.read_table("sft", columns=["task", "prompt", "label", "split"])
+    return FinetuneData(split_examples(table, "train"), split_examples(table, "valid"))
+
+
+def train_on_ray(recipe: Recipe, data: FinetuneData, cfg: PipelineConfig, storage: str, name: str) -> Any:
+    """Run :func:`~semconv.finetune.recipe.train_func` on ``finetune.num_workers`` Ray Train workers
+    (:func:`semconv.training.fit`); returns the Ray Train ``Result``."""
     import ray
 
     from semconv import training
-    from semconv.finetune.train import train_func
     from semconv.ray_env import init_ray
 
     ft = cfg.finetune
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     cpus = ft.cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1)) // ft.num_workers)
-    config = {**config, "threads": config.get("threads") or cpus}
+    recipe = dataclasses.replace(recipe, threads=recipe.threads or cpus)
     return training.fit(
-        train_func, config, name=name, storage_path=storage, num_workers=ft.num_workers,
+        train_func, {"recipe": recipe, "data": data}, name=name, storage_path=storage, num_workers=ft.num_workers,
         checkpoint_every=ft.checkpoint_every, report_every=ft.log_every,
         use_gpu=ft.use_gpu, cpus_per_worker=cpus, max_failures=ft.max_failures,
     )
@@ -118,8 +126,8 @@ def run_finetune(cfg: PipelineConfig) -> dict[str, str]:
     check_code_tokens_fit(table, cfg.tokenize.levels, cfg.tokenize.codes_per_level)
     sa_init = read_sa_init(rd) if cfg.tasks.sa_init else None
     base_path = resolve_base(cfg.finetune.base_model)
-    config = train_config(cfg, base_path, sa_init)
-    result = fit(config, cfg, rd.checkpoint_root, checkpoint_name(rd, "finetune"))
+    recipe = recipe_of(cfg, base_path, sa_init)
+    result = train_on_ray(recipe, read_data(rd), cfg, rd.checkpoint_root, checkpoint_name(rd, "finetune"))
     with result.checkpoint.as_directory() as ckpt_dir:
         final = Path(ckpt_dir) / FINAL
         if not final.exists():
@@ -131,7 +139,8 @@ def run_finetune(cfg: PipelineConfig) -> dict[str, str]:
             "levels": cfg.tokenize.levels, "codes_per_level": cfg.tokenize.codes_per_level,
             "steps": metrics["steps"], "final_train_loss": metrics["train_loss"][-1],
             "final_eval_loss": metrics["eval_loss"][-1] if metrics["eval_loss"] else None,
-            "sa_init": sa_init is not None, "merged": cfg.finetune.merge,
+            "sa_init": sa_init is not None, "merged": cfg.finetune.merge, "num_layers": cfg.finetune.num_layers,
+            "method": cfg.finetune.method, "epochs": metrics.get("epochs"),
         }
         with rd.writing("model", manifest) as tmp:
             for item in final.iterdir():
@@ -139,7 +148,7 @@ def run_finetune(cfg: PipelineConfig) -> dict[str, str]:
                     shutil.copy2(item, tmp / item.name)
             plot_training(metrics, tmp / "train_curve.png")  # the report's plot of the same curve
             decoding.save(tmp)
-            if cfg.finetune.merge:
+            if cfg.finetune.merge and not recipe.whole_model:  # a whole model/ is already merged
                 _save_merged(tmp, base_path)
     return {"model": rd.path("model")}
 
