@@ -112,3 +112,81 @@ def test_beam_narrower_than_k_is_an_error(code_lm, items):
     ids, mask = left_pad(ranker.encode([[1, 2]]), ranker.pad_id)
     with pytest.raises(BeamSearchError, match="num_beams"):
         constrained_beam_search(model, ids, mask, ranker.trie, num_beams=4, top_k=5)
+
+
+def _all_but(keep: list[int], num_items: int, seed: int) -> list[int]:
+    """A history of every item except ``keep``, shuffled, some items twice."""
+    rng = np.random.default_rng(seed)
+    rest = [i for i in range(num_items) if i not in keep]
+    return rng.permutation(rest + rest[:5]).tolist()
+
+
+@pytest.mark.parametrize("num_beams", [10, 12])
+def test_a_history_of_all_but_12_items_still_gets_exactly_10_new_items(code_lm, items, num_beams):
+    """Exclusion prunes every level: a prefix whose items are all in the history is never kept,
+    so the beams are spent on prefixes with new items and all 10 slots fill. With a beam as wide
+    as the 12 items left the search is exact: the brute-force top 10 of the non-history items."""
+    model, tok = code_lm
+    ranker = GenerativeRanker(model, tok, items, num_beams=num_beams, top_k=10, batch_size=3)
+    rng = np.random.default_rng(8)
+    keeps = [sorted(rng.choice(NUM_ITEMS, size=12, replace=False).tolist()) for _ in range(4)]
+    histories = [_all_but(keep, NUM_ITEMS, seed) for seed, keep in enumerate(keeps)]
+    got, got_scores = ranker.rank(histories, exclude_history=True)
+    for u, (h, keep) in enumerate(zip(histories, keeps)):
+        assert len(got[u]) == 10 and (got[u] >= 0).all() and np.isfinite(got_scores[u]).all()
+        assert len(set(got[u].tolist())) == 10 and set(got[u].tolist()) <= set(keep)
+        assert not set(got[u].tolist()) & set(h)
+        scores = brute_force_scores(ranker, h)
+        np.testing.assert_allclose(got_scores[u], scores[got[u]], atol=1e-4)  # each its own score
+        if num_beams >= len(keep):
+            scores[list(h)] = -np.inf
+            assert got[u].tolist() == np.argsort(-scores, kind="stable")[:10].tolist()
+
+
+def test_a_history_that_leaves_fewer_than_k_items_gets_all_of_them_best_first(code_lm, items):
+    model, tok = code_lm
+    ranker = GenerativeRanker(model, tok, items, num_beams=10, top_k=10, batch_size=3)
+    keep = [3, 17, 30, 38]
+    histories = [_all_but(keep, NUM_ITEMS, 0), list(range(NUM_ITEMS)), [1, 2]]
+    got, got_scores = ranker.rank(histories, exclude_history=True)
+    scores = brute_force_scores(ranker, histories[0])
+    assert got[0][:4].tolist() == sorted(keep, key=lambda i: -scores[i])
+    np.testing.assert_allclose(got_scores[0][:4], scores[got[0][:4]], atol=1e-4)
+    assert (got[0][4:] == -1).all() and np.isneginf(got_scores[0][4:]).all()
+    assert (got[1] == -1).all() and np.isneginf(got_scores[1]).all()  # nothing left: no crash
+    assert (got[2] >= 0).all() and not {1, 2} & set(got[2].tolist())
+
+
+def test_exclusion_by_custom_item_ids_prunes_whole_prefixes_and_ignores_unknown_ids(code_lm, items):
+    """Item ids that are not row numbers (a refresh's catalogue): exclusion matches ids; an id
+    outside the catalogue (or a negative one) excludes nothing."""
+    model, tok = code_lm
+    ids = np.arange(NUM_ITEMS) * 7 + 100
+    ranker = GenerativeRanker(model, tok, items, num_beams=12, top_k=10, item_ids=ids)
+    keep = [2, 5, 9, 11, 20, 21, 25, 28, 33, 34, 36, 39]
+    history = [int(ids[i]) for i in range(NUM_ITEMS) if i not in keep]
+    got, got_scores = ranker.rank([history], exclude_history=True)
+    scores = brute_force_scores(ranker, history)  # by catalogue row
+    best = sorted(keep, key=lambda r: -scores[r])[:10]
+    assert got[0].tolist() == [int(ids[r]) for r in best]
+    np.testing.assert_allclose(got_scores[0], scores[best], atol=1e-4)
+    ids_t, mask = left_pad(ranker.encode([history]), ranker.pad_id)
+    plain = constrained_beam_search(model, ids_t, mask, ranker.trie, 12, 10)
+    unknown = constrained_beam_search(model, ids_t, mask, ranker.trie, 12, 10, exclude=[[5, 99999, -3]])
+    assert torch.equal(plain[0], unknown[0]) and torch.equal(plain[1], unknown[1])
+
+
+def test_dead_nodes_prune_alike_as_a_dense_table_or_as_sorted_keys(code_lm, items, monkeypatch):
+    """Past DENSE_DEAD_LIMIT (huge catalogues) the dead nodes are looked up with isin instead."""
+    from semconv.inference import beam_search
+
+    model, tok = code_lm
+    ranker = GenerativeRanker(model, tok, items, num_beams=10, top_k=10, batch_size=4)
+    rng = np.random.default_rng(9)
+    histories = [_all_but(sorted(rng.choice(NUM_ITEMS, size=n, replace=False).tolist()), NUM_ITEMS, n)
+                 for n in (11, 14, 20, 3)]
+    dense = ranker.rank(histories, exclude_history=True)
+    monkeypatch.setattr(beam_search, "DENSE_DEAD_LIMIT", 0)
+    keys = ranker.rank(histories, exclude_history=True)
+    assert np.array_equal(dense[0], keys[0]) and np.array_equal(dense[1], keys[1])
+    assert (dense[0][:3] >= 0).all() and (dense[0][3, 3:] == -1).all()

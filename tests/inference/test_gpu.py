@@ -33,6 +33,23 @@ def test_constrained_beam_search_on_gpu_matches_cpu(code_lm):
     np.testing.assert_allclose(got_scores, want_scores, atol=1e-3)
 
 
+def test_history_pruning_on_gpu_matches_cpu_and_fills_every_slot(code_lm):
+    """The dead-node tables of history exclusion live on the model's device."""
+    model, tok = code_lm
+    items = random_item_codes(40, seed=1)
+    rng = np.random.default_rng(3)
+    histories = [[i for i in range(40) if i not in set(rng.choice(40, size=n, replace=False).tolist())]
+                 for n in (10, 12, 15, 4)]
+    want, want_scores = GenerativeRanker(model, tok, items, num_beams=10, top_k=10, batch_size=4).rank(
+        histories, exclude_history=True)
+    gpu_model = copy.deepcopy(model).to("cuda")
+    got, got_scores = GenerativeRanker(gpu_model, tok, items, num_beams=10, top_k=10, batch_size=4).rank(
+        histories, exclude_history=True)
+    assert (got[:3] >= 0).all() and (got[3][:4] >= 0).all() and (got[3][4:] == -1).all()
+    assert got.tolist() == want.tolist()
+    np.testing.assert_allclose(got_scores, want_scores, atol=1e-3)
+
+
 def test_precache_stage_on_a_gpu_actor_matches_the_cpu_run(ray_local, tiny_lm_dir, tmp_path):
     _make_run_dir(tmp_path / "cpu", tiny_lm_dir)  # code-token rows are random: one model for both runs
     shutil.copytree(tmp_path / "cpu", tmp_path / "gpu")

@@ -213,3 +213,23 @@ def test_the_actor_returns_only_valid_items_when_fewer_than_k_remain(tiny_lm_dir
     rows = out.to_pylist()
     assert sorted(rows[0]["items"]) == [3, 4, 5] and len(rows[0]["scores"]) == 3
     assert len(rows[1]["items"]) == 5 and 5 not in rows[1]["items"]
+
+
+def test_the_actor_gives_exactly_top_k_items_to_every_user_with_at_least_top_k_left(tiny_lm_dir):
+    """Long histories leave few items: every user with >= K items left still gets K new items
+    (exclusion prunes the beams at every level), one with fewer gets all that are left."""
+    from semconv.inference.precache import PrecacheActor
+
+    spec = ModelSpec(base_model=str(tiny_lm_dir), dtype="float32", code_levels=LEVELS, codes_per_level=CODES)
+    actor = PrecacheActor(spec, random_item_codes(NUM_ITEMS, seed=11), np.arange(NUM_ITEMS), num_beams=10,
+                          top_k=10, batch_size=4, exclude_history=True)
+    rng = np.random.default_rng(5)
+    left = [int(n) for n in rng.integers(10, 16, size=11)] + [4]
+    keeps = [set(rng.choice(NUM_ITEMS, size=n, replace=False).tolist()) for n in left]
+    histories = [rng.permutation([i for i in range(NUM_ITEMS) if i not in keep]).tolist() for keep in keeps]
+    out = actor(pa.table({"user_id": pa.array(range(len(keeps)), pa.int64()), "history": histories})).to_pylist()
+    for row, keep in zip(out, keeps):
+        want = min(10, len(keep))
+        assert len(row["items"]) == len(set(row["items"])) == len(row["scores"]) == want, (row, keep)
+        assert set(row["items"]) <= keep and np.isfinite(row["scores"]).all()
+    assert set(out[-1]["items"]) == keeps[-1]

@@ -69,3 +69,23 @@ def test_token_ids_map_codes_to_vocabulary():
 def test_bad_codes_are_rejected_with_the_reason(codes, match):
     with pytest.raises(CodeTrieError, match=match):
         CodeTrie(np.asarray(codes).reshape(len(codes), -1) if codes else np.zeros((0, 2)))
+
+
+def _node(trie: CodeTrie, prefix) -> int:
+    node = 0
+    for level, c in enumerate(prefix):
+        node = int(trie.children[level][node, c])
+    return node
+
+
+def test_a_node_is_dead_for_a_user_exactly_when_all_its_items_are_excluded():
+    trie = CodeTrie(CODES, item_ids=[10, 11, 12, 13])
+    exclude = [[10, 11], [13, 99, 13], [12, 11, 10, 10], []]
+    dead = trie.dead_nodes(exclude)
+    assert len(dead) == 3 and all((np.diff(d) > 0).all() for d in dead)  # sorted, distinct keys
+    got = [{(int(k) // trie.next_size(l), int(k) % trie.next_size(l)) for k in d} for l, d in enumerate(dead)]
+    assert got[0] == {(1, _node(trie, [3])), (2, _node(trie, [0]))}
+    assert got[1] == {(0, _node(trie, [0, 1])), (1, _node(trie, [3, 0])), (2, _node(trie, [0, 1])),
+                      (2, _node(trie, [0, 2]))}
+    assert got[2] == {(0, 10), (0, 11), (1, 13), (2, 10), (2, 11), (2, 12)}  # the items themselves
+    assert trie.leaf_counts[0].tolist() == [3, 1] and trie.paths[3].tolist() == [1, 2, 13]

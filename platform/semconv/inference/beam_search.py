@@ -19,10 +19,19 @@ Why it is fast (compared with ``generate(num_beams=..., prefix_allowed_tokens_fn
 * **Trie masking as tensor gathers**: ``trie.step(level, nodes)`` -> allowed codes and next nodes
   for all beams at once; scores are gathered from the code tokens' logits only.
 
-History exclusion masks candidates at the *last* level: an excluded item then never takes one of
-the final beam slots, so the user still gets ``top_k`` new items. Earlier levels are left alone
-because a prefix is only excluded when *all* its completions are, which the last level already
-handles; filtering after the search instead would return fewer than ``top_k`` items.
+History exclusion prunes at *every* level, for each user separately: a trie node is dead for a
+user when all the items under it are in their history (:meth:`CodeTrie.dead_nodes` counts the
+excluded items under each node and compares with the node's item count, once per batch), and a
+candidate whose next node is dead is masked like an invalid code, so it never takes a beam slot.
+Masking only at the last level is not enough: with most deep prefixes holding a single item, a
+beam kept at level ``L-1`` whose only completions are history items dies at level ``L`` and its
+slot is lost, so users with long histories got fewer than ``top_k`` items (the demo's precache
+held 9.35 of 10 on average; 44% of users fewer than 10). Pruned at every level, every live beam
+has at least one allowed completion, so a user gets exactly ``top_k`` items whenever at least
+``top_k`` non-excluded items exist (all of them, best first, when fewer do). With nothing
+excluded no mask is built and the search is unchanged. The precache, a refresh and online
+generation all rank through :meth:`~semconv.inference.ranker.GenerativeRanker.rank`, so all
+follow this rule.
 """
 
 from __future__ import annotations
@@ -83,20 +92,33 @@ def _topk_padded(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return vals, idx
 
 
-def _excluded_mask(
-    items: torch.Tensor, exclude: Sequence[Sequence[int]], stride: int
-) -> torch.Tensor:
-    """``items`` (B, ...) -> bool mask of entries listed in ``exclude[b]`` (sort-based, no loops
-    over candidates)."""
-    b = items.shape[0]
-    rows = [torch.full((len(e),), i, dtype=torch.long) for i, e in enumerate(exclude)]
-    cols = [torch.as_tensor(list(e), dtype=torch.long) for e in exclude]
-    if not rows or sum(len(r) for r in rows) == 0:
-        return torch.zeros_like(items, dtype=torch.bool)
-    keys = (torch.cat(rows) * stride + torch.cat(cols)).to(items.device)
-    user = torch.arange(b, device=items.device).view(b, *([1] * (items.ndim - 1)))
-    cand = user * stride + items.clamp(min=0)
-    return torch.isin(cand, keys) & (items >= 0)
+DENSE_DEAD_LIMIT = 1 << 26  # (user, node) pairs up to which dead nodes are a dense lookup table
+
+
+def _dead_lookup(keys, bsz: int, size: int, device) -> torch.Tensor | None:
+    """The dead ``user * size + node`` keys of one level as a lookup: a dense bool table (one
+    gather per level, ~10x faster than ``isin`` on 16 x 20 x 256 candidates), with a last entry
+    for "no node"; past :data:`DENSE_DEAD_LIMIT` the sorted keys themselves (``isin``)."""
+    if not len(keys):
+        return None
+    keys = torch.from_numpy(keys).to(device)
+    if bsz * size > DENSE_DEAD_LIMIT:
+        return keys
+    table = torch.zeros(bsz * size + 1, dtype=torch.bool, device=device)
+    table[keys] = True
+    return table
+
+
+def _dead_mask(nxt: torch.Tensor, dead: torch.Tensor | None, size: int) -> torch.Tensor | None:
+    """``nxt`` (B, ...) next-node ids (``-1``: no node) -> bool mask of those dead for their user
+    (None: nothing dead at this level)."""
+    if dead is None:
+        return None
+    b = nxt.shape[0]
+    user = torch.arange(b, device=nxt.device).view(b, *([1] * (nxt.ndim - 1)))
+    if dead.dtype == torch.bool:
+        return dead[torch.where(nxt >= 0, user * size + nxt, dead.numel() - 1)]
+    return torch.isin(user * size + nxt.clamp(min=0), dead) & (nxt >= 0)
 
 
 @torch.no_grad()
@@ -114,7 +136,8 @@ def constrained_beam_search(
     """Top-``top_k`` distinct valid items per prompt with their code-sequence log-probabilities.
 
     ``input_ids``/``attention_mask`` (B, S) are left-padded prompts; with ``prefix`` they are the
-    part after the shared prefix. ``exclude[b]`` lists item ids user ``b`` must not get.
+    part after the shared prefix. ``exclude[b]`` lists item ids user ``b`` must not get (pruned
+    at every level, see the module docstring; ids outside the trie are ignored).
     ``level_softmax`` normalises each level's scores over its code tokens (``semconv.decoding``).
     Returns ``items`` (B, top_k) int64 and ``scores`` (B, top_k) float32, best first; slots left
     when fewer than ``top_k`` items are reachable hold item ``-1`` and score ``-inf``.
@@ -143,6 +166,10 @@ def constrained_beam_search(
     bsz, w = input_ids.shape[0], num_beams
     token_ids = [t.to(device) for t in trie.token_ids]
     children = [c.to(device) for c in trie.children]
+    # per level, the (user, next node) keys whose items are all excluded; None: none anywhere
+    dead: list[torch.Tensor | None] = [None] * trie.levels
+    if exclude is not None and any(len(e) for e in exclude):
+        dead = [_dead_lookup(d, bsz, trie.next_size(l), device) for l, d in enumerate(trie.dead_nodes(exclude))]
 
     # ---- prefill: the prompt once per user --------------------------------------------------
     if prefix is not None:
@@ -168,13 +195,12 @@ def constrained_beam_search(
     prompt_len = prompt_mask.shape[1]
 
     # ---- level 0: the root's children --------------------------------------------------------
-    stride = trie.max_item_id + 1
     last = trie.levels == 1
     lp = _code_logprobs(out.logits[:, -1], token_ids[0], level_softmax)  # (B, K0)
     nxt = children[0][0].long().expand(bsz, -1)
     lp = lp.masked_fill(nxt < 0, float("-inf"))
-    if last and exclude is not None:
-        lp = lp.masked_fill(_excluded_mask(nxt, exclude, stride), float("-inf"))
+    if (gone := _dead_mask(nxt, dead[0], trie.next_size(0))) is not None:
+        lp = lp.masked_fill(gone, float("-inf"))
     scores, code = _topk_padded(lp, top_k if last else w)  # missing beams start dead (-inf)
     nodes = nxt.gather(1, code)  # (B, W)
     tokens = token_ids[0][code]
@@ -199,8 +225,8 @@ def constrained_beam_search(
         lp = _code_logprobs(out.logits, token_ids[level], level_softmax)  # (B, W, K_l)
         nxt = children[level][nodes.clamp(min=0)].long()  # (B, W, K_l): next node / item, -1 = invalid
         cand = scores[..., None] + lp.masked_fill(nxt < 0, float("-inf"))
-        if level == trie.levels - 1 and exclude is not None:
-            cand = cand.masked_fill(_excluded_mask(nxt, exclude, stride), float("-inf"))
+        if (gone := _dead_mask(nxt, dead[level], trie.next_size(level))) is not None:
+            cand = cand.masked_fill(gone, float("-inf"))
         k_l = nxt.shape[-1]
         keep = top_k if level == trie.levels - 1 else w
         scores, flat = cand.view(bsz, -1).topk(keep, dim=1)

@@ -130,7 +130,9 @@ class GenerativeRanker:
 
         The one decoding entry point of the precache, online generation and refresh, so they
         answer the same history alike. ``exclude_history`` drops every item of the history given
-        (all of it, also items older than the prompt's ``max_len``). ``num_beams`` / ``top_k``
+        (all of it, also items older than the prompt's ``max_len``) inside the search, at every
+        trie level, so K items come back whenever K are left (see
+        :mod:`semconv.inference.beam_search`). ``num_beams`` / ``top_k``
         override the ranker's for this call; the first k of a top-K are the top-k. Users are
         decoded in batches of ``batch_size`` sorted by prompt length (less padding); results
         come back in input order; slots past the reachable items hold ``-1`` / ``-inf``.

@@ -9,10 +9,16 @@ level: the item id) or ``-1`` when ``code`` does not continue the prefix ``node`
 Nodes at level ``l`` are the distinct code prefixes of length ``l`` (level 0 has one node, the
 root), so table ``l`` holds ``n_prefixes(l) x codes_per_level(l)`` int32 entries: a few MB for
 tens of thousands of items with 256 codes per level.
+
+For history exclusion the trie also keeps each item's path (the node it reaches at every level)
+and how many items lie under each node: :meth:`CodeTrie.dead_nodes` then finds, per user, the
+nodes whose items are *all* excluded by counting the excluded items under each node
+(``np.unique`` over their paths), with no walk of the tree.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -64,6 +70,12 @@ class CodeTrie:
             self.token_ids = []
 
         self.children: list[torch.Tensor] = []
+        # paths[i, l]: the node item row i reaches after level l's code (the item id at the last
+        # level); leaf_counts[l][n]: how many items lie under node n of level l + 1
+        self.paths = np.zeros((len(codes), self.levels), dtype=np.int64)
+        self.leaf_counts: list[np.ndarray] = []
+        order = np.argsort(items, kind="stable")
+        self._sorted_ids, self._id_rows = items[order], order  # item id -> row, by searchsorted
         node = np.zeros(len(codes), dtype=np.int64)  # every item starts at the root
         for l in range(self.levels):
             k = self.codes_per_level[l]
@@ -83,7 +95,42 @@ class CodeTrie:
             table = np.full((n_nodes, k), -1, dtype=np.int64)
             table[node, codes[:, l]] = nxt
             self.children.append(torch.from_numpy(table.astype(np.int32 if table.max() < 2**31 else np.int64)))
+            self.paths[:, l] = nxt
+            if l < self.levels - 1:
+                self.leaf_counts.append(np.bincount(nxt, minlength=len(uniq)))
             node = nxt
+
+    def next_size(self, level: int) -> int:
+        """Size of the id space ``children[level]`` points into: the node count of level
+        ``level + 1``, or ``max_item_id + 1`` at the last level."""
+        return self.max_item_id + 1 if level == self.levels - 1 else len(self.leaf_counts[level])
+
+    def dead_nodes(self, exclude: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Per level ``l``, the sorted keys ``user * next_size(l) + node`` of the nodes that
+        ``children[l]`` leads to and whose items are all in ``exclude[user]`` (at the last level:
+        the excluded items themselves).
+
+        A node is dead for a user when the number of their distinct excluded items under it
+        equals its item count; ids not in the trie (or repeated) change nothing. Cost: one sort
+        of the users' excluded items per level, independent of the catalogue's size.
+        """
+        lens = np.fromiter((len(e) for e in exclude), dtype=np.int64, count=len(exclude))
+        flat = np.fromiter(itertools.chain.from_iterable(exclude), dtype=np.int64, count=int(lens.sum()))
+        user = np.repeat(np.arange(len(exclude), dtype=np.int64), lens)
+        pos = np.minimum(np.searchsorted(self._sorted_ids, flat), len(self._sorted_ids) - 1)
+        known = self._sorted_ids[pos] == flat
+        pair = np.unique(user[known] * self.num_items + self._id_rows[pos[known]])  # distinct (user, row)
+        user, rows = pair // self.num_items, pair % self.num_items
+        dead = []
+        for l in range(self.levels):
+            size = self.next_size(l)
+            key = user * size + self.paths[rows, l]
+            if l == self.levels - 1:  # an item is its own only leaf
+                dead.append(np.sort(key))
+            else:
+                uniq, count = np.unique(key, return_counts=True)
+                dead.append(uniq[count == self.leaf_counts[l][uniq % size]])
+        return dead
 
     def num_nodes(self, level: int) -> int:
         return int(self.children[level].shape[0])
