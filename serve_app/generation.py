@@ -78,8 +78,10 @@ def load_model(run_dir: str, args: GenerationArgs, use_gpu: bool) -> LoadedModel
     settings = resolve_settings(run, args.bf16, use_gpu, args.max_len)
     ranker, _ = load_run_ranker(run, settings, use_gpu=use_gpu)
     if settings.precache_dtype and settings.precache_dtype != settings.dtype:
-        log.warning("semconv: generating in %s but the precache ran in %s: answers can differ from the "
-                    "precache at near-ties", settings.dtype, settings.precache_dtype)
+        log.warning("semconv: generating in %s (%s) but the precache ran in %s: answers can differ from the "
+                    "precache at near-ties", settings.dtype, settings.dtype_reason, settings.precache_dtype)
+    if settings.dtype_warning:
+        log.warning("semconv: %s", settings.dtype_warning)
     log.info("semconv: model generator loaded %s", asdict(settings))
     limits = GenerationLimits(settings.model_version, settings.num_beams, args.max_num_beams or settings.num_beams,
                               settings.top_k, settings.max_len, settings.exclude_history, settings.dtype)

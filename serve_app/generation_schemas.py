@@ -17,7 +17,9 @@ class GenerationArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     bf16: bool | Literal["auto"] = Field(
-        "auto", description="as precache.bf16: auto is bf16 on a GPU or a CPU with native bf16, else float32")
+        "auto", description="auto: the dtype the run's precache recorded, so a precached user's history gets "
+        "their precached list (without a precache: bf16 on a GPU or a CPU with native bf16, else float32); "
+        "true / false force bf16 / float32")
     max_len: int | None = Field(None, ge=1, description="prompts keep the last max_len items (None: splits/ max_len)")
     max_num_beams: int | None = Field(None, ge=1, description="largest per-request num_beams (None: the precache's)")
     timeout_s: float = Field(10.0, gt=0, description="a generation request not answered by then gets 503")

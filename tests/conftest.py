@@ -92,6 +92,20 @@ def one_thread():
     faiss.omp_set_num_threads(before[1])
 
 
+@pytest.fixture
+def simulate_cpu(monkeypatch):
+    """``simulate_cpu(native_bf16)``: this process's ``semconv.hardware`` answers as a CPU with (or
+    without) native bf16 would, whatever this machine has, so a test covers both kinds of CPU
+    (torch runs bf16 on any CPU, slower without native kernels). Every dtype rule looks the
+    answer up through ``semconv.hardware.cpu_bf16_supported`` at call time."""
+    from semconv import hardware
+
+    def set_native(native_bf16: bool) -> None:
+        monkeypatch.setattr(hardware, "cpu_bf16_supported", lambda: native_bf16)
+
+    return set_native
+
+
 @pytest.fixture(scope="session")
 def _ray_session_teardown():
     yield

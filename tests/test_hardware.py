@@ -6,7 +6,7 @@ import pytest
 
 from semconv import hardware
 from semconv.config import load_config
-from semconv.hardware import FORCE_NO_BF16, inference_dtype
+from semconv.hardware import FORCE_NO_BF16, inference_dtype, matching_dtype
 
 
 @pytest.fixture
@@ -86,3 +86,35 @@ def test_precache_bf16_rejects_other_words():
 
     with pytest.raises(ConfigError, match="precache.bf16"):
         load_config(None, ["precache.bf16=maybe"])
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "not native"])
+@pytest.mark.parametrize("use_gpu", [False, True], ids=["cpu", "gpu"])
+@pytest.mark.parametrize("recorded", ["float32", "bfloat16"])
+def test_auto_decodes_in_the_dtype_the_precache_recorded_on_any_machine(cpu, native, use_gpu, recorded):
+    """Online generation / a refresh must answer like the precache: ``auto`` takes its dtype,
+    whatever this machine would pick; a slow bf16 (CPU without native bf16) is warned about."""
+    cpu(native)
+    choice = matching_dtype("auto", use_gpu, recorded)
+    assert (choice.dtype, choice.reason) == (recorded, f"auto: the precache's dtype ({recorded})")
+    slow = recorded == "bfloat16" and not use_gpu and not native
+    assert bool(choice.warning) == slow
+    if slow:
+        assert "28x slower" in choice.warning and "generation.bf16=false" in choice.warning
+
+
+@pytest.mark.parametrize(("bf16", "machine"), list(CASES), ids=[f"{b}-{m}" for b, m in CASES])
+def test_without_a_recorded_dtype_or_with_an_explicit_setting_the_machine_rule_holds(cpu, bf16, machine):
+    cpu(machine == "native")
+    dtype, reason, warns = CASES[bf16, machine]
+    choice = matching_dtype(bf16, machine == "gpu", None, "precache.bf16")
+    suffix = " (no precache dtype recorded)" if bf16 == "auto" else ""
+    assert (choice.dtype, choice.reason, bool(choice.warning)) == (dtype, reason + suffix, warns)
+    if bf16 != "auto":  # explicit: obeyed whatever the precache recorded, named by its setting
+        other = matching_dtype(bf16, machine == "gpu", "bfloat16" if dtype == "float32" else "float32")
+        assert other.dtype == dtype and other.reason == reason.replace("precache.bf16", "generation.bf16")
+
+
+def test_an_unknown_recorded_dtype_is_refused():
+    with pytest.raises(ValueError, match="recorded dtype 'fp8'"):
+        matching_dtype("auto", False, "fp8")

@@ -5,6 +5,8 @@ Elsewhere it emulates them: on this repo's 2-core EPYC with oneDNN held to AVX2
 (``ONEDNN_MAX_CPU_ISA=AVX2``) a bf16 ``(256, 576) @ (576, 1536)`` takes 233 ms against 4.8 ms in
 float32, ~50x; issue #14 measured ~28x on a CPU without AVX512-BF16. So precache picks its dtype
 from :func:`cpu_bf16_supported` (as the fine-tune's autocast does) unless told otherwise.
+Decoding that must answer like an existing precache (online generation, a refresh) does not
+choose again: it runs in the dtype that precache recorded (:func:`matching_dtype`).
 
 torch is imported inside the functions: the precache stage imports this module, and its Ray
 Data read tasks must stay free of torch (see :mod:`semconv.inference.loading`).
@@ -70,6 +72,34 @@ def inference_dtype(bf16: bool | Literal["auto"], use_gpu: bool) -> DtypeChoice:
     if bf16 is False:
         return DtypeChoice("float32", "precache.bf16=false")
     raise ValueError(f"precache.bf16 must be true, false or 'auto', not {bf16!r}")
+
+
+RECORDED_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def matching_dtype(bf16: bool | Literal["auto"], use_gpu: bool, recorded: str | None,
+                   setting: str = "generation.bf16") -> DtypeChoice:
+    """The dtype for decoding that must answer like an existing precache (online generation, a
+    refresh's re-ranking): with ``bf16="auto"`` the dtype the precache ``recorded`` in its
+    manifest, whatever this machine would pick for itself, since bf16 and float32 scores differ
+    by ~1e-3 and so can order near-ties (and the K-th item) differently; ``True`` / ``False``
+    (``setting``, named in the reason) force bf16 / float32, as :func:`inference_dtype`. Without
+    a recorded dtype (no precache yet) ``auto`` is :func:`inference_dtype`'s machine rule.
+    A recorded bf16 on a CPU without native bf16 comes with a warning: it is slow there."""
+    if bf16 == "auto" and recorded is not None:
+        if recorded not in RECORDED_DTYPES:
+            raise ValueError(f"the precache recorded dtype {recorded!r}, not one of {RECORDED_DTYPES}")
+        warning = None
+        if recorded == "bfloat16" and not use_gpu and not cpu_bf16_supported():
+            warning = (f"decoding in bfloat16, the precache's dtype, on a CPU without native bf16: bf16 matmuls "
+                       f"run {NO_BF16_SLOWDOWN} slower than float32 here; set {setting}=false to run float32 "
+                       "(answers can then differ from the precache at near-ties)")
+        return DtypeChoice(recorded, f"auto: the precache's dtype ({recorded})", warning)  # type: ignore[arg-type]
+    choice = inference_dtype(bf16, use_gpu)
+    if bf16 == "auto":
+        return DtypeChoice(choice.dtype, f"{choice.reason} (no precache dtype recorded)", choice.warning)
+    return DtypeChoice(choice.dtype, choice.reason.replace("precache.bf16", setting),
+                       choice.warning and choice.warning.replace("precache.bf16", setting))
 
 
 def cpu_model() -> str:

@@ -11,6 +11,7 @@ import pytest
 from semconv.artifacts import RunDir
 from semconv.refresh.stage import run_refresh
 
+from ..dtypes import score_atol
 from .conftest import NUM_ITEMS, NUM_USERS, config, write_jsonl
 
 NEW_ITEMS = [{"item_id": f"n{j}", "title": f"new glove {j}", "description": "a glove"} for j in range(4)]
@@ -142,9 +143,43 @@ def test_the_version_carries_the_model_so_online_generation_ranks_like_its_preca
     assert files and sorted(f.name for f in model.iterdir() if f.name != "_SUCCESS") == files
     assert all((model / f).read_bytes() == (base / f).read_bytes() for f in files)
     ranker, settings = load_run_ranker(out)
+    # the dtype the version's precache recorded (the one its users were re-ranked in), on any CPU
+    assert settings.dtype == settings.precache_dtype == RunDir(out).manifest("precache")["dtype"]
     history = {r["user_id"]: r["history"] for r in RunDir(out).read_table("sequences").to_pylist()}[70]
     items, scores = ranker.rank([history], exclude_history=settings.exclude_history)
     cached_items, cached_scores = _lists(RunDir(out).path("precache/shard-00001.parquet"))[70]
-    np.testing.assert_allclose(scores[0], cached_scores, rtol=1e-5, atol=1e-5)
-    clear = scores[0] > scores[0][-1] + 1e-5  # items above the K-th score: no ties at the cut
+    atol = score_atol(settings.dtype)
+    np.testing.assert_allclose(scores[0], cached_scores, rtol=0, atol=atol)
+    clear = scores[0] > scores[0][-1] + 2 * atol  # items above the K-th score: no ties at the cut
     assert set(items[0][clear]) == {i for i, c in zip(cached_items, clear) if c}
+
+
+@pytest.mark.slow  # two refreshes of a copy of the finished run
+def test_a_refresh_re_ranks_in_its_base_precaches_dtype_unless_told_otherwise(run_copy, tiny_lm_dir, tmp_path,
+                                                                               simulate_cpu):
+    """On a CPU with native bf16 (simulated) ``precache.bf16=auto`` would pick bf16; a refresh
+    re-ranks in the float32 its base precache recorded instead, so re-ranked and carried-over users
+    (and online generation of the version) agree. An explicit ``precache.bf16=true`` is obeyed
+    and recorded, with the carried-over lists' dtype beside it."""
+    from semconv.inference.run_ranker import resolve_settings
+
+    simulate_cpu(True)
+    assert RunDir(run_copy).manifest("precache")["dtype"] == "float32"
+    (tmp_path / "a").mkdir()
+    inter, items = _delta(tmp_path / "a", users=(3,))
+    cfg = config(run_copy, tiny_lm_dir, interactions=inter, items=items)
+    cfg.precache.bf16 = "auto"
+    first = RunDir(run_refresh(cfg)["version"])
+    meta = first.manifest("precache")
+    assert (meta["dtype"], meta["dtype_reason"]) == ("float32", "auto: the precache's dtype (float32)")
+    assert "dtype_carried_over" not in meta and resolve_settings(first).dtype == "float32"
+    (tmp_path / "b").mkdir()
+    more = [{"item_id": "m0", "title": "new tape 0", "description": "a tape"}]
+    inter, items = _delta(tmp_path / "b", users=(71,), items=more, with_inter=("m0",))
+    cfg = config(run_copy, tiny_lm_dir, interactions=inter, items=items)
+    cfg.precache.bf16 = True
+    second = RunDir(run_refresh(cfg)["version"])
+    meta = second.manifest("precache")
+    assert (meta["dtype"], meta["dtype_reason"], meta["dtype_carried_over"]) == (
+        "bfloat16", "precache.bf16=true", "float32")
+    assert resolve_settings(second).dtype == "bfloat16"  # online generation follows the re-ranked users

@@ -63,11 +63,13 @@ def write_splits(rd: RunDir, histories: dict[int, list[int]]) -> None:
 
 def write_model_precache(rd: RunDir, histories: dict[int, list[int]], dtype: str = "float32") -> None:
     """``precache/`` from the precache's own row function (:func:`rank_users`) over the test
-    histories, with the stage's manifest keys; users 0, 2, 4, ... only."""
+    histories, ranked in ``dtype`` on any CPU (as ``precache.bf16=true/false``) and recording it,
+    with the stage's manifest keys; users 0, 2, 4, ... only."""
     from semconv.inference.precache import rank_users
     from semconv.inference.run_ranker import load_run_ranker, resolve_settings
 
-    settings = replace(resolve_settings(rd), num_beams=BEAMS, top_k=TOP_K)
+    settings = replace(resolve_settings(rd, bf16=dtype == "bfloat16"), num_beams=BEAMS, top_k=TOP_K)
+    assert settings.dtype == dtype, (settings.dtype, dtype)
     ranker, _ = load_run_ranker(rd, settings)
     users = sorted(u for u in histories if u % 2 == 0)
     table = rank_users(ranker, pa.table({"user_id": pa.array(users, pa.int64()),
@@ -77,11 +79,12 @@ def write_model_precache(rd: RunDir, histories: dict[int, list[int]], dtype: str
         "base_model": settings.base_model, "users": len(users), "version": "p1"})
 
 
-def make_generation_run(root: Path, base_dir: Path) -> RunDir:
-    """serve_fixtures' run directory + varied test histories, a tiny model/ and its precache."""
+def make_generation_run(root: Path, base_dir: Path, dtype: str = "float32") -> RunDir:
+    """serve_fixtures' run directory + varied test histories, a tiny model/ and its precache
+    (ranked in ``dtype``)."""
     rd = make_run_dir(root)
     histories = user_histories()
     write_splits(rd, histories)
     write_model(rd, base_dir)
-    write_model_precache(rd, histories)
+    write_model_precache(rd, histories, dtype)
     return rd

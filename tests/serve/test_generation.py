@@ -13,6 +13,7 @@ import pytest
 from .generation_fixtures import BEAMS, MAX_LEN, TOP_K, make_generation_run, user_histories
 from .serve_fixtures import N_ITEMS
 from .test_handles import FakeResponse
+from ..dtypes import assert_same_ranking
 
 from semconv.artifacts import RunDir
 from semconv.inference.run_ranker import load_run_ranker, resolve_settings
@@ -52,13 +53,50 @@ LIMITS = GenerationLimits("m1", num_beams=BEAMS, max_num_beams=16, top_k=TOP_K, 
                           exclude_history=True, dtype="float32")
 
 
+def _dtype_of(ranker) -> str:
+    return str(next(ranker.model.parameters()).dtype).removeprefix("torch.")
+
+
 def test_settings_are_the_precaches(run, loaded):
     ranker, settings = loaded
     assert (settings.num_beams, settings.top_k, settings.exclude_history) == (BEAMS, TOP_K, True)
     assert settings.max_len == MAX_LEN and ranker.max_len == MAX_LEN
-    assert settings.dtype == settings.precache_dtype == "float32"  # this CPU: no native bf16
+    # the dtype the precache recorded (the fixture ranks in float32 on any CPU), not this CPU's pick
+    assert settings.dtype == settings.precache_dtype == run.manifest("precache")["dtype"] == "float32"
+    assert settings.dtype_reason == "auto: the precache's dtype (float32)" and _dtype_of(ranker) == "float32"
     assert settings.model_version.startswith("model-") and ranker.decoding.prompt_format == "history"
     assert resolve_settings(run, max_len=3).max_len == 3
+
+
+@pytest.mark.parametrize("native_bf16", [True, False], ids=["bf16-cpu", "no-bf16-cpu"])
+def test_online_generation_decodes_in_the_precaches_dtype_on_either_cpu(run, simulate_cpu, native_bf16):
+    """The machine rule (``auto``) would pick bf16 on a CPU with native bf16; online generation
+    must answer like the float32 precache instead. Only an explicit setting changes the dtype."""
+    from serve_app.generation import load_model
+
+    simulate_cpu(native_bf16)
+    auto = resolve_settings(run)
+    assert (auto.dtype, auto.precache_dtype, auto.dtype_warning) == ("float32", "float32", None)
+    assert resolve_settings(run, bf16=True).dtype == "bfloat16"  # explicitly configured otherwise
+    assert bool(resolve_settings(run, bf16=True).dtype_warning) == (not native_bf16)
+    assert resolve_settings(run, bf16=False).dtype == "float32"
+    assert resolve_settings(run, use_gpu=True).dtype == "float32"  # a GPU too matches the precache
+    model = load_model(run.uri, GenerationArgs(), use_gpu=False)  # the Serve deployment's loader
+    assert model.limits.dtype == "float32" and _dtype_of(model.ranker) == "float32"
+
+
+@pytest.mark.parametrize("native_bf16", [True, False], ids=["bf16-cpu", "no-bf16-cpu"])
+def test_without_a_precache_auto_is_the_machines_dtype(run, tmp_path, simulate_cpu, native_bf16):
+    bare = RunDir(tmp_path / "bare")
+    pafs.copy_files(run.root, bare.root)
+    import shutil
+
+    shutil.rmtree(bare.root + "/precache")
+    simulate_cpu(native_bf16)
+    settings = resolve_settings(bare)
+    assert settings.precache_dtype is None
+    assert settings.dtype == ("bfloat16" if native_bf16 else "float32")
+    assert settings.dtype_reason.endswith("(no precache dtype recorded)")
 
 
 def test_precached_users_get_their_precached_lists(run, loaded):
@@ -67,12 +105,10 @@ def test_precached_users_get_their_precached_lists(run, loaded):
     table = run.read_table("precache").to_pylist()
     queries = [Query(tuple(histories[r["user_id"]]), TOP_K, BEAMS) for r in table]
     for row, (items, scores) in zip(table, rank_queries(ranker, queries, settings.exclude_history)):
-        assert items.tolist() == row["items"]
-        np.testing.assert_allclose(scores, row["scores"], rtol=0, atol=1e-5)
+        assert_same_ranking(items, scores, row["items"], row["scores"], settings.dtype)
 
 
-def test_a_batch_answers_each_query_as_it_alone_would(loaded):
-    ranker, _ = loaded
+def _batch_vs_alone(ranker, dtype: str) -> None:
     rng = np.random.default_rng(3)
     queries = [Query(tuple(rng.choice(N_ITEMS, size=int(rng.integers(1, 10)), replace=False).tolist()),
                      k=int(rng.integers(1, 9)), num_beams=int(rng.choice([8, BEAMS])))
@@ -80,8 +116,37 @@ def test_a_batch_answers_each_query_as_it_alone_would(loaded):
     together = rank_queries(ranker, queries, exclude_history=True)
     for q, (items, scores) in zip(queries, together):
         alone_items, alone_scores = rank_queries(ranker, [q], exclude_history=True)[0]
-        assert len(items) == q.k and items.tolist() == alone_items.tolist()
-        np.testing.assert_allclose(scores, alone_scores, rtol=0, atol=1e-5)
+        assert len(items) == q.k
+        assert_same_ranking(items, scores, alone_items, alone_scores, dtype)
+
+
+def test_a_batch_answers_each_query_as_it_alone_would(loaded):
+    ranker, settings = loaded
+    _batch_vs_alone(ranker, settings.dtype)
+
+
+@pytest.fixture(scope="module")
+def bf16_run(tiny_lm_dir, tmp_path_factory) -> RunDir:
+    """The same run with its precache ranked (and recorded) in bfloat16."""
+    return make_generation_run(tmp_path_factory.mktemp("gen_bf16") / "run", tiny_lm_dir, dtype="bfloat16")
+
+
+@pytest.mark.parametrize("native_bf16", [True, False], ids=["bf16-cpu", "no-bf16-cpu"])
+def test_a_bf16_precache_is_matched_in_bf16_within_bf16_tolerance(bf16_run, simulate_cpu, native_bf16):
+    """A precache recorded in bf16 (e.g. on a GPU or a native-bf16 CPU) is answered in bf16 on
+    either CPU (slow where bf16 is emulated: the settings say so); its users get their lists
+    within bf16's tolerance, and a batch answers as each query alone would."""
+    simulate_cpu(native_bf16)
+    ranker, settings = load_run_ranker(bf16_run)
+    assert settings.dtype == settings.precache_dtype == _dtype_of(ranker) == "bfloat16"
+    assert settings.dtype_reason == "auto: the precache's dtype (bfloat16)"
+    assert bool(settings.dtype_warning) == (not native_bf16)
+    histories = user_histories()
+    table = bf16_run.read_table("precache").to_pylist()
+    queries = [Query(tuple(histories[r["user_id"]]), TOP_K, BEAMS) for r in table]
+    for row, (items, scores) in zip(table, rank_queries(ranker, queries, settings.exclude_history)):
+        assert_same_ranking(items, scores, row["items"], row["scores"], "bfloat16")
+    _batch_vs_alone(ranker, "bfloat16")
 
 
 def test_prompt_keeps_the_last_max_len_items_and_exclusion_covers_the_whole_history(loaded):
@@ -96,6 +161,24 @@ def test_prompt_keeps_the_last_max_len_items_and_exclusion_covers_the_whole_hist
     assert not set(excluded.tolist()) & set(older + recent) and len(excluded) == 10
     allowed = [i for i in long_items.tolist() if i not in older + recent]
     assert excluded.tolist()[: len(allowed)] == allowed  # the rest keep their order
+
+
+def test_a_long_posted_history_gets_exactly_k_items_while_k_remain(loaded):
+    """A history of all but a few items (longer than max_len: the prompt keeps its last items,
+    exclusion all of them) still gets exactly k new items, with a beam no wider than k; one that
+    leaves fewer than k gets every item left."""
+    ranker, _ = loaded
+    rng = np.random.default_rng(4)
+    queries, keeps = [], []
+    for n_left, k, beams in [(5, 5, 5), (6, 5, 5), (7, 5, 6), (8, 8, 8), (9, 5, 5), (12, 10, BEAMS), (3, 5, 5)]:
+        keep = set(rng.choice(N_ITEMS, size=n_left, replace=False).tolist())
+        history = rng.permutation([i for i in range(N_ITEMS) if i not in keep]).tolist()
+        queries.append(Query(tuple(history), k, beams))
+        keeps.append(keep)
+    for q, keep, (items, scores) in zip(queries, keeps, rank_queries(ranker, queries, exclude_history=True)):
+        assert len(items) == len(set(items.tolist())) == min(q.k, len(keep)), (q.k, q.num_beams, keep, items)
+        assert set(items.tolist()) <= keep and np.isfinite(scores).all() and (np.diff(scores) <= 0).all()
+    assert set(rank_queries(ranker, [queries[-1]], exclude_history=True)[0][0].tolist()) == keeps[-1]
 
 
 def test_history_ids_and_source_ids_resolve_and_unknown_ones_are_named(catalog):

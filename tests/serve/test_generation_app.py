@@ -12,20 +12,31 @@ import numpy as np
 import pytest
 from .generation_fixtures import BEAMS, MAX_LEN, TOP_K, make_generation_run, user_histories
 from .serve_harness import app_config, free_port, start_serve
+from ..dtypes import assert_same_ranking
 
 
 pytestmark = pytest.mark.slow  # a Serve app with three deployments and a model: ~1 min
 
 
 @pytest.fixture(scope="module")
-def http(ray_local, tiny_lm_dir, tmp_path_factory):
+def gen_run(tiny_lm_dir, tmp_path_factory):
+    return make_generation_run(tmp_path_factory.mktemp("gen_app") / "run", tiny_lm_dir)
+
+
+@pytest.fixture(scope="module")
+def dtype(gen_run) -> str:
+    """What online generation decodes in: the dtype the precache recorded (whatever this CPU)."""
+    return gen_run.manifest("precache")["dtype"]
+
+
+@pytest.fixture(scope="module")
+def http(ray_local, gen_run, tmp_path_factory):
     """A client of the app serving a tiny model run, once generation answers."""
     from ray import serve
 
-    root = tmp_path_factory.mktemp("gen_app")
-    rd = make_generation_run(root / "run", tiny_lm_dir)
+    rd = gen_run
     served = start_serve(free_port())
-    served.deploy(app_config(f"file://{rd.root}", str(root / "cache")), timeout=300)
+    served.deploy(app_config(f"file://{rd.root}", str(tmp_path_factory.mktemp("gen_app_cache") / "cache")), timeout=300)
     deadline = time.monotonic() + 300
     with served.client() as c:
         while (r := c.post("/v1/recommendations", json={"history": [1]})).status_code != 200:
@@ -35,7 +46,7 @@ def http(ray_local, tiny_lm_dir, tmp_path_factory):
     serve.shutdown()
 
 
-def test_a_precached_users_test_history_gets_their_precached_list(http):
+def test_a_precached_users_test_history_gets_their_precached_list(http, dtype):
     histories = user_histories()
     for user in range(0, 16, 2):
         cached = http.get(f"/v1/users/{user}/recommendations", params={"k": TOP_K}).json()
@@ -43,8 +54,8 @@ def test_a_precached_users_test_history_gets_their_precached_list(http):
         r = http.post("/v1/recommendations", json={"history": histories[user], "k": TOP_K})
         assert r.status_code == 200, r.text
         body = r.json()
-        assert body["item_ids"] == cached["item_ids"] and body["titles"] == cached["titles"]
-        np.testing.assert_allclose(body["scores"], cached["scores"], rtol=0, atol=1e-5)
+        assert_same_ranking(body["item_ids"], body["scores"], cached["item_ids"], cached["scores"], dtype)
+        assert body["titles"] == [cached["titles"][cached["item_ids"].index(i)] for i in body["item_ids"]]
         assert body["version"].startswith("model-") and body["num_beams"] == BEAMS and body["fallback"] is False
 
 
@@ -57,7 +68,18 @@ def test_source_ids_answer_like_item_ids_and_long_histories_keep_their_last_item
     assert long["history_used"] == MAX_LEN and not set(long["item_ids"]) & set(range(20, 40))
 
 
-def test_concurrent_requests_get_the_answers_they_get_alone(http):
+def test_a_history_of_all_but_a_few_items_gets_exactly_k_of_them(http):
+    """Exclusion prunes the beam at every level: with 6 of the 40 items left, a beam of 5 still
+    finds 5 of them; with 3 left, all 3."""
+    for left, k, beams in [([1, 9, 14, 22, 30, 37], 5, 5), ([2, 19, 33], 5, 6)]:
+        history = [i for i in range(40) if i not in left]
+        r = http.post("/v1/recommendations", json={"history": history, "k": k, "num_beams": beams})
+        assert r.status_code == 200, r.text
+        got = r.json()["item_ids"]
+        assert len(got) == len(set(got)) == min(k, len(left)) and set(got) <= set(left)
+
+
+def test_concurrent_requests_get_the_answers_they_get_alone(http, dtype):
     rng = np.random.default_rng(9)
     bodies = [{"history": rng.choice(40, size=int(rng.integers(1, 8)), replace=False).tolist(),
                "k": int(rng.integers(1, 6)), "num_beams": int(rng.choice([6, BEAMS]))} for _ in range(16)]
@@ -76,8 +98,8 @@ def test_concurrent_requests_get_the_answers_they_get_alone(http):
     answers = asyncio.run(together())
     batches = BatchStats.between(before, model.stats.remote().result())
     for a, r in zip(alone, answers):
-        assert r.status_code == 200 and r.json()["item_ids"] == a["item_ids"]
-        np.testing.assert_allclose(r.json()["scores"], a["scores"], rtol=0, atol=1e-5)
+        assert r.status_code == 200
+        assert_same_ranking(r.json()["item_ids"], r.json()["scores"], a["item_ids"], a["scores"], dtype)
     # they shared beam searches: fewer batches than requests
     assert batches["mean_batch"] > 1.5 and sum(int(n) * c for n, c in batches["sizes"].items()) == len(bodies), batches
 

@@ -6,8 +6,11 @@ A user in the precache who posts their test history must get the precached list 
 decodes exactly as the precache did: the same ``model/`` (base, merged adapter, the prompt format
 and code softmax of ``model/recommender.json``), ``item_codes/``, beam width, K and history
 exclusion (read from ``precache/_SUCCESS``; the precache config's defaults when there is no
-precache yet), and the same dtype rule (:func:`semconv.hardware.inference_dtype`). Prompts keep a
-history's last ``prepare.max_len`` items (``splits/_SUCCESS``), as training and the splits did.
+precache yet), and the same dtype: the one ``precache/_SUCCESS`` recorded, not the one this
+machine would pick (:func:`semconv.hardware.matching_dtype`; a precache run in float32 on a CPU
+without native bf16 is matched in float32 on one with it, and vice versa), unless ``bf16`` is
+given explicitly. Prompts keep a history's last ``prepare.max_len`` items (``splits/_SUCCESS``),
+as training and the splits did.
 
 ``run_dir`` is a local path or any ``pyarrow.fs`` URI; a remote ``model/`` is copied to a local
 cache once (:meth:`semconv.artifacts.RunDir.local`), since Hugging Face loads from paths.
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from semconv.artifacts import SUCCESS, ArtifactError, RunDir
-from semconv.hardware import inference_dtype
+from semconv.hardware import matching_dtype
 from semconv.inference.config import PrecacheConfig
 from semconv.inference.loading import ModelSpec
 
@@ -40,6 +43,7 @@ class RankerSettings:
     exclude_history: bool
     max_len: int | None  # prompts keep the last max_len items (None: the whole history)
     precache_dtype: str | None  # the dtype the precache ran in (None: no precache yet)
+    dtype_warning: str | None = None  # the dtype will be slow here (bf16 on a CPU without native bf16)
 
 
 def model_version(run: RunDir) -> str:
@@ -59,7 +63,9 @@ def resolve_settings(
 ) -> RankerSettings:
     """The precache's decoding settings for ``run`` (see the module docstring).
 
-    ``bf16`` resolves like ``precache.bf16``; ``max_len`` overrides the splits' ``max_len``.
+    ``bf16="auto"`` is the precache's recorded dtype (the machine's rule, as ``precache.bf16``,
+    when there is no precache); ``True`` / ``False`` force bf16 / float32. ``max_len`` overrides
+    the splits' ``max_len``.
     """
     model = run.manifest(MODEL)
     cached = run.manifest(PRECACHE) if run.is_complete(PRECACHE) else {}
@@ -69,7 +75,8 @@ def resolve_settings(
         raise ArtifactError(f"{run.path(MODEL)}/{SUCCESS} names no base_model: rerun the finetune stage")
     if max_len is None and run.is_complete(SPLITS):
         max_len = run.manifest(SPLITS).get("max_len")
-    choice = inference_dtype(bf16, use_gpu)
+    precache_dtype = cached.get("dtype")
+    choice = matching_dtype(bf16, use_gpu, precache_dtype)
     return RankerSettings(
         model_version=model_version(run),
         base_model=str(base_model),
@@ -79,7 +86,8 @@ def resolve_settings(
         top_k=int(cached.get("top_k", defaults.top_k)),
         exclude_history=bool(cached.get("exclude_history", defaults.exclude_history)),
         max_len=int(max_len) if max_len is not None else None,
-        precache_dtype=cached.get("dtype"),
+        precache_dtype=precache_dtype,
+        dtype_warning=choice.warning,
     )
 
 

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from semconv.artifacts import RunDir, link_or_copy
 from semconv.codes import code_arrays
-from semconv.hardware import inference_dtype
+from semconv.hardware import matching_dtype
 from semconv.inference.loading import ModelSpec
 from semconv.refresh.build import NewVersion, build_version
 from semconv.refresh.decode import merge_shards, plan_refresh, rank_users
@@ -93,7 +93,11 @@ def run_refresh(cfg) -> dict[str, str]:
     users, reasons = redecode_users(new, base, cfg.refresh.users)
     pc_cfg = cfg.precache
     plan = plan_refresh(base.fs, base.path("precache"), users, pc_cfg.users_per_shard)
-    choice = inference_dtype(pc_cfg.bf16, pc_cfg.use_gpu)
+    # the base precache's dtype (precache.bf16=auto): re-ranked users are ranked as the carried-over
+    # ones were and as online generation of this version will rank them, on any machine
+    choice = matching_dtype(pc_cfg.bf16, pc_cfg.use_gpu, base.manifest("precache").get("dtype"), "precache.bf16")
+    if choice.warning:
+        print(f"warning: {choice.warning}", flush=True)
     spec = ModelSpec(model_dir=str(run.local("model")), base_model=cfg.finetune.base_model, dtype=choice.dtype)
     item_ids, codes = code_arrays(new.item_codes)
     partial = run.path(f"{VERSIONS}/{name}.partial")
@@ -112,7 +116,7 @@ def run_refresh(cfg) -> dict[str, str]:
     t_decode = time.perf_counter() - t0 - t_build
     path = publish(run, base, name, new, plan, partial, users, reasons, fingerprint, cfg,
                    {"build_seconds": round(t_build, 3), "decode_seconds": round(t_decode, 3), "rank": stats},
-                   t0)
+                   t0, choice if len(users) else None)
     print(f"refresh: version {name}: {new.new_items['count']} new items "
           f"({new.new_items['embedding_source']}), {len(users)} users re-decoded ({reasons}), "
           f"{len(plan.old_shards) - len(plan.dirty & set(range(len(plan.old_shards))))} of "
@@ -135,10 +139,13 @@ def _hash(a: np.ndarray) -> str:
 
 
 def publish(run: RunDir, base: RunDir, name: str, new: NewVersion, plan, partial: str, users: np.ndarray,
-            reasons: dict, fingerprint: dict, cfg, timing: dict, t0: float) -> str:
+            reasons: dict, fingerprint: dict, cfg, timing: dict, t0: float, choice=None) -> str:
     """Write the whole version atomically (``RunDir.writing``), then drop the partial directory.
 
     The manifests are filled inside their ``writing`` blocks: ``RunDir`` writes them on exit.
+    ``choice`` (a :class:`~semconv.hardware.DtypeChoice`; None: nobody re-ranked) is the dtype the
+    re-ranked users ran in: the version's precache records it (online generation decodes in it);
+    when it is not the base's, ``dtype_carried_over`` names the dtype of the carried-over lists.
     """
     old_precache = base.manifest("precache")
     manifest: dict = {"version": name}
@@ -154,6 +161,10 @@ def publish(run: RunDir, base: RunDir, name: str, new: NewVersion, plan, partial
             _carry_over(run, art, view)
         pmeta = {k: old_precache.get(k) for k in ("model", "base_model", "codebook", "top_k", "num_beams",
                                                    "exclude_history", "dtype")}
+        if choice is not None:
+            if choice.dtype != pmeta.get("dtype"):
+                pmeta["dtype_carried_over"] = pmeta.get("dtype")
+            pmeta.update(dtype=choice.dtype, dtype_reason=choice.reason)
         pmeta.update(version=name, shards=plan.num_shards,  # serving checks "inputs" against the version
                      inputs={a: view.manifest(a).get("created_at") for a in ("splits", "item_codes")})
         with view.writing("precache", pmeta) as ptmp:
