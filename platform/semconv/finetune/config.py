@@ -1,7 +1,7 @@
 """Config of the ``finetune`` stage (LoRA SFT on Ray Train).
 
 Defaults run on one worker on 2 cores with bf16 autocast where the CPU has native bf16 (fp32
-elsewhere). Measured in the demo job on a 2-core EPYC held to fp32 and AVX2 (session 4): 2.85
+elsewhere). Measured in the demo job on a 2-core EPYC held to fp32 and AVX2 (2026-12-01): 2.85
 rows/s (a step of 8 in ~2.8 s) on the history-weighted demo tasks (82% history rows of ~30
 tokens, each teaching ~4 next items), so ``configs/demo.yaml``'s 20-minute budget
 (``max_minutes``) ran 429 steps and taught ~11k next items; the earlier one-target instruction
