@@ -65,9 +65,11 @@ STAGES: tuple[Stage, ...] = (
            "precache.users_per_shard"),
           "`precache/` (top-K per user, manifest)"),
     Stage("evaluate", "semconv.evaluate.stage:run_evaluate",
-          ("items", "splits", "item_emb", "codebook", "model", "precache"), ("report",),
-          ("evaluate", "precache.exclude_history", "prepare.max_len", "seed"),
-          ("evaluate.sasrec.num_threads",),
+          ("items", "splits", "item_emb", "codebook", "item_codes", "sft", "model", "precache"), ("report",),
+          ("evaluate", "precache.exclude_history", "precache.num_beams", "prepare.max_len", "finetune.base_model",
+           "finetune.code_softmax", "finetune.pack_len", "finetune.max_minutes", "tokenize.levels",
+           "tokenize.codes_per_level", "seed"),
+          ("evaluate.sasrec.num_threads", "evaluate.scratch.num_threads"),
           "`report/` (`metrics.json`, `report.md`, plots)"),
 )
 NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from semconv.schema import Section
 
-BASELINES = ("popularity", "sasrec", "cf")
+BASELINES = ("popularity", "sasrec", "cf", "scratch")
 
 
 class SASRecConfig(Section):
@@ -42,16 +42,40 @@ class SASRecConfig(Section):
     )
 
 
+class ScratchConfig(Section):
+    """The ``scratch`` baseline (:mod:`semconv.evaluate.scratch`): ours with a small decoder
+    initialised at random in place of the pretrained LLM, trained every weight by the same loop
+    on the same ``sft/`` rows and decoded by the same constrained beam search.
+
+    Not in the lineage fingerprint (how the stage runs, not what it writes): ``num_threads``.
+    """
+
+    hidden: int = Field(128, ge=8)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    max_positions: int = Field(2048, ge=64, description="longest prompt + codes it can read")
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(8, ge=1, description="packed sequences (finetune.pack_len) per step")
+    warmup_steps: int = Field(20, ge=0)
+    max_steps: int | None = Field(None, ge=1, description="step budget (None: finetune.max_steps)")
+    max_minutes: float | None = Field(
+        None, gt=0, description="time budget (None: finetune.max_minutes); with both budgets as ours by "
+        "default, the baseline gets what ours had")
+    num_beams: int | None = Field(None, ge=1, description="None: precache.num_beams")
+    num_threads: int | None = Field(None, ge=1, description="torch threads (None: torch default)")
+
+
 class EvaluateConfig(Section):
     """Metrics and baselines of the report. Every key is in the lineage fingerprint."""
 
     ks: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: [1, 5, 10], min_length=1, description="cut-offs of HR@K and NDCG@K"
     )
-    baselines: list[Literal["popularity", "sasrec", "cf"]] = Field(
+    baselines: list[Literal["popularity", "sasrec", "cf", "scratch"]] = Field(
         default_factory=lambda: list(BASELINES),
         description="baselines ranked on the same splits with the same metric code",
     )
     valid: bool = Field(True, description="also report valid-split metrics where available")
     sasrec: SASRecConfig = SASRecConfig()
+    scratch: ScratchConfig = ScratchConfig()
     plots: bool = Field(True, description="write PNG plots (matplotlib Agg) into report/")

@@ -18,7 +18,7 @@ from semconv.codes import level_letter
 
 SYSTEM_ORDER = ("semconv", "cf", "sasrec", "popularity")
 SYSTEM_LABELS = {"semconv": "Ours (semconv)", "cf": "CF (stage-1 LightGCN)", "sasrec": "SASRec",
-                 "popularity": "Most popular"}
+                 "popularity": "Most popular", "scratch": "Ours without the LLM (random-init decoder)"}
 
 
 def fmt(x: Any) -> str:
@@ -221,6 +221,14 @@ def render_markdown(metrics: dict[str, Any], images: dict[str, str]) -> str:
                   f"{sas['epochs_run']} epochs ({sas['stopped']}), best valid NDCG@10 "
                   f"{fmt(sas['best_valid']['NDCG@10'])} at epoch {sas['best_epoch']}, "
                   f"{sas['train_seconds']:.1f} s training."]
+    scratch = metrics.get("baselines", {}).get("scratch")
+    if scratch:
+        lines += ["", "## Without the LLM (scratch baseline)", "",
+                  f"The same codes, sft/ rows, loop and constrained decoding as ours, with a random-init "
+                  f"decoder ({scratch['layers']} layers, hidden {scratch['hidden']}, "
+                  f"{scratch['parameters']:,} parameters): {scratch['steps']} steps in "
+                  f"{scratch['train_seconds']:.0f} s of training, final train loss "
+                  f"{fmt(scratch['final_train_loss'])}."]
     return "\n".join(lines) + "\n"
 
 

@@ -90,6 +90,10 @@ def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = T
         try:
             if name == "popularity":
                 ranked, info = rank_popularity(rows, num_items, max(ks), exclude, fit)
+            elif name == "scratch":
+                from semconv.evaluate.scratch import rank_scratch
+
+                ranked, info = rank_scratch(cfg, run, rows, max(ks), exclude)
             elif name == "sasrec":
                 max_len = ev.sasrec.max_len or cfg.prepare.max_len
                 ranked, info = rank_sasrec(rows, num_items, max(ks), exclude, ev.sasrec, max_len, cfg.seed,
