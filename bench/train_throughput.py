@@ -2,8 +2,8 @@
 
 ``baseline`` is the step the demo took before packing: batches of 8 rows padded to the longest
 (bucketed by characters), the peft model's own forward (its trainable code rows rebuild the whole
-embedding matrix per call), logits of the whole vocabulary on the label positions, the full-depth
-base. ``current`` is the package's step with ``configs/demo.yaml``'s ``finetune`` settings
+embedding matrix per call), logits of the whole vocabulary on the label positions, LoRA dropout
+0.05, the full-depth base. ``current`` is the package's step with ``configs/demo.yaml``'s ``finetune`` settings
 (:func:`semconv.finetune.recipe.train` runs exactly this step): rows packed into ``pack_len``
 sequences, the code rows read directly and scored by their level, ``num_layers`` of the base.
 ``current-full-depth`` is the same step on every layer, to separate what the step gained from
@@ -47,6 +47,7 @@ from semconv.finetune.model import resolve_base
 from semconv.pipeline import run_pipeline
 
 BASELINE_ROWS = 8  # rows per step of the demo before packing
+BASELINE_DROPOUT = 0.05  # its LoRA dropout (finetune.lora_dropout's default)
 
 
 def padded_batches(rows, n_batches: int, seed: int) -> list[dict[str, torch.Tensor]]:
@@ -158,6 +159,8 @@ def main() -> None:
     modes = {}
     for mode in args.modes.split(","):
         recipe = dataclasses.replace(demo, num_layers=None) if mode != "current" else demo
+        if mode == "baseline":  # the step before: LoRA dropout at the config's default on every input
+            recipe = dataclasses.replace(recipe, lora=dataclasses.replace(recipe.lora, dropout=BASELINE_DROPOUT))
         lm, tok = build_model(recipe)
         lm.train()
         rows = encode_rows(tok, train, recipe.pack_len)
