@@ -19,7 +19,7 @@ from semconv.evaluate.protocol import SplitRows
 from semconv.evaluate.scratch import random_decoder, rank_scratch
 from semconv.tasks.history import history_rows
 
-from ..finetune.conftest import K, LEVELS, N_ITEMS, item_codes, next_item
+from ..finetune.conftest import K, LEVELS, N_ITEMS, item_codes, next_item, planted_histories
 
 CODES = np.array([item_codes(i) for i in range(N_ITEMS)])
 
@@ -35,13 +35,7 @@ def _config(run_dir: Path, base: Path, **scratch) -> PipelineConfig:
 
 
 def _planted_run(run_dir: Path) -> RunDir:
-    rng = np.random.default_rng(0)
-    histories = []
-    for _ in range(128):
-        h = [int(rng.integers(N_ITEMS))]
-        for _ in range(int(rng.integers(2, 6))):
-            h.append(next_item(h[-1]))
-        histories.append(h)
+    histories = planted_histories(128, seed=0)
     run = RunDir(run_dir)
     run.write_table("sft", history_rows(list(range(len(histories))), histories, CODES, max_len=20),
                     manifest={"tasks_config": {"sequential_objective": "history"}})

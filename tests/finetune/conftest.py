@@ -48,6 +48,18 @@ def planted_rows(n: int, seed: int, max_history: int = MAX_HISTORY) -> list[tupl
     return [_run(int(rng.integers(N_ITEMS)), int(rng.integers(1, max_history + 1))) for _ in range(n)]
 
 
+def planted_histories(n: int, seed: int) -> list[list[int]]:
+    """``n`` whole histories of 3-6 items that follow the rule (the history-level objective's rows)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        h = [int(rng.integers(N_ITEMS))]
+        for _ in range(int(rng.integers(2, 6))):
+            h.append(next_item(h[-1]))
+        out.append(h)
+    return out
+
+
 def all_planted_histories(max_history: int = MAX_HISTORY) -> list[tuple[list[int], int]]:
     """Every distinct prompt of the rule (each start item, each history length)."""
     return [_run(i, n) for i in range(N_ITEMS) for n in range(1, max_history + 1)]

@@ -17,7 +17,7 @@ from semconv.prompts import HISTORY_HEADER
 from semconv.tasks.history import history_rows
 from ..conftest import build_tiny_lm
 
-from .conftest import K, LEVELS, N_ITEMS, item_codes, next_item, train_planted
+from .conftest import K, LEVELS, N_ITEMS, item_codes, next_item, planted_histories, train_planted
 
 CODES = np.array([item_codes(i) for i in range(N_ITEMS)])
 HISTORY = [3, 14, 1, 6, 9]
@@ -85,13 +85,7 @@ def test_the_inference_prompt_of_a_history_is_its_training_prefix(tiny_lm_dir):
 
 def test_the_history_objective_learns_a_planted_next_item_rule(tmp_path, one_thread):
     base = build_tiny_lm(tmp_path / "lm", hidden=96, layers=2)
-    rng = np.random.default_rng(0)
-    histories = []
-    for _ in range(128):
-        h = [int(rng.integers(N_ITEMS))]
-        for _ in range(int(rng.integers(2, 6))):
-            h.append(next_item(h[-1]))
-        histories.append(h)
+    histories = planted_histories(128, seed=0)
     table = history_rows(list(range(len(histories))), histories, CODES, max_len=20)
     train = SftExamples(table["prompt"].to_pylist(), table["label"].to_pylist(), [False] * table.num_rows)
     trained = train_planted(base, train, steps=150, pack_len=64, batch_size=8)  # ~2 rows a pack

@@ -31,7 +31,7 @@ def test_run_finetune_writes_a_complete_model_that_loads(ray_local, planted_run_
     metrics = json.loads((model_dir / "train_metrics.json").read_text())
     assert metrics["train_steps"] == [1, 2, 3, 4] and len(metrics["train_loss"]) == 4
     assert metrics["eval_steps"] == [2, 4] and all(x > 0 for x in metrics["eval_loss"])
-    # 4 packs of 128 tokens a step hold several planted rows each
+    # 4 packs of 128 tokens a step, each holding one planted row or more
     assert 4 * 4 <= metrics["samples"] <= 4 * 64 and metrics["samples_per_s"] > 0 and metrics["tokens_per_s"] > 0
     # The adapter holds the code rows but not the whole resized vocabulary.
     assert (model_dir / "adapter_model.safetensors").stat().st_size < 200_000
@@ -82,7 +82,7 @@ def test_two_workers_resume_after_a_killed_worker(ray_local, planted_run_dir, ti
     metrics = json.loads((Path(out["model"]) / "train_metrics.json").read_text())
     assert metrics["resumed_from_step"] == [3]  # restarted from the step-3 checkpoint
     assert metrics["train_steps"] == [1, 2, 3, 4, 5, 6]  # the counter went on, no step twice
-    assert metrics["workers"] == 2 and metrics["samples"] > 6 * 2 * 4  # several rows a pack
+    assert metrics["workers"] == 2 and metrics["samples"] >= 6 * 2 * 4  # every pack holds a row or more
 
 
 def test_a_time_budget_stops_training_and_still_publishes_the_model(ray_local, planted_run_dir, tiny_lm_dir):
