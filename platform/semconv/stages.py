@@ -56,8 +56,8 @@ STAGES: tuple[Stage, ...] = (
           ("finetune", "tokenize.levels", "tokenize.codes_per_level", "tasks.sa_init", "seed"),
           ("finetune.checkpoint_every", "finetune.log_every", "finetune.max_failures",
            "finetune.cpus_per_worker"),
-          "`model/` (LoRA adapter, tokenizer with code tokens, `recommender.json`, "
-          "`train_metrics.json`)"),
+          "`model/` (LoRA adapter, or the whole model with `num_layers` / `method: full`; tokenizer with "
+          "code tokens, `recommender.json`, `train_metrics.json`)"),
     Stage("precache", "semconv.inference.stage:run_precache", ("splits", "item_codes", "model"),
           ("precache",), ("precache", "finetune.base_model", "seed"),
           ("precache.batch_size", "precache.sort_window", "precache.num_actors",
