@@ -38,10 +38,9 @@ def packed_loss(runner: Any, batch: dict[str, torch.Tensor], device: torch.devic
 def optimizer_step(
     runner: Any, micro_batches: Sequence[dict[str, torch.Tensor]], optimizer: Any,
     params: Sequence[torch.nn.Parameter], grad_clip: float, bf16: bool, device: torch.device,
-    frozen: Sequence[torch.nn.Parameter] = (),
 ) -> tuple[float, int]:
-    """One step over ``micro_batches``; ``(mean loss, label tokens)``. ``frozen`` parameters keep
-    their values (their gradients are dropped before the update: the code-rows-only phase)."""
+    """One step over ``micro_batches``; ``(mean loss, label tokens)``. The code-rows-only phase
+    needs nothing here: its other groups run at LR 0 (:func:`~semconv.finetune.optim.set_lr`)."""
     total = max(1, sum(label_count(b) for b in micro_batches))
     loss_sum = 0.0
     for i, batch in enumerate(micro_batches):
@@ -52,8 +51,6 @@ def optimizer_step(
                 loss = packed_loss(runner, batch, device)
             (loss / total).backward()
         loss_sum += float(loss.detach())
-    for p in frozen:
-        p.grad = None
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
