@@ -26,7 +26,7 @@ from ray.serve.handle import DeploymentHandle
 from semconv.serving.state import ServingState, load_state
 from serve_app import service
 from serve_app.api import age_s, build_api
-from serve_app.config import AppArgs, ServeUserConfig
+from serve_app.config import AppArgs, ServeUserConfig, serve_http_host
 from serve_app.generation import GenerationClient, ModelGenerator
 from serve_app.handles import call_deployment
 from serve_app.loading import VersionMetrics, Versioned
@@ -49,7 +49,7 @@ class SemconvIngress:
     async def __init__(self, args: dict[str, Any] | AppArgs, tokenizer: DeploymentHandle | None = None,
                        generator: DeploymentHandle | None = None):
         self.args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
-        self.api_token = self.args.api_token()  # raises when require_auth and no token
+        self.api_token = self.args.api_token(serve_http_host())  # raises when a token is required and unset
         self.max_batch = self.args.max_batch
         self.tokenizer = tokenizer
         self.generation = GenerationClient(generator, self.args.generation) if generator is not None else None

@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.generation_schemas import GenerationArgs
+
+log = logging.getLogger("ray.serve")
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether an HTTP bind address is reachable only from this machine (None: unknown, so no)."""
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_http_host() -> str | None:
+    """The address Ray Serve's HTTP proxies bind (``http_options.host``), from the running
+    controller; None when it cannot be asked (then the app treats the address as public)."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        return client.http_config.host if client is not None else None
+    except Exception:  # a Ray without this private API: fail closed
+        return None
 
 
 class AppArgs(BaseModel):
@@ -21,18 +49,35 @@ class AppArgs(BaseModel):
     cache_dir: str | None = Field(None, description="local dir for the memory-mapped precache arrays")
     api_token_env: str = Field("SEMCONV_API_TOKEN", description="environment variable holding the bearer token; "
                                "when it is set, every /v1 route requires `Authorization: Bearer <token>`")
-    require_auth: bool = Field(False, description="refuse to start when the token variable is unset")
-    docs: bool = Field(True, description="serve /docs and /openapi.json")
+    require_auth: bool | None = Field(None, description="null: a token is required unless Serve binds a loopback "
+                                      "address; true: always; false: never (a private network; logged loudly)")
+    docs: bool = Field(False, description="serve /docs and /openapi.json")
     load_deadline_s: float = Field(900, gt=0, description="a (re)load running longer fails the replica's health check")
     tokenize_timeout_s: float = Field(10, gt=0, description="a tokenize call answered 503 after this long")
     generation: GenerationArgs = Field(default_factory=GenerationArgs, description="online generation (POST /v1/recommendations)")
 
-    def api_token(self) -> str | None:
-        """The bearer token from the environment (a Kubernetes secret, a runtime_env env var)."""
+    def api_token(self, host: str | None) -> str | None:
+        """The bearer token from the environment (a Kubernetes secret, a runtime_env env var).
+
+        Closed by default: without a token the app refuses to start when Serve listens on
+        ``host`` beyond loopback (or ``require_auth`` is true), unless ``require_auth`` is
+        explicitly false.
+        """
         token = os.environ.get(self.api_token_env) or None
-        if token is None and self.require_auth:
-            raise RuntimeError(f"require_auth is set but ${self.api_token_env} is empty: refusing to serve unauthenticated")
-        return token
+        if token is not None:
+            return token
+        how = (f"set ${self.api_token_env} (runtime_env env_vars, or a Kubernetes secret) to a random token, "
+               f"or set require_auth: false to serve a private network without one")
+        if self.require_auth:
+            raise RuntimeError(f"require_auth is true but ${self.api_token_env} is empty: refusing to serve "
+                               f"unauthenticated; {how}")
+        if self.require_auth is None and not is_loopback(host):
+            raise RuntimeError(f"Serve listens on {host or 'an unknown address'} and ${self.api_token_env} is empty: "
+                               f"refusing to serve every user's recommendations unauthenticated; {how}")
+        if self.require_auth is False and not is_loopback(host):
+            log.warning("semconv: SERVING WITHOUT AUTHENTICATION on %s (require_auth: false): anyone who can reach "
+                        "the port reads every user's recommendations", host or "an unknown address")
+        return None
 
 
 class ServeUserConfig(BaseModel):

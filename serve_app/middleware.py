@@ -7,6 +7,7 @@ task per request, on the lookup path.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 from collections.abc import Callable
@@ -24,22 +25,32 @@ async def _send_json(send: Callable, status: int, body: dict, headers: list | No
     await send({"type": "http.response.body", "body": data})
 
 
+def app_path(scope: Scope) -> str:
+    """The route as the app sees it: Ray Serve's proxy (and any ASGI server mounted under a
+    prefix) leaves ``root_path`` (the ``route_prefix``) at the front of ``path``."""
+    path, root = scope.get("path", ""), scope.get("root_path", "").rstrip("/")
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root):] or "/"
+    return path
+
+
 class BearerAuth:
     """Answer 401 to a request under ``prefix`` without ``Authorization: Bearer <token>``.
 
-    Checked before anything else (no body is read for a stranger), with a constant-time
-    comparison so the answer's timing does not reveal how much of a guess was right. Paths
-    outside ``prefix`` (``/healthz``, ``/readyz``, docs) stay open for probes.
+    Checked on the route as the app sees it (any ``route_prefix`` stripped) before anything else,
+    so no body is read for a stranger. Both tokens are hashed before a constant-time comparison,
+    so the answer's timing reveals neither how much of a guess was right nor the token's length.
+    Paths outside ``prefix`` (``/healthz``, ``/readyz``, docs) stay open for probes.
     """
 
     def __init__(self, app: ASGIApp, token: str, prefix: str = "/v1"):
         if not token:
             raise ValueError("BearerAuth needs a non-empty token")
         self.app, self.prefix = app, prefix
-        self.expected = token.encode()
+        self.expected = hashlib.sha256(token.encode()).digest()
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or not scope.get("path", "").startswith(self.prefix):
+        if scope["type"] != "http" or not app_path(scope).startswith(self.prefix):
             return await self.app(scope, receive, send)
         given = b""
         for name, value in scope.get("headers", ()):
@@ -48,7 +59,7 @@ class BearerAuth:
                 if scheme.lower() != b"bearer":
                     given = b""
                 break
-        if hmac.compare_digest(given.strip(), self.expected):
+        if given.strip() and hmac.compare_digest(hashlib.sha256(given.strip()).digest(), self.expected):
             return await self.app(scope, receive, send)
         await _send_json(send, 401, {"detail": "missing or wrong bearer token (Authorization: Bearer <token>)"},
                          [(b"www-authenticate", b'Bearer realm="semconv"')])

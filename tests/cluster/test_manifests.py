@@ -75,9 +75,11 @@ def _check_serve_app(app: dict) -> None:
     module, attr = app["import_path"].split(":")
     builder = getattr(import_module(module), attr)
     assert callable(builder)
-    from serve_app.app import AppArgs
+    from serve_app.app import AppArgs, CodeTokenizer, ModelGenerator, SemconvIngress
 
     AppArgs.model_validate(app["args"])
+    # every deployment the builder binds is configured, or it never switches versions with the rest
+    assert {d["name"] for d in app["deployments"]} == {SemconvIngress.name, CodeTokenizer.name, ModelGenerator.name}
     for dep in app["deployments"]:
         auto = dep["autoscaling_config"]
         assert 1 <= auto["min_replicas"] <= auto["max_replicas"]

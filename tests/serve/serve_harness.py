@@ -44,6 +44,7 @@ def app_config(run_dir: str, cache_dir: str, user_config: dict[str, Any] | None 
 @dataclass
 class Served:
     url: str
+    prefix: str = ""  # the deployed app's route_prefix ("" for "/")
 
     def client(self, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, trust_env=False, **kw)
@@ -64,6 +65,7 @@ class Served:
         deadline = time.monotonic() + timeout
         while deployed_at() == before and time.monotonic() < deadline:  # the controller took the config
             time.sleep(0.2)
+        self.prefix = app.get("route_prefix", "/").rstrip("/")
         self.wait_ready(wait_version, timeout)
         settle(timeout)
 
@@ -74,7 +76,7 @@ class Served:
         with self.client() as c:
             while time.monotonic() < deadline:
                 try:
-                    r = c.get("/readyz")
+                    r = c.get(f"{self.prefix}/readyz")
                     last = r.text
                     if r.status_code == 200 and (version is None or r.json()["version"] == version):
                         return r.json()

@@ -166,3 +166,27 @@ def test_readiness_and_errors_do_not_leak_server_paths(run_dir, tmp_path):
     assert r.status_code == 200 and str(tmp_path) not in r.text and "s3://" not in r.text
     assert r.json()["last_error"] == versioned.last_error and r.json()["reload_failures"] == 1
     assert r.json()["precache_created_at"] == state.created_at and r.json()["precache_age_s"] >= 0
+
+
+def test_auth_holds_under_a_route_prefix(backend):
+    """Ray Serve's proxy leaves the application's ``route_prefix`` at the front of ``path`` (with
+    ``root_path`` set to it): the /v1 routes must still need the token there."""
+    api = build_api(backend, api_token=TOKEN)
+
+    async def go(headers):
+        transport = httpx.ASGITransport(app=api, root_path="/recs")
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return [(await c.get(u, headers=headers)).status_code
+                    for u in ("/recs/v1/users/4/recommendations", "/recs/v1/items/3", "/recs/readyz")]
+
+    assert asyncio.run(go({})) == [401, 401, 200]
+    assert asyncio.run(go({"authorization": f"Bearer {TOKEN}"})) == [200, 200, 200]
+
+
+def test_app_path_strips_only_a_whole_route_prefix():
+    from serve_app.middleware import app_path
+
+    assert app_path({"path": "/recs/v1/x", "root_path": "/recs"}) == "/v1/x"
+    assert app_path({"path": "/recs", "root_path": "/recs/"}) == "/"
+    assert app_path({"path": "/recsv1/x", "root_path": "/recs"}) == "/recsv1/x"
+    assert app_path({"path": "/v1/x", "root_path": ""}) == "/v1/x" == app_path({"path": "/v1/x"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -136,10 +137,35 @@ def test_user_config_names_a_whole_version():
     assert ServeUserConfig(run_dir="/r2", precache="/r2/p", fallback=False).target(args) == ("/r2", "/r2/p", False)
 
 
-def test_require_auth_without_a_token_refuses_to_start(monkeypatch):
+def test_serving_beyond_loopback_without_a_token_refuses_to_start(monkeypatch, caplog):
     monkeypatch.delenv("SEMCONV_API_TOKEN", raising=False)
-    assert AppArgs(run_dir="r").api_token() is None
-    with pytest.raises(RuntimeError, match="SEMCONV_API_TOKEN"):
-        AppArgs(run_dir="r", require_auth=True).api_token()
+    assert AppArgs(run_dir="r").api_token("127.0.0.1") is None  # loopback: open is fine
+    assert AppArgs(run_dir="r").api_token("::1") is None and AppArgs(run_dir="r").api_token("localhost") is None
+    for host in ("0.0.0.0", "10.0.0.5", "::", None):  # None: Serve could not say, so closed
+        with pytest.raises(RuntimeError, match=r"SEMCONV_API_TOKEN.*require_auth: false"):
+            AppArgs(run_dir="r").api_token(host)
+    with pytest.raises(RuntimeError, match="require_auth is true"):
+        AppArgs(run_dir="r", require_auth=True).api_token("127.0.0.1")
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        assert AppArgs(run_dir="r", require_auth=False).api_token("0.0.0.0") is None
+    assert "WITHOUT AUTHENTICATION on 0.0.0.0" in caplog.text
     monkeypatch.setenv("MY_SECRET", "t0k")
-    assert AppArgs(run_dir="r", api_token_env="MY_SECRET", require_auth=True).api_token() == "t0k"
+    assert AppArgs(run_dir="r", api_token_env="MY_SECRET").api_token("0.0.0.0") == "t0k"
+    assert AppArgs(run_dir="r", api_token_env="MY_SECRET", require_auth=True).api_token(None) == "t0k"
+
+
+def test_the_shipped_serve_config_refuses_to_start_without_a_token(monkeypatch):
+    import yaml
+
+    from serve_app.config import is_loopback
+
+    monkeypatch.delenv("SEMCONV_API_TOKEN", raising=False)
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "cluster" / "serve.yaml").read_text())
+    host = cfg["http_options"]["host"]
+    (app,) = cfg["applications"]
+    args = AppArgs.model_validate(app["args"])
+    assert not is_loopback(host) and args.docs is False
+    with pytest.raises(RuntimeError, match="refusing to serve"):
+        args.api_token(host)
+
+

@@ -26,7 +26,7 @@ def served(ray_local, tmp_path_factory):
     from ray import serve
 
     s = serve_test_app(tmp_path_factory.mktemp("serve_app"))
-    s.base = lambda **uc: s.config(uc)
+    s.base = lambda **uc: s.config(uc, docs=True)  # the shipped config keeps docs off
     s.deploy(s.base(), wait_version="v1", timeout=120)
     yield s
     serve.shutdown()

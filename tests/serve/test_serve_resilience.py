@@ -72,19 +72,20 @@ class Load:
         return [r for r in self.results if r[0] != 200]
 
 
-def test_auth_guards_v1_and_leaves_probes_open(served):
+def test_auth_guards_v1_and_leaves_probes_open_under_a_route_prefix(served):
     app = served.config(docs=False, require_auth=True)
     app["runtime_env"] = {"env_vars": {"SEMCONV_API_TOKEN": TOKEN}}
+    app["route_prefix"] = "/recs"  # the proxy leaves /recs in the ASGI path: auth must still apply
     served.deploy(app, wait_version="v1", timeout=180)
     with served.client() as c:
-        assert c.get("/v1/users/4/recommendations").status_code == 401
-        assert c.get("/v1/users/4/recommendations", headers={"authorization": "Bearer nope"}).status_code == 401
-        r = c.get("/v1/users/4/recommendations", params={"k": 1}, headers={"authorization": f"Bearer {TOKEN}"})
+        assert c.get("/recs/v1/users/4/recommendations").status_code == 401
+        assert c.get("/recs/v1/users/4/recommendations", headers={"authorization": "Bearer nope"}).status_code == 401
+        r = c.get("/recs/v1/users/4/recommendations", params={"k": 1}, headers={"authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 200 and r.json()["item_ids"] == [4]
-        assert c.post("/v1/items/tokenize", json={"items": [{"embedding": [1e20, 0, 0, 0]}]},
+        assert c.post("/recs/v1/items/tokenize", json={"items": [{"embedding": [1e20, 0, 0, 0]}]},
                       headers={"authorization": f"Bearer {TOKEN}"}).status_code == 422
-        assert c.get("/readyz").status_code == 200 and c.get("/healthz").status_code == 200
-        assert c.get("/openapi.json").status_code == 404 and c.get("/docs").status_code == 404
+        assert c.get("/recs/readyz").status_code == 200 and c.get("/recs/healthz").status_code == 200
+        assert c.get("/recs/openapi.json").status_code == 404 and c.get("/recs/docs").status_code == 404
 
 
 def test_a_full_tokenize_queue_answers_429_and_lookups_carry_on(served):
