@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# the tests' S3 server (s3_server) takes any credentials; set before Ray starts, so workers see them
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "data" / "Scientific"
@@ -107,6 +110,29 @@ def simulate_cpu(monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 HTTP API on 127.0.0.1 (moto's standalone server); ``s3_server(path)`` is an
+    ``s3://`` URI that any ``pyarrow.fs`` user (Ray workers included) resolves to it."""
+    import uuid
+
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    query = f"endpoint_override=http://{host}:{port}&scheme=http&region=us-east-1"
+    bucket = f"semconv-{uuid.uuid4().hex[:8]}"
+    pafs.FileSystem.from_uri(f"s3://{bucket}?{query}&allow_bucket_creation=true")[0].create_dir(bucket)
+
+    def uri(path: str) -> str:
+        return f"s3://{bucket}/{path.strip('/')}?{query}"
+
+    yield uri
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def _ray_session_teardown():
     yield
     import ray
@@ -124,28 +150,3 @@ def ray_local(_ray_session_teardown):
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     yield ray
-
-
-@pytest.fixture
-def kill_worker_once(tmp_path):
-    """Builds a ``semconv.training`` step callback that kills Ray Train worker ``rank`` once, after
-    step ``step``; returns ``(callback, marker)`` (the marker file exists once it has fired).
-    Install it with ``with semconv.training.callbacks(callback): ...``.
-
-    It waits ``delay_s`` first: Ray Train's controller registers a reported checkpoint when it
-    next polls the workers (every ~2 s), and dying before that loses it on a loaded machine.
-    Defined inside the fixture so cloudpickle ships it by value (workers cannot import tests/).
-    """
-
-    def make(step: int, rank: int = 1, delay_s: float = 5.0):
-        marker = tmp_path / f"killed-worker-{rank}-after-step-{step}"
-
-        def callback(done: int, worker_rank: int) -> None:
-            if worker_rank == rank and done == step and not marker.exists():
-                time.sleep(delay_s)
-                marker.write_text(f"killed worker {rank} after step {step}\n")
-                os._exit(1)
-
-        return callback, marker
-
-    return make

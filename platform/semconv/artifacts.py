@@ -1,15 +1,24 @@
-"""The run directory: versioned artifacts that stages exchange (the stage table in README.md, "The pipeline").
+"""The run directory: versioned artifacts that stages exchange (the stage table in docs/pipeline.md).
 
-An artifact is a directory ``<run_dir>/<name>/`` holding its files plus ``_SUCCESS``, a JSON
-manifest written last. A stage writes into a temporary sibling (``<name>.tmp-<uuid>``) and renames
-it into place only when complete, so a crash never leaves a half-written artifact under the final
-name and never touches an earlier complete one. Sharded artifacts that must resume shard by shard
-(``precache/``) write each shard atomically inside ``<name>.partial/`` instead.
+An artifact is a directory ``<run_dir>/<name>/`` whose ``_SUCCESS`` is its manifest: a JSON
+object with a unique ``build`` id and ``files``, every file of the build with its size (and row
+count for Parquet). Readers resolve the manifest once and read only the files it lists, so a
+build is immutable once committed and the manifest is the one pointer that commits it:
 
-``run_dir`` is a local path or any ``pyarrow.fs`` URI (``s3://``, ``gs://``, ``hdfs://``). Files
-are produced in a local scratch directory and copied to a remote run directory when complete;
-:meth:`RunDir.local` gives a local copy of a remote artifact for libraries that need paths
-(safetensors, Hugging Face).
+- **local**: a stage writes into a temporary sibling (``<name>.tmp-<uuid>``) and renames it into
+  place when complete; the rename swaps the whole artifact at once.
+- **remote** (any ``pyarrow.fs`` URI: ``s3://``, ``gs://``, ``hdfs://``; object stores have no
+  rename): the files are uploaded under a fresh prefix ``<name>/_builds/<build>/`` and the
+  manifest, naming that prefix as ``root``, is written last over ``<name>/_SUCCESS``. A publish
+  that dies midway leaves the previous manifest, and every file it names, in place. The build
+  that the replaced manifest named is kept for readers that resolved it just before; older builds
+  are deleted by the next publish.
+
+Nested artifacts (a serving version holds ``items/``, ``precache/``...) are files of the outer
+build, with their own manifests; ``RunDir(<version URI>)`` resolves the version's manifest and
+roots itself in its build. Sharded artifacts that must resume shard by shard (``precache/``)
+write each shard atomically inside ``<name>.partial/`` first. :meth:`RunDir.local` gives a local
+copy of a remote artifact for libraries that need paths (safetensors, Hugging Face).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import pyarrow.parquet as pq
 
 SUCCESS = "_SUCCESS"
 CHECKPOINTS = "_checkpoints"
+BUILDS = "_builds"  # remote: <name>/_builds/<build>/ holds one build's files
 
 
 class ArtifactError(RuntimeError):
@@ -59,6 +69,26 @@ def link_or_copy(fs: pafs.FileSystem, src: str, dst: str | Path) -> None:
         pafs.copy_files(src, str(dst), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
 
 
+def join_uri(uri: str, name: str) -> str:
+    """``uri`` with ``/name`` appended to its path, any ``?query`` (``endpoint_override=...``) kept."""
+    base, q, query = uri.partition("?")
+    return f"{base.rstrip('/')}/{name}{q}{query}"
+
+
+def list_files(root: Path) -> dict[str, dict[str, int]]:
+    """Every file under local ``root`` except its own manifest: ``{relpath: {"bytes", "rows"}}``
+    (``rows`` for Parquet, from the footer)."""
+    out: dict[str, dict[str, int]] = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if not p.is_file() or rel == SUCCESS:
+            continue
+        out[rel] = {"bytes": p.stat().st_size}
+        if p.suffix == ".parquet":
+            out[rel]["rows"] = pq.ParquetFile(p).metadata.num_rows
+    return out
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write JSON to a temp file beside ``path`` and rename it over (local files)."""
     path = Path(path)
@@ -77,6 +107,8 @@ class RunDir:
         self.fs, self.root, self.is_local = filesystem(self.uri)
         if self.is_local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
+        elif (own := self._read_manifest(f"{self.root}/{SUCCESS}")) is not None and own.get("root"):
+            self.root = f"{self.root}/{own['root']}"  # a remote artifact used as a run dir: its build
         else:
             self.fs.create_dir(self.root, recursive=True)
 
@@ -90,22 +122,51 @@ class RunDir:
     @property
     def checkpoint_root(self) -> str:
         """Where every Ray Train run keeps its in-progress checkpoints (a URI when remote)."""
-        return self.path(CHECKPOINTS) if self.is_local else f"{self.uri.rstrip('/')}/{CHECKPOINTS}"
+        return self.path(CHECKPOINTS) if self.is_local else join_uri(self.uri, CHECKPOINTS)
 
     def _exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def _read_manifest(self, path: str) -> dict[str, Any] | None:
+        try:
+            with self.fs.open_input_stream(path) as f:
+                return json.loads(f.read().decode())
+        except (FileNotFoundError, OSError):
+            return None
 
     def is_complete(self, name: str) -> bool:
         return self._exists(f"{self.path(name)}/{SUCCESS}")
 
     def manifest(self, name: str) -> dict[str, Any]:
-        if not self.is_complete(name):
+        meta = self._read_manifest(f"{self.path(name)}/{SUCCESS}")
+        if meta is None:
             raise ArtifactError(
                 f"artifact {name!r} is missing or incomplete in {self.uri} "
                 f"(no {SUCCESS}); run the stage that produces it first"
             )
-        with self.fs.open_input_stream(f"{self.path(name)}/{SUCCESS}") as f:
-            return json.loads(f.read().decode())
+        return meta
+
+    def files_path(self, name: str, manifest: dict[str, Any] | None = None) -> str:
+        """Where the files of the artifact's committed build live (``manifest``: one already read,
+        so that a caller reads the very build it resolved)."""
+        root = (manifest if manifest is not None else self.manifest(name)).get("root")
+        return f"{self.path(name)}/{root}" if root else self.path(name)
+
+    def file(self, name: str, rel: str, manifest: dict[str, Any] | None = None) -> str:
+        """The path of file ``rel`` of the artifact's committed build."""
+        return f"{self.files_path(name, manifest)}/{rel}"
+
+    def files(self, name: str, manifest: dict[str, Any] | None = None) -> list[str]:
+        """The committed build's files (filesystem paths), as its manifest lists them; listed from
+        storage for a manifest written before manifests listed files."""
+        meta = manifest if manifest is not None else self.manifest(name)
+        base = self.files_path(name, meta)
+        if "files" in meta:
+            return [f"{base}/{rel}" for rel in sorted(meta["files"])]
+        return sorted(
+            f.path for f in self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
+            if f.type == pafs.FileType.File and f.path != f"{base}/{SUCCESS}"
+        )
 
     def require(self, *names: str) -> None:
         for name in names:
@@ -113,12 +174,12 @@ class RunDir:
 
     @contextlib.contextmanager
     def writing(self, name: str, manifest: dict[str, Any] | None = None) -> Iterator[Path]:
-        """Yield a local scratch directory; on clean exit it becomes ``<name>/`` atomically.
+        """Yield a local scratch directory; on clean exit it is committed as ``<name>/``.
 
         The manifest (``_SUCCESS``) is written last with ``created_at``, a unique ``build`` id (two
-        builds within one second differ) and the stage's ``lineage`` (when this RunDir carries one)
-        added. An exception leaves
-        the previous complete artifact, if any, untouched, and removes the scratch directory.
+        builds within one second differ), the ``files`` list and the stage's ``lineage`` (when
+        this RunDir carries one) added. An exception leaves the previous complete artifact, if
+        any, untouched, and removes the scratch directory.
         """
         if self.is_local:
             tmp = Path(f"{self.path(name)}.tmp-{uuid.uuid4().hex}")
@@ -133,13 +194,15 @@ class RunDir:
                 meta["lineage"] = self.lineage
             meta["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             meta["build"] = uuid.uuid4().hex[:12]
+            meta["files"] = list_files(tmp)
+            meta.pop("root", None)  # a copied manifest names its own build's prefix; set on upload
             write_json_atomic(tmp / SUCCESS, meta)
-            self._publish(tmp, name)
+            self._publish(tmp, name, meta)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def _publish(self, tmp: Path, name: str) -> None:
+    def _publish(self, tmp: Path, name: str, meta: dict[str, Any]) -> None:
         final = self.path(name)
         if self.is_local:
             old = None
@@ -151,15 +214,34 @@ class RunDir:
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
             return
-        # Copy data files first and the manifest last, so the artifact reads as complete only
-        # once every file is there (object stores have no directory rename).
-        files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != SUCCESS)
-        if self._exists(final):
-            self.fs.delete_dir(final)
-        for p in files + [tmp / SUCCESS]:
-            rel = p.relative_to(tmp).as_posix()
-            self.fs.create_dir(f"{final}/{Path(rel).parent.as_posix()}", recursive=True)
-            pafs.copy_files(str(p), f"{final}/{rel}", destination_filesystem=self.fs)
+        previous = self._read_manifest(f"{final}/{SUCCESS}")
+        root = f"{BUILDS}/{meta['build']}"
+        for rel in meta["files"]:  # nested manifests included: they are files of this build
+            dst = f"{final}/{root}/{rel}"
+            self.fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+            pafs.copy_files(str(tmp / rel), dst, destination_filesystem=self.fs)
+        self._commit(final, {**meta, "root": root})
+        self._collect(final, keep={root, (previous or {}).get("root")}, legacy=previous is not None
+                      and bool(previous.get("root")))
+
+    def _commit(self, final: str, meta: dict[str, Any]) -> None:
+        """Write the manifest, one object, last: readers see the new build from here on."""
+        with self.fs.open_output_stream(f"{final}/{SUCCESS}") as f:
+            f.write(json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
+
+    def _collect(self, final: str, keep: set[str | None], legacy: bool) -> None:
+        """Delete the builds under remote ``final`` that neither the new manifest nor the one it
+        replaced names (a crashed publish's upload, builds two or more publishes old), and
+        ``legacy`` files written in place by a manifest without ``root``."""
+        for info in self.fs.get_file_info(pafs.FileSelector(final)):
+            if info.base_name == SUCCESS:
+                continue
+            if info.base_name == BUILDS:
+                for build in self.fs.get_file_info(pafs.FileSelector(info.path)):
+                    if f"{BUILDS}/{build.base_name}" not in keep:
+                        self.fs.delete_dir(build.path)
+            elif legacy:
+                (self.fs.delete_dir if info.type == pafs.FileType.Directory else self.fs.delete_file)(info.path)
 
     def local(self, name: str) -> Path:
         """A local directory with the artifact's files (the artifact itself when local).
@@ -170,9 +252,9 @@ class RunDir:
         if self.is_local:
             return Path(self.path(name))
         # versioned by the remote manifest, copied atomically into a private cache
-        from semconv.serving.remote_cache import fetch_artifact
+        from semconv.remote_cache import fetch_artifact
 
-        return fetch_artifact(self.fs, self.path(name), f"{self.uri.rstrip('/')}/{name}")
+        return fetch_artifact(self.fs, self.path(name), join_uri(self.uri, name))
 
     # ---- tables -------------------------------------------------------------------------
     def write_table(
@@ -188,17 +270,12 @@ class RunDir:
                 pq.write_table(part, tmp / f"part-{i:05d}.parquet")
         return self.path(name)
 
-    def parquet_files(self, name: str) -> list[str]:
+    def parquet_files(self, name: str, manifest: dict[str, Any] | None = None) -> list[str]:
         """The artifact's Parquet files (filesystem paths), in shard order."""
-        return sorted(
-            f.path
-            for f in self.fs.get_file_info(pafs.FileSelector(self.path(name), recursive=True))
-            if f.type == pafs.FileType.File and f.path.endswith(".parquet")
-        )
+        return [f for f in self.files(name, manifest) if f.endswith(".parquet")]
 
     def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
-        self.manifest(name)
-        files = self.parquet_files(name)
+        files = self.parquet_files(name, self.manifest(name))
         if not files:
             return pa.table({})
         return pa.concat_tables(

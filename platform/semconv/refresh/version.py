@@ -19,7 +19,7 @@ import re
 
 import pyarrow.fs as pafs
 
-from semconv.artifacts import RunDir, filesystem
+from semconv.artifacts import RunDir, filesystem, join_uri
 
 VERSIONS = "versions"
 NAME = re.compile(r"^v(\d{4,})$")
@@ -39,8 +39,8 @@ def base_of(run: RunDir) -> tuple[RunDir, str | None]:
     names = version_names(run)
     if not names:
         return run, None
-    return RunDir(run.path(f"{VERSIONS}/{names[-1]}")) if run.is_local else RunDir(
-        f"{run.uri.rstrip('/')}/{VERSIONS}/{names[-1]}"), names[-1]
+    name = f"{VERSIONS}/{names[-1]}"
+    return RunDir(run.path(name) if run.is_local else join_uri(run.uri, name)), names[-1]
 
 
 def next_name(run: RunDir) -> str:

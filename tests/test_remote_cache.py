@@ -9,7 +9,7 @@ import stat
 import pyarrow.fs as pafs
 import pytest
 
-from semconv.serving.remote_cache import RemoteCacheError, fetch_artifact, private_dir
+from semconv.remote_cache import RemoteCacheError, fetch_artifact, private_dir
 
 
 @pytest.fixture()

@@ -1,13 +1,14 @@
-"""A local copy of a remote artifact, versioned by its manifest and published atomically.
+"""A local copy of a remote artifact, one per committed build, published atomically.
 
 Libraries that need paths (safetensors, Hugging Face, the memory-mapped precache) read a remote
-artifact (``s3://...``) from a local copy. The copy lives in ``<cache root>/<name>-<key>`` where
-``key`` hashes the artifact's URI *and its manifest bytes*: an artifact republished at the same URI
-has a new manifest, so it gets a new entry and every replica that re-checks sees the new version.
-Files are copied into a private temporary sibling (data first, manifest last), the remote manifest
-is read again to make sure the artifact did not change during the copy, and the directory is
-renamed into place, so a reader never sees ``_SUCCESS`` before the shards, and two processes
-copying the same version race harmlessly (the first rename wins, the other copy is dropped).
+artifact (``s3://...``) from a local copy. The copy lives in ``<cache root>/<name>-<uri>-<key>``:
+``uri`` hashes the artifact's URI and ``key`` its manifest bytes, so an artifact republished at
+the same URI gets a new entry and every replica that re-checks sees the new build. The files the
+manifest lists (under its ``root``, see :mod:`semconv.artifacts`) are copied into a private
+temporary sibling, the manifest last, and the directory is renamed into place: a reader never
+sees ``_SUCCESS`` before the files, and two processes copying the same build race harmlessly
+(the first rename wins). Copies of older builds of the same URI are deleted, the newest
+:data:`KEEP` kept (a replica may still serve the one before a switch).
 
 The cache root is private to the user (mode 0700, owner checked), never a predictable name in a
 world-writable directory.
@@ -16,6 +17,7 @@ world-writable directory.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -25,6 +27,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 SUCCESS = "_SUCCESS"  # the manifest file name (semconv.artifacts.SUCCESS; no import cycle)
+KEEP = 2  # local copies kept per artifact URI: the newest build and the one before it
 
 
 class RemoteCacheError(RuntimeError):
@@ -62,43 +65,65 @@ def cache_key(uri: str, manifest: bytes) -> str:
     return hashlib.sha256(uri.encode() + b"\0" + manifest).hexdigest()[:24]
 
 
+def _listed(fs: pafs.FileSystem, path: str, meta: dict) -> tuple[str, list[str]]:
+    """``(files root, relative paths)`` of the build the manifest names; listed from storage for
+    a manifest that lists no files (written before manifests did)."""
+    root = f"{path}/{meta['root']}" if meta.get("root") else path
+    if "files" in meta:
+        return root, sorted(meta["files"])
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    rels = [i.path[len(root) + 1:] for i in infos if i.type == pafs.FileType.File]
+    return root, sorted(r for r in rels if r != SUCCESS and not (Path(r).name.startswith(".") and ".tmp-" in r))
+
+
+def _evict(root: Path, prefix: str, keep: Path) -> None:
+    """Delete older copies of one URI (``prefix``), keeping ``keep`` and the newest others."""
+    copies = sorted((p for p in root.glob(f"{prefix}*") if p.is_dir() and p != keep),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in copies[KEEP - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def fetch_artifact(fs: pafs.FileSystem, path: str, uri: str | None = None,
                    cache_root: str | Path | None = None) -> Path:
     """The local directory holding the artifact at ``path`` on ``fs`` as of its current manifest.
 
-    Cheap when the current version is already cached (one manifest read); otherwise copies it.
+    Cheap when the current build is already cached (one manifest read); otherwise copies it.
     """
     uri = uri or path
     manifest = read_manifest(fs, path)
     root = private_dir(cache_root if cache_root is not None else default_cache_root())
     name = Path(path.rstrip("/")).name or "artifact"
-    dest = root / f"{name}-{cache_key(uri, manifest)}"
-    if (dest / SUCCESS).is_file() and (dest / SUCCESS).read_bytes() == manifest:
+    prefix = f"{name}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}-"
+    dest = root / f"{prefix}{cache_key(uri, manifest)}"
+    if (dest / SUCCESS).is_file():  # the key hashes the manifest: this very build
         return dest
+    meta = json.loads(manifest.decode())
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
     try:
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        files = sorted(i.path for i in infos if i.type == pafs.FileType.File)
-        base = path.rstrip("/") + "/"
-        for src in files:
-            rel = src[len(base):] if src.startswith(base) else Path(src).name
-            if rel == SUCCESS or Path(rel).name.startswith(".") and ".tmp-" in rel:
-                continue
+        src_root, rels = _listed(fs, path, meta)
+        for rel in rels:
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            with fs.open_input_stream(src) as fin, open(target, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-        if read_manifest(fs, path) != manifest:
+            try:
+                with fs.open_input_stream(f"{src_root}/{rel}") as fin, open(target, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+            except FileNotFoundError as exc:
+                raise RemoteCacheError(f"{uri}: {rel} of build {meta.get('build')} is gone (republished twice "
+                                       "during the copy?); retry") from exc
+        if not meta.get("root") and read_manifest(fs, path) != manifest:  # written in place: may have changed
             raise RemoteCacheError(f"{uri}: the artifact was republished while it was being copied; retry")
-        (tmp / SUCCESS).write_bytes(manifest)  # last: the copy is complete
+        meta.pop("root", None)  # the copy holds the build's files at its top, like a local artifact
+        (tmp / SUCCESS).write_text(json.dumps(meta, indent=2, sort_keys=True))  # last: the copy is complete
         try:
             os.replace(tmp, dest)
-        except OSError:  # another process published this version first: keep theirs
+        except OSError:  # another process published this build first: keep theirs
             if not (dest / SUCCESS).is_file():
                 raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    _evict(root, prefix, dest)
     return dest
 
 
