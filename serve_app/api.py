@@ -3,8 +3,10 @@
 ``build_api`` takes any object with the :class:`Backend` shape: the Serve ingress
 (``serve_app.app.SemconvIngress``, tokenizing through the ``CodeTokenizer`` deployment) and
 :class:`LocalBackend` (the benchmark's bare uvicorn baseline, the in-process tests) run the very
-same routes. Every route reads the backend's current :class:`ServingState` once, so a hot
-reload mid-request cannot mix two versions. With a token, every ``/v1`` route needs
+same routes. Every route reads the backend's current :class:`ServingState` once and answers from
+that version alone (a tokenize or generation call names its ``version_id`` to the deployment
+that answers it), so a switch mid-request cannot mix two versions; the answer names the version
+in its ``semconv-version`` header. With a token, every ``/v1`` route needs
 ``Authorization: Bearer <token>``; ``/healthz`` and ``/readyz`` stay open for probes.
 """
 
@@ -16,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from semconv.serving.state import ServingState
@@ -37,6 +39,7 @@ from serve_app.tokenizer import LoadedTokenizer, tokenize_body
 
 INT64_MAX = 2**63 - 1
 MAX_K = 100_000
+VERSION_HEADER = "semconv-version"  # the version_id every /v1 answer came from
 log = logging.getLogger("semconv.serve")
 
 
@@ -46,20 +49,22 @@ class Backend(Protocol):
     embedding_dim: int | None  # the codebook's input dimension, stated in the schema when known
 
     def status(self) -> dict:
-        """``reloading``, ``reloads``, ``reload_failures``, ``last_error`` (paths removed)."""
+        """``version_id``, ``reloading``, ``reloads``, ``reload_failures``, ``last_error`` (paths removed)."""
 
     async def tokenizer_ready(self) -> bool:
-        """Whether cold-start tokenization can answer now."""
+        """Whether cold-start tokenization can answer for the current version now."""
 
-    async def tokenize(self, body: bytes) -> dict:
-        """A tokenize response for the raw body; raises InvalidInput / Unavailable."""
+    async def tokenize(self, version_id: str, body: bytes) -> dict:
+        """A tokenize response for the raw body from version ``version_id``; raises
+        InvalidInput / Unavailable."""
 
     def record_fallback(self) -> None:
         """Count one lookup answered with the popularity fallback."""
 
 
 class LocalBackend:
-    """One fixed state and codebook, tokenizing in process (bench baseline, in-process tests)."""
+    """One fixed version (a state and its codebook), tokenizing in process (bench baseline,
+    in-process tests)."""
 
     def __init__(self, state: ServingState | None, tokenizer: LoadedTokenizer | None = None, max_batch: int = 256):
         self.state, self.tokenizer, self.max_batch = state, tokenizer, max_batch
@@ -68,12 +73,13 @@ class LocalBackend:
         self.fallbacks = 0
 
     def status(self) -> dict:
-        return {"reloading": False, "reloads": int(self.state is not None), "reload_failures": 0, "last_error": None}
+        return {"version_id": self.state.version_id if self.state else None, "reloading": False,
+                "reloads": int(self.state is not None), "reload_failures": 0, "last_error": None}
 
     async def tokenizer_ready(self) -> bool:
         return self.tokenizer is not None
 
-    async def tokenize(self, body: bytes) -> dict:
+    async def tokenize(self, version_id: str, body: bytes) -> dict:
         async def encode(emb, texts):
             (out,) = service.encode_isolated(self.tokenizer.tokenizer, [(emb, texts)])
             if isinstance(out, Exception):
@@ -152,10 +158,12 @@ def build_api(
         log.exception("unhandled error")  # the replica keeps serving; the client gets a 500
         return _error(500, f"internal error: {type(exc).__name__}")
 
-    def current() -> ServingState:
+    def current(response: Response) -> ServingState:
+        """The version this request is answered from, named in the answer's header."""
         state = backend.state
         if state is None:
             raise service.Unavailable("artifacts are still loading")
+        response.headers[VERSION_HEADER] = state.version_id
         return state
 
     def counted(out: dict) -> dict:
@@ -166,29 +174,31 @@ def build_api(
     k_query = Query(None, ge=1, le=MAX_K, description="how many items (default min(10, cached K); at most the cached K)")
 
     @api.get("/v1/users/{user_id}/recommendations", response_model=Recommendations, responses=responses)
-    async def user_recommendations(user_id: int = Path(ge=0, le=INT64_MAX), k: int | None = k_query) -> dict:
+    async def user_recommendations(response: Response, user_id: int = Path(ge=0, le=INT64_MAX),
+                                   k: int | None = k_query) -> dict:
         """The user's precached top-K; the popularity fallback (``fallback: true``) for an unknown user."""
-        return counted(service.recommendations(current(), user_id, k))
+        return counted(service.recommendations(current(response), user_id, k))
 
     @api.get("/v1/source-users/{source_user_id}/recommendations", response_model=Recommendations, responses=responses)
-    async def source_user_recommendations(source_user_id: str = Path(max_length=256), k: int | None = k_query) -> dict:
+    async def source_user_recommendations(response: Response, source_user_id: str = Path(max_length=256),
+                                          k: int | None = k_query) -> dict:
         """The same lookup keyed by the dataset's own user id (``sequences.source_user_id``)."""
-        return counted(service.source_user_recommendations(current(), source_user_id, k))
+        return counted(service.source_user_recommendations(current(response), source_user_id, k))
 
     @api.get("/v1/items/{item_id}", response_model=Item, responses=responses)
-    async def get_item(item_id: int = Path(ge=0, le=INT64_MAX)) -> dict:
+    async def get_item(response: Response, item_id: int = Path(ge=0, le=INT64_MAX)) -> dict:
         """An item's title and semantic codes."""
-        return service.item(current(), item_id)
+        return service.item(current(response), item_id)
 
     body_schema = tokenize_body_schema(backend.max_batch, backend.embedding_dim)
 
     @api.post("/v1/items/tokenize", response_model=TokenizeResponse,
               responses={**responses, 429: {"model": ErrorBody}},
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema}}}})
-    async def tokenize(request: Request) -> dict:
+    async def tokenize(request: Request, response: Response) -> dict:
         """Codes for new items from the saved codebook (cold start, no retraining); at most
         ``max_batch`` items. The body is parsed by the tokenize deployment, not here."""
-        return await backend.tokenize(await request.body())
+        return await backend.tokenize(current(response).version_id, await request.body())
 
     add_generation_route(api, backend, current)  # POST /v1/recommendations (serve_app/generation.py)
 

@@ -8,6 +8,7 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from semconv.serving.version import Target
 from serve_app.generation_schemas import GenerationArgs
 
 log = logging.getLogger("ray.serve")
@@ -52,7 +53,8 @@ class AppArgs(BaseModel):
     require_auth: bool | None = Field(None, description="null: a token is required unless Serve binds a loopback "
                                       "address; true: always; false: never (a private network; logged loudly)")
     docs: bool = Field(False, description="serve /docs and /openapi.json")
-    load_deadline_s: float = Field(900, gt=0, description="a (re)load running longer fails the replica's health check")
+    load_deadline_s: float = Field(900, gt=0, description="a replica that has not loaded its target version within "
+                                   "this long fails to start, or fails its health check (Serve replaces it)")
     tokenize_timeout_s: float = Field(10, gt=0, description="a tokenize call answered 503 after this long")
     generation: GenerationArgs = Field(default_factory=GenerationArgs, description="online generation (POST /v1/recommendations)")
 
@@ -93,8 +95,8 @@ class ServeUserConfig(BaseModel):
     precache: str | None = None
     fallback: bool | None = None
 
-    def target(self, args: AppArgs) -> tuple[str, str | None, bool]:
-        """``(run_dir, precache, fallback)`` to serve."""
+    def target(self, args: AppArgs) -> Target:
+        """The version to serve: every deployment derives the same one (and its id) from it."""
         run_dir = self.run_dir or args.run_dir
         precache = self.precache if self.precache is not None else (args.precache if self.run_dir is None else None)
-        return run_dir, precache, self.fallback if self.fallback is not None else args.fallback
+        return Target(run_dir, precache, self.fallback if self.fallback is not None else args.fallback)

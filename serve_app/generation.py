@@ -8,11 +8,15 @@ answering lookups while beams are searched elsewhere: a generation request only 
 there. Requests queued within ``batch_wait_timeout_s`` share one batched beam search
 (``@serve.batch``; ``max_batch_size: 1`` in its ``user_config`` turns batching off in place).
 
-Limits: the ingress resolves the history against its catalogue (422 naming unknown ids), holds
-at most ``generation.max_inflight`` generation requests per replica (more get 429, so they never
-fill the slots lookups need), maps the model deployment's full queue to 429 and a request not
+One version per request: the ingress parses the body and resolves the history against the
+catalogue of the version it serves (off its event loop; 422 naming unknown ids), the model
+deployment ranks with that version's model (by id; 503 while it does not hold it) and the
+ingress names the items from the same catalogue. Limits: the ingress holds at most
+``generation.max_inflight`` generation requests per replica (more get 429, so they never fill
+the slots lookups need), maps the model deployment's full queue to 429 and a request not
 answered within ``generation.timeout_s`` to 503; the model deployment checks ``k`` and
-``num_beams`` against its model (422) before any model time.
+``num_beams`` against its model (422) before any model time. A query that fails in the model
+gets 503 with the reason, alone or in a batch.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from fastapi import Request, Response
 from pydantic import Field
 from ray import serve
 
@@ -40,15 +45,18 @@ from semconv.serving.generation import (
     model_answer,
     rank_queries,
     resolve_history,
-    source_item_index,
 )
+from semconv.serving.state import ServingState
+from semconv.serving.version import Target, build_of
 from serve_app import service
 from serve_app.config import AppArgs, ServeUserConfig
 from serve_app.generation_schemas import GeneratedRecommendations, GenerateRequest, GenerationArgs
-from serve_app.handles import call_deployment
-from serve_app.loading import VersionMetrics, Versioned, run_by_version
+from serve_app.handles import as_reply, call_deployment, from_reply
+from serve_app.loading import VersionMetrics, Versions, run_by_version
+from serve_app.schemas import inline_schema
 
 log = logging.getLogger("ray.serve")
+MODEL_INPUTS = ("model", "item_codes", "precache", "splits")  # what load_run_ranker reads
 
 
 class GeneratorUserConfig(ServeUserConfig):
@@ -66,15 +74,20 @@ class LoadedModel:
     ranker: Any  # semconv.inference.ranker.GenerativeRanker
     limits: GenerationLimits
     known_items: np.ndarray  # sorted item ids with codes
+    builds: dict  # build ids of the run's artifacts it was loaded from (MODEL_INPUTS)
 
 
-def load_model(run_dir: str, args: GenerationArgs, use_gpu: bool) -> LoadedModel | None:
-    """The run's fine-tuned model with the precache's settings, or None without a ``model/``."""
+def load_model(run_dir: str, args: GenerationArgs, use_gpu: bool, reuse: LoadedModel | None = None) -> LoadedModel | None:
+    """The run's fine-tuned model with the precache's settings, or None without a ``model/``;
+    ``reuse`` when it was loaded from the very same builds (a switch of the precache alone)."""
     from semconv.inference.run_ranker import load_run_ranker, resolve_settings
 
     run = RunDir(run_dir)
     if not run.is_complete("model"):
         return None
+    builds = {n: build_of(run.manifest(n)) for n in MODEL_INPUTS if run.is_complete(n)}
+    if reuse is not None and reuse.builds == builds:
+        return reuse
     settings = resolve_settings(run, args.bf16, use_gpu, args.max_len)
     ranker, _ = load_run_ranker(run, settings, use_gpu=use_gpu)
     if settings.precache_dtype and settings.precache_dtype != settings.dtype:
@@ -85,7 +98,7 @@ def load_model(run_dir: str, args: GenerationArgs, use_gpu: bool) -> LoadedModel
     log.info("semconv: model generator loaded %s", asdict(settings))
     limits = GenerationLimits(settings.model_version, settings.num_beams, args.max_num_beams or settings.num_beams,
                               settings.top_k, settings.max_len, settings.exclude_history, settings.dtype)
-    return LoadedModel(ranker, limits, np.sort(ranker.item_ids.astype(np.int64)))
+    return LoadedModel(ranker, limits, np.sort(ranker.item_ids.astype(np.int64)), builds)
 
 
 @dataclass
@@ -151,23 +164,29 @@ def set_thread_cpu_priority(priority: str) -> None:
 
 
 def rank_isolated(loaded: LoadedModel, queries: list[Query]) -> list[dict]:
-    """Answers for queries of one model version; when the batch fails, each query runs alone,
-    so one query cannot fail the others merged with it."""
-    exclude = loaded.limits.exclude_history
+    """Answers for queries of one model version. When the batch fails, each query runs alone, so
+    one query cannot fail the others merged with it; a query that fails alone answers 503 with
+    the reason, the same whether it came alone or in a batch."""
+    def answers(qs: list[Query]) -> list[dict]:
+        ranked = rank_queries(loaded.ranker, qs, loaded.limits.exclude_history)
+        return [model_answer(q, items, scores, loaded.limits) for q, (items, scores) in zip(qs, ranked)]
+
+    def failed(exc: Exception) -> dict:
+        log.error("semconv: generation failed for one query", exc_info=exc)
+        return {"status": 503, "detail": f"generation failed for this history ({type(exc).__name__})"}
+
     try:
-        return [model_answer(q, i, s, loaded.limits) for q, (i, s) in zip(queries, rank_queries(loaded.ranker, queries, exclude))]
-    except Exception:
+        return answers(queries)
+    except Exception as exc:
         if len(queries) == 1:
-            raise
-        log.exception("semconv: a generation batch of %d failed; running its queries one by one", len(queries))
+            return [failed(exc)]
+        log.warning("semconv: a generation batch of %d failed; running its queries one by one", len(queries))
     out: list[dict] = []
     for q in queries:
         try:
-            (items, scores), = rank_queries(loaded.ranker, [q], exclude)
-            out.append(model_answer(q, items, scores, loaded.limits))
+            out += answers([q])
         except Exception as exc:
-            log.exception("semconv: generation failed for one query")
-            out.append({"status": 503, "detail": f"generation failed ({type(exc).__name__})"})
+            out.append(failed(exc))
     return out
 
 
@@ -176,12 +195,13 @@ def rank_isolated(loaded: LoadedModel, queries: list[Query]) -> list[dict]:
     max_ongoing_requests=32,
     max_queued_requests=64,
     health_check_period_s=10,
+    user_config={},  # so Serve calls reconfigure, the first load included, on every replica
 )
 class ModelGenerator:
-    """One loaded recommender LLM that ranks the queued queries together; ``user_config.run_dir``
-    switches to another run's model in place (the old one answers until the new one is loaded)."""
+    """The recommender LLM of the current version (and of the one before), ranking the queued
+    queries together; ``user_config`` names the version and the batching."""
 
-    async def __init__(self, args: dict[str, Any] | AppArgs):
+    def __init__(self, args: dict[str, Any] | AppArgs):
         import ray
         import torch
 
@@ -193,13 +213,17 @@ class ModelGenerator:
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
             torch.set_num_threads(gen.torch_threads or max(1, int(cpus)))
         self.metrics = VersionMetrics()
-        self.versioned: Versioned[LoadedModel | None] = Versioned(
-            lambda run_dir, _old: load_model(run_dir, gen, self.use_gpu), self.args.load_deadline_s, "model",
-            on_change=lambda v: self.metrics.update(v, v.current.limits.model_version if v.current else None))
-        self.batch_size = 16
+        self.versions: Versions[LoadedModel | None] = Versions(
+            self._load, self.args.load_deadline_s, "model", on_change=self.metrics.update)
+        self.batch_size = GeneratorUserConfig().max_batch_size
         self.spacing = AnswerSpacing(GeneratorUserConfig().answer_spacing_s)
         self.batches = BatchStats()
-        await self.versioned.first(self.args.run_dir)
+
+    def _load(self, target: Target, _builds: dict, reuse: LoadedModel | None) -> LoadedModel | None:
+        loaded = load_model(target.run_dir, self.args.generation, self.use_gpu, reuse)
+        if loaded is not None:
+            loaded.ranker.batch_size = self.batch_size  # one serve batch = one search
+        return loaded
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         cfg = GeneratorUserConfig.model_validate(user_config or {})
@@ -207,31 +231,37 @@ class ModelGenerator:
         self._rank.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self.batch_size = cfg.max_batch_size
         self.spacing.spacing_s = cfg.answer_spacing_s
-        if self.versioned.current is not None:
-            self.versioned.current.ranker.batch_size = cfg.max_batch_size  # one serve batch = one search
-        run_dir, _, _ = cfg.target(self.args)
-        if await self.versioned.switch(run_dir) and self.versioned.current is not None:
-            self.versioned.current.ranker.batch_size = self.batch_size
+        for loaded in self.versions.held.values():
+            if loaded is not None:
+                loaded.ranker.batch_size = cfg.max_batch_size
+        await self.versions.switch(cfg.target(self.args))
 
     def check_health(self) -> None:
-        self.versioned.check()
+        self.versions.check()
+
+    def holds(self, version_id: str) -> bool:
+        return self.versions.holds(version_id)
 
     def stats(self) -> dict:
         """Batch sizes and model seconds since the replica started (bench/online_generation.py)."""
         return self.batches.snapshot()
 
-    async def generate(self, history: tuple[int, ...], k: int | None, num_beams: int | None) -> dict:
-        """``{"status": 200, "body": answer}`` or an error reply (422 / 503) for the ingress."""
-        loaded = self.versioned.current
-        if loaded is None:
-            return {"status": 503, "detail": "online generation is unavailable: no model/ in the run directory"}
+    async def generate(self, version_id: str, history: tuple[int, ...], k: int | None, num_beams: int | None) -> dict:
+        """``{"status": 200, "body": answer}`` from version ``version_id``'s model, or an error
+        reply (422 / 503) for the ingress; never an exception."""
         try:
-            query = check_query(tuple(history), k, num_beams, loaded.limits, loaded.known_items)
-        except GenerationInputError as exc:
-            return {"status": 422, "detail": [{"loc": exc.loc, "msg": exc.msg, "type": "value_error"}]}
-        answer = await self._rank((loaded, query))
-        await self.spacing.wait()
-        return answer if "status" in answer else {"status": 200, "body": answer}
+            loaded = await self.versions.get(version_id, self.args.generation.timeout_s)
+            if loaded is None:
+                raise service.Unavailable("online generation is unavailable: no model/ in the run directory")
+            try:
+                query = check_query(tuple(history), k, num_beams, loaded.limits, loaded.known_items)
+            except GenerationInputError as exc:
+                raise service.InvalidInput(exc.loc, exc.msg) from None
+            answer = await self._rank((loaded, query))
+            await self.spacing.wait()
+            return answer if "status" in answer else {"status": 200, "body": answer}
+        except Exception as exc:
+            return as_reply(exc)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.1)
     async def _rank(self, requests: list[tuple[LoadedModel, Query]]) -> list[dict]:
@@ -246,60 +276,55 @@ class ModelGenerator:
         return await run_by_version(requests, lambda r: r[0], rank)
 
 
+def parse_request(catalog: ItemCatalog, body: bytes) -> tuple[tuple[int, ...], GenerateRequest]:
+    """A raw generation body -> ``(history item ids, request)`` against ``catalog``, or
+    InvalidInput naming the field (run in a thread: a body may hold 4096 ids)."""
+    req = service.parse_body(body, GenerateRequest)
+    try:
+        return resolve_history(catalog, req.history, req.source_history), req
+    except GenerationInputError as exc:
+        raise service.InvalidInput(exc.loc, exc.msg) from None
+
+
 class GenerationClient:
-    """The ingress side: resolves the posted history, calls the model deployment, describes."""
+    """The ingress side: parses and resolves a posted history against the version the request
+    was resolved to, has that version's model rank it, names the items from its catalogue."""
 
     def __init__(self, handle, args: GenerationArgs):
         self.handle, self.args = handle, args
         self._inflight = 0
-        self._sources: tuple[ItemCatalog, Any] | None = None  # (catalogue, its source-id index)
 
-    def _source_index(self, catalog: ItemCatalog):
-        if self._sources is None or self._sources[0] is not catalog:
-            self._sources = (catalog, source_item_index(catalog))
-        return self._sources[1]
-
-    async def recommend(self, catalog: ItemCatalog, body: GenerateRequest) -> dict:
+    async def recommend(self, state: ServingState, body: bytes) -> dict:
         """The response to one request; raises service.InvalidInput / Overloaded / Unavailable."""
         if self._inflight >= self.args.max_inflight:
             raise service.Overloaded(f"{self._inflight} generation requests in flight: retry later")
         self._inflight += 1
         try:
-            # the index sorts every item's source id once per catalogue: off the event loop
-            index = (await asyncio.to_thread(self._source_index, catalog)
-                     if body.source_history is not None else None)
-            try:
-                history = resolve_history(catalog, body.history, body.source_history, index)
-            except GenerationInputError as exc:
-                raise service.InvalidInput(exc.loc, exc.msg) from None
-            reply = await self._call(history, body.k, body.num_beams)
+            history, req = await asyncio.to_thread(parse_request, state.catalog, body)
+            reply = await call_deployment(
+                self.handle.generate.remote(state.version_id, history, req.k, req.num_beams),
+                self.args.timeout_s, "generation")
         finally:
             self._inflight -= 1
-        if reply["status"] == 422:
-            d = reply["detail"][0]
-            raise service.InvalidInput(d["loc"], d["msg"], d["type"])
-        if reply["status"] != 200:
-            raise service.Unavailable(reply["detail"])
-        return describe_answer(catalog, reply["body"])
-
-    async def _call(self, history: tuple[int, ...], k: int | None, num_beams: int | None) -> dict:
-        return await call_deployment(self.handle.generate.remote(history, k, num_beams), self.args.timeout_s,
-                                     "generation")
+        return describe_answer(state.catalog, from_reply(reply))
 
 
 def add_generation_route(router, backend, current) -> None:
     """``POST /v1/recommendations`` on ``router``: ``backend.generation`` is the replica's
-    :class:`GenerationClient` (absent or None: not deployed, 503), ``current()`` the serving
-    state (the catalogue that names the items)."""
+    :class:`GenerationClient` (absent or None: not deployed, 503), ``current(response)`` the
+    serving state the request is resolved against (named in the answer's header). The body is read raw and parsed off the event loop
+    (the app's body size limit applies first)."""
     responses = {422: {"description": "a bad field, or unknown item ids (named)"},
                  429: {"description": "overloaded: retry later"},
                  503: {"description": "not deployed, loading, or not answered within timeout_s"}}
+    body_schema = {"required": True, "content": {"application/json": {"schema": inline_schema(GenerateRequest)}}}
 
-    @router.post("/v1/recommendations", response_model=GeneratedRecommendations, responses=responses)
-    async def generate(body: GenerateRequest) -> dict:
+    @router.post("/v1/recommendations", response_model=GeneratedRecommendations, responses=responses,
+                 openapi_extra={"requestBody": body_schema})
+    async def generate(request: Request, response: Response) -> dict:
         """Top-k items for a posted history from the fine-tuned model: constrained beam search
         with the precache's prompt, beam width, K and history exclusion."""
         client = getattr(backend, "generation", None)
         if client is None:
             raise service.Unavailable("online generation is not deployed")
-        return await client.recommend(current().catalog, body)
+        return await client.recommend(current(response), await request.body())

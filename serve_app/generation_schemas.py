@@ -33,7 +33,7 @@ class GenerationArgs(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"history": [1, 2, 3], "k": 5}]})
     history: list[Annotated[int, Field(ge=0, le=INT64_MAX)]] | None = Field(
         None, min_length=1, max_length=MAX_HISTORY_ITEMS, description="item ids, oldest first")
     source_history: list[Annotated[str, Field(max_length=256)]] | None = Field(

@@ -1,13 +1,19 @@
-"""Versions a replica serves: the first load before any traffic, reloads on the side, a deadline.
+"""The versions a replica holds: loaded on the side, named by version id, a deadline on the target.
 
-Serve routes to a replica only once its constructor returns, so each deployment awaits
-:meth:`Versioned.first` in its (async) constructor: a replica never answers 503 for its whole
-first load, and a first load that fails or overruns the deadline fails the replica's start
-(Serve retries it and ``serve status`` shows the error). A reload (``reconfigure``) builds the
-new version in a thread while the old one keeps serving, then swaps one reference; a failed
-reload keeps the old version and is reported (``last_error``, metrics). A reload still running
-past the deadline makes :meth:`Versioned.check` (called from ``check_health``) fail, so Serve
-replaces a replica whose load hung instead of calling it healthy forever.
+Every deployment of the app holds its part of a version (the ingress a serving state, the
+tokenizer a codebook, the model deployment a model) under the version's id
+(:func:`semconv.serving.version.version_id`, the same on every deployment for one target). The
+ingress resolves each request against one version and passes its id on; the other deployments
+answer from the part they hold under that id (:meth:`Versions.get`) or say it is not loaded.
+
+A switch (``reconfigure``) loads the new target in a thread while the current version keeps
+answering, then makes it current; the version before stays held beside it, so requests the
+ingress resolved to it before its own switch still get answered. Serve calls ``reconfigure``
+right after the constructor of a new replica too, so a replica starts directly on the target
+its ``user_config`` names. A first load that fails or overruns ``load_deadline_s`` fails the
+replica's start; afterwards, a replica whose target has gone unserved (a failed or hung load)
+for ``load_deadline_s`` fails :meth:`Versions.check` (its ``check_health``), so Serve replaces it
+instead of letting it serve the old version beside peers on the new one.
 """
 
 from __future__ import annotations
@@ -18,88 +24,146 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from serve_app.service import redact
+from semconv.serving.version import Target, version_builds, version_id
+from serve_app.service import Unavailable, redact
 
 T = TypeVar("T")
+Load = Callable[[Target, dict, Any], Any]  # (target, its builds, a held part to reuse or None) -> part
 log = logging.getLogger("ray.serve")
 
 
-class Versioned(Generic[T]):
-    """The current version of one thing (a serving state, a tokenizer) and its load history."""
+class Versions(Generic[T]):
+    """One replica's parts of at most two versions (current and previous) and its target."""
 
-    def __init__(self, load: Callable[[Any, T | None], T], deadline_s: float, what: str,
-                 on_change: Callable[["Versioned[T]"], None] | None = None):
+    def __init__(self, load: Load, deadline_s: float, what: str,
+                 on_change: Callable[["Versions[T]"], None] | None = None,
+                 before_flip: Callable[[str], Awaitable[None]] | None = None,
+                 identify: Callable[[Target], dict] = version_builds, clock: Callable[[], float] = time.monotonic):
         self.load_fn, self.deadline_s, self.what = load, deadline_s, what
+        self.identify, self.clock = identify, clock  # the target's builds; the deadline's clock
         self.on_change = on_change or (lambda _: None)
-        self.current: T | None = None
-        self.target: Any = None
+        self.before_flip = before_flip  # awaited before a switch (not a first load) flips
+        self.held: dict[str, T] = {}  # version id -> part
+        self.current_id: str | None = None
+        self.target: Target | None = None
         self.last_error: str | None = None
-        self.reloads = 0  # versions published (the first load counts)
+        self.reloads = 0  # versions made current (the first load counts)
         self.failures = 0
-        self._generation = 0
-        self._started: float | None = None  # monotonic start of the load in progress
+        self._generation = 0  # of the latest switch: an older one never flips
+        self._unserved_since: float | None = None  # the target set and its part not loaded since
+        self._loading: dict[str, asyncio.Future] = {}
 
     @property
-    def loading(self) -> bool:
-        return self._started is not None
+    def current(self) -> T | None:
+        return self.held.get(self.current_id) if self.current_id is not None else None
 
-    async def first(self, target: Any) -> T:
-        """Load ``target`` within the deadline or raise (the replica then fails to start)."""
-        try:
-            await asyncio.wait_for(self.load(target), self.deadline_s)
-        except TimeoutError:
-            raise TimeoutError(f"{self.what}: first load did not finish within {self.deadline_s:.0f} s") from None
-        if not self.reloads:
-            raise RuntimeError(f"{self.what}: first load failed: {self.last_error}")
-        return self.current
-
-    async def load(self, target: Any) -> bool:
-        """Load ``target`` in a thread and publish it; False (old version kept) on failure or
-        when a newer load started meanwhile."""
+    async def switch(self, target: Target) -> bool:
+        """Make ``target`` current; True once it is. A first switch that fails or overruns the
+        deadline raises (the replica fails to start); a later one that fails keeps the current
+        version and reports it, one still running at the deadline goes on in the background
+        (both fail :meth:`check` once the deadline has passed)."""
+        first = not self.held
         self._generation += 1
-        generation = self._generation
-        self.target, self._started = target, time.monotonic()
+        self.target = target
+        if self._unserved_since is None:
+            self._unserved_since = self.clock()
+        task = asyncio.ensure_future(self._switch(target, self._generation))
         try:
-            new = await asyncio.to_thread(self.load_fn, target, self.current)
+            done = await asyncio.wait_for(asyncio.shield(task), self.deadline_s)
+        except TimeoutError:
+            if first:
+                task.cancel()
+                raise TimeoutError(f"{self.what}: first load did not finish within {self.deadline_s:.0f} s") from None
+            return False
+        if first and not done:
+            raise RuntimeError(f"{self.what}: first load failed: {self.last_error}")
+        return done
+
+    async def _switch(self, target: Target, generation: int) -> bool:
+        try:
+            builds = await asyncio.to_thread(self.identify, target)
+            vid = version_id(target, builds)
+            if vid == self.current_id:
+                self._served(generation, vid)
+                return True
+            if vid not in self.held:
+                if vid not in self._loading:
+                    self.held = {v: p for v, p in self.held.items() if v == self.current_id}  # at most two
+                    self._loading[vid] = asyncio.ensure_future(self._load(target, builds, vid))
+                await asyncio.shield(self._loading[vid])
+            if generation != self._generation:
+                return False  # superseded: the newer switch flips
+            self._unserved_since = None  # this replica's part is loaded
+            if self.current_id is not None and self.before_flip is not None:
+                await self.before_flip(vid)
         except Exception as exc:
             if generation == self._generation:
                 self.last_error = redact(f"{type(exc).__name__}: {exc}")
                 self.failures += 1
-                self._started = None
-                log.exception("semconv: loading %s %s failed; still serving the previous version", self.what, target)
+                log.exception("semconv: loading %s %s failed; still serving %s", self.what, target, self.current_id)
                 self.on_change(self)
             return False
+        return self._served(generation, vid)
+
+    async def _load(self, target: Target, builds: dict, vid: str) -> None:
+        try:
+            part = await asyncio.to_thread(self.load_fn, target, builds, self.current)
+            if await asyncio.to_thread(self.identify, target) != builds:
+                raise RuntimeError("an artifact was republished while the version loaded; deploy it again")
+            self.held[vid] = part
+        finally:
+            del self._loading[vid]
+
+    def _served(self, generation: int, vid: str) -> bool:
+        """Flip to ``vid`` (held) unless a newer switch started; keep the version before it."""
         if generation != self._generation:
-            return False  # superseded: the newer load publishes
-        self.current, self.last_error, self._started = new, None, None
-        self.reloads += 1
-        self.on_change(self)
+            return False
+        changed = vid != self.current_id or self.last_error is not None
+        self._unserved_since, self.last_error = None, None
+        if vid != self.current_id:
+            self.held = {v: p for v, p in self.held.items() if v in (vid, self.current_id)}
+            self.current_id = vid
+            self.reloads += 1
+        if changed:
+            self.on_change(self)
         return True
 
-    async def switch(self, target: Any) -> bool:
-        """Load ``target`` unless it is the one already served (after a failed load, retry it):
-        what every deployment's ``reconfigure`` does with the version its ``user_config`` names."""
-        if target == self.target and self.last_error is None:
-            return False
-        return await self.load(target)
+    def holds(self, vid: str) -> bool:
+        return vid in self.held
+
+    async def get(self, vid: str, wait_s: float) -> T:
+        """The part of version ``vid``: held, or loading here and done within ``wait_s``; else
+        :class:`Unavailable` (503) saying so. The ingress resolved the request against ``vid``, so
+        no other version may answer it."""
+        if vid not in self.held and vid in self._loading:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._loading[vid]), wait_s)
+            except Exception:
+                pass  # a failed or slow load: answered below
+        if vid in self.held:
+            return self.held[vid]
+        raise Unavailable(f"version {vid} is not loaded on this {self.what} replica yet (it serves "
+                          f"{self.current_id}); retry")
 
     def check(self) -> None:
-        """Raise when nothing is loaded or a load has run past the deadline (for ``check_health``)."""
-        if not self.reloads:
+        """Raise when nothing is loaded, or the target's part has gone unloaded past the deadline."""
+        if not self.held:
             raise RuntimeError(f"{self.what}: nothing loaded (last error: {self.last_error})")
-        if self._started is not None and time.monotonic() - self._started > self.deadline_s:
-            raise RuntimeError(f"{self.what}: a reload has run {time.monotonic() - self._started:.0f} s, "
-                               f"past the {self.deadline_s:.0f} s deadline")
+        if self._unserved_since is not None and self.clock() - self._unserved_since > self.deadline_s:
+            raise RuntimeError(f"{self.what}: the target version has not loaded in "
+                               f"{self.clock() - self._unserved_since:.0f} s, past the {self.deadline_s:.0f} s "
+                               f"deadline (last error: {self.last_error})")
 
     def status(self) -> dict:
-        return {"reloading": self.loading, "reloads": self.reloads,
+        return {"version_id": self.current_id, "reloading": bool(self._loading), "reloads": self.reloads,
                 "reload_failures": self.failures, "last_error": self.last_error}
 
 
 class VersionMetrics:
     """Prometheus metrics of a replica's version (``ray_semconv_*``; Serve adds the deployment,
-    replica and application tags), created inside the replica: the version served (a 1-valued
-    gauge tagged with it), reload outcomes, whether the last (re)load failed."""
+    replica and application tags), created inside the replica: the version id served (a 1-valued
+    gauge tagged with it: every deployment of one version shows the same id), reload outcomes,
+    whether the last (re)load failed."""
 
     def __init__(self):
         from ray.serve.metrics import Counter, Gauge
@@ -110,16 +174,16 @@ class VersionMetrics:
         self.reloads = Counter("semconv_reloads", description="(re)loads by result", tag_keys=("result",))
         self._shown: str | None = None
 
-    def update(self, versioned: Versioned, version: str | None) -> None:
-        ok = versioned.last_error is None
+    def update(self, versions: Versions) -> None:
+        ok = versions.last_error is None
         self.reloads.inc(tags={"result": "ok" if ok else "failed"})
         self.failed.set(0 if ok else 1)
-        if version != self._shown:
+        if versions.current_id != self._shown:
             if self._shown is not None:
                 self.version.set(0, tags={"version": self._shown})
-            if version is not None:
-                self.version.set(1, tags={"version": version})
-            self._shown = version
+            if versions.current_id is not None:
+                self.version.set(1, tags={"version": versions.current_id})
+            self._shown = versions.current_id
 
 
 R = TypeVar("R")
@@ -128,8 +192,8 @@ R = TypeVar("R")
 async def run_by_version(requests: Sequence[R], version_of: Callable[[R], Any],
                          run: Callable[[Any, list[R]], Awaitable[list]]) -> list:
     """Answers for a ``@serve.batch`` batch, in request order: ``run(version, requests)`` once per
-    version among them, since a reload can land while a batch is filling and each request must
-    be answered by the version it was checked against."""
+    version among them, since requests resolved to two versions can share a batch during a
+    switch and each must be answered by its own."""
     out: list = [None] * len(requests)
     for version in dict.fromkeys(version_of(r) for r in requests):
         idx = [i for i, r in enumerate(requests) if version_of(r) is version]

@@ -77,7 +77,7 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 class TokenizeResponse(BaseModel):
-    codebook: str = Field(description="version of the codebook the codes came from (its manifest's created_at)")
+    codebook: str = Field(description="the build id of the codebook the codes came from (its manifest's build)")
     codes: list[list[int]] = Field(
         description="one code tuple per item, coarse to fine; unique against the catalog's codes and within the request")
     tokens: list[str] = Field(description="the same codes as LLM tokens, e.g. <a_12><b_7><c_201><d_3>")
@@ -99,7 +99,8 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     ready: bool
-    version: str | None = None
+    version_id: str | None = Field(None, description="the version served: every deployment names it alike")
+    version: str | None = Field(None, description="the precache's version")
     users: int | None = None
     k: int | None = None
     items: int | None = None
@@ -107,10 +108,11 @@ class Readiness(BaseModel):
     load_s: float | None = None
     precache_created_at: str | None = Field(None, description="when the served precache was published")
     precache_age_s: float | None = None
-    reloading: bool = Field(False, description="a reload is in progress (the old version keeps serving)")
-    reloads: int = Field(0, description="versions published by this replica (the first load counts)")
+    reloading: bool = Field(False, description="a version is loading (the current one keeps serving)")
+    reloads: int = Field(0, description="versions this replica has switched to (the first load counts)")
     reload_failures: int = 0
-    last_error: str | None = Field(None, description="the last failed (re)load, paths removed; null after a success")
+    last_error: str | None = Field(None, description="the last failed switch, paths removed; null once the target "
+                                   "version is served")
 
 
 class ErrorBody(BaseModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from typing import TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
@@ -95,7 +96,7 @@ def recommendations(state: ServingState, user_id: int, k: int | None) -> dict:
 def source_user_recommendations(state: ServingState, source_user_id: str, k: int | None) -> dict:
     if state.source_users is None:
         raise NotFound("this run directory has no sequences/ table mapping source_user_id to user_id")
-    user_id = state.source_users.user_id(source_user_id)
+    user_id = state.source_users.lookup(source_user_id)
     if user_id is None:
         if state.fallback_items is None:
             raise NotFound(f"source_user_id {source_user_id!r} is unknown (fallback is off)")
@@ -112,17 +113,25 @@ def item(state: ServingState, item_id: int) -> dict:
     return found
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(body: bytes, model: type[M]) -> M:
+    """A raw JSON body as ``model``, or InvalidInput naming the first bad field (FastAPI's shape)."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+        raise InvalidInput(["body", *first["loc"]], first["msg"], first["type"]) from None
+
+
 def parse_tokenize(body: bytes, model: type[BaseModel], dim: int) -> tuple[np.ndarray, list[str] | None]:
     """A raw tokenize body -> ``(embeddings (n, dim) float32, texts or None)``, or InvalidInput.
 
     ``model`` is :func:`serve_app.schemas.tokenize_request_model` (its item cap is ``max_batch``).
     Parsed here, in the tokenize deployment, so a large body never stalls the lookup replicas.
     """
-    try:
-        req = model.model_validate_json(body)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
-        raise InvalidInput(["body", *first["loc"]], first["msg"], first["type"]) from None
+    req = parse_body(body, model)
     emb = check_embeddings([it.embedding for it in req.items], dim)
     texts = None
     if any(it.title or it.description for it in req.items):

@@ -49,8 +49,9 @@ class Served:
     def client(self, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, trust_env=False, **kw)
 
-    def deploy(self, app: dict, wait_version: str | None = None, timeout: float = 60) -> None:
-        """Apply a config like ``serve deploy`` (the controller's apply_config) and wait."""
+    def deploy(self, app: dict, wait_version: str | None = None, timeout: float = 60, settled: bool = True) -> None:
+        """Apply a config like ``serve deploy`` (the controller's apply_config) and wait until
+        the app answers (``wait_version``) and, when ``settled``, every rollout is over."""
         from ray.serve.context import _get_global_client
         from ray.serve.schema import ServeDeploySchema
 
@@ -67,7 +68,8 @@ class Served:
             time.sleep(0.2)
         self.prefix = app.get("route_prefix", "/").rstrip("/")
         self.wait_ready(wait_version, timeout)
-        settle(timeout)
+        if settled:
+            settle(timeout)
 
 
     def wait_ready(self, version: str | None = None, timeout: float = 60) -> dict:
@@ -117,14 +119,20 @@ def start_serve(port: int) -> Served:
     return Served(f"http://127.0.0.1:{port}")
 
 
-def serve_test_app(root: Path) -> Served:
-    """A run dir under ``root`` (precache v1, plus ``precache_v2``) and Serve on a free port;
+def serve_test_app(root: Path, base_model: Path | None = None) -> Served:
+    """Run dirs under ``root`` (``run``: version :data:`V1` with precache v1 plus ``precache_v2``;
+    ``run_v2``: version :data:`V2`, another catalogue, codes and codebook) and Serve on a free
+    port; with ``base_model``, ``run`` gets a tiny fine-tuned ``model/`` on it.
     ``served.config(user_config, **overrides)`` is its application config (small limits)."""
-    from .serve_fixtures import make_run_dir, write_precache
+    from .serve_fixtures import V2, make_run_dir, write_precache
 
     rd = make_run_dir(root / "run")
     write_precache(rd, "precache_v2", offset=5, version="v2")
+    if base_model is not None:
+        from .generation_fixtures import write_model
+
+        write_model(rd, base_model)
     s = start_serve(free_port())
-    s.run_dir, s.cache = rd, str(root / "cache")
-    s.config = lambda uc=None, **kw: app_config(rd.uri, s.cache, uc, max_batch=4, max_body_bytes=65536, **kw)
+    s.run_dir, s.run_v2, s.cache = rd, make_run_dir(root / "run_v2", V2), str(root / "cache")
+    s.config = lambda uc=None, **kw: app_config(rd.uri, s.cache, uc, **{"max_batch": 4, "max_body_bytes": 65536, **kw})
     return s

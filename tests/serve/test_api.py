@@ -79,7 +79,7 @@ def test_the_schemas_item_cap_is_max_batch(api):
 def test_tokenize_answers_codes_and_a_codebook_version_not_a_path(api, run_dir):
     r = call(api, "POST", "/v1/items/tokenize", json={"items": [{"embedding": code_embedding((3, 3, 3))}]})
     assert r.status_code == 200 and r.json()["codes"] == [[3, 3, 3]]
-    assert r.json()["codebook"] == run_dir.manifest("codebook")["created_at"]
+    assert r.json()["codebook"] == run_dir.manifest("codebook")["build"]
     assert str(run_dir.uri) not in r.text
 
 
@@ -151,20 +151,25 @@ def test_docs_can_be_turned_off(backend):
 
 
 def test_readiness_and_errors_do_not_leak_server_paths(run_dir, tmp_path):
-    from serve_app.loading import Versioned
+    from semconv.serving.version import Target
+    from serve_app.loading import Versions
 
-    def load(target, _old):
-        raise FileNotFoundError(f"{target}/precache/_SUCCESS and s3://bkt/run/precache are missing")
+    def load(target, _builds, _reuse):
+        if target.run_dir != run_dir.uri:
+            raise FileNotFoundError(f"{target.run_dir}/precache/_SUCCESS and s3://bkt/run/precache are missing")
+        return load_state(run_dir.uri, cache_dir=tmp_path / "cache")
 
-    versioned = Versioned(load, 60, "serving state")
-    assert asyncio.run(versioned.load(str(tmp_path / "srv" / "run"))) is False
-    assert versioned.last_error == "FileNotFoundError: <path> and <path> are missing"
-    state = load_state(run_dir.uri, cache_dir=tmp_path / "cache")
+    versions = Versions(load, 60, "serving state")
+    assert asyncio.run(versions.switch(Target(run_dir.uri))) is True
+    assert asyncio.run(versions.switch(Target(str(tmp_path / "srv" / "run")))) is False
+    assert versions.last_error == "FileNotFoundError: <path> and <path> are missing"
+    state = versions.current
     be = LocalBackend(state)
-    be.status = versioned.status
+    be.status = versions.status
     r = call(build_api(be), "GET", "/readyz")
     assert r.status_code == 200 and str(tmp_path) not in r.text and "s3://" not in r.text
-    assert r.json()["last_error"] == versioned.last_error and r.json()["reload_failures"] == 1
+    assert r.json()["last_error"] == versions.last_error and r.json()["reload_failures"] == 1
+    assert r.json()["version_id"] == versions.current_id
     assert r.json()["precache_created_at"] == state.created_at and r.json()["precache_age_s"] >= 0
 
 

@@ -1,120 +1,258 @@
-"""Versions a replica serves: first load before traffic, reloads on the side, the deadline."""
+"""The versions a replica holds: the first load before traffic, switches on the side, answers
+by version id, the deadline on a target that does not load."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from semconv.serving.version import Target, version_id
 from serve_app.config import AppArgs, ServeUserConfig
-from serve_app.loading import Versioned, run_by_version
+from serve_app.loading import Versions, run_by_version
+from serve_app.service import Unavailable
+
+V1, V2, V3 = Target("v1"), Target("v2"), Target("v3")
+
+
+class Builds:
+    """The artifacts' builds each target has now (``identify``); ``republish`` changes one."""
+
+    def __init__(self):
+        self.of: dict[str, str] = {}
+
+    def __call__(self, target: Target) -> dict:
+        return {"run": self.of.setdefault(target.run_dir, "b0")}
+
+    def republish(self, run_dir: str, build: str) -> None:
+        self.of[run_dir] = build
+
+    def vid(self, target: Target) -> str:
+        return version_id(target, self(target))
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def versions(load, deadline_s=30.0, **kw) -> tuple[Versions, Builds]:
+    builds = Builds()
+    return Versions(load, deadline_s, "thing", identify=builds, **kw), builds
+
+
+def part_of(target: Target, builds: dict, reuse) -> str:
+    return f"part of {target.run_dir}"
+
+
+async def until(condition, timeout_s: float = 10.0) -> None:
+    """Wait for ``condition()`` (a state reached by another task or thread), failing after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
 
 
 def test_the_first_load_is_awaited_and_a_failed_one_fails_the_start():
-    ok = Versioned(lambda target, old: f"state of {target}", 5, "thing")
-    assert asyncio.run(ok.first("v1")) == "state of v1" and ok.reloads == 1
+    ok, builds = versions(part_of)
+    assert asyncio.run(ok.switch(V1)) is True and ok.current == "part of v1" and ok.reloads == 1
+    assert ok.current_id == builds.vid(V1)
 
-    def boom(target, old):
+    def boom(target, builds, reuse):
         raise FileNotFoundError("no _SUCCESS")
 
-    bad = Versioned(boom, 5, "thing")
+    bad, _ = versions(boom)
     with pytest.raises(RuntimeError, match="first load failed: FileNotFoundError: no _SUCCESS"):
-        asyncio.run(bad.first("v1"))
+        asyncio.run(bad.switch(V1))
     with pytest.raises(RuntimeError, match="nothing loaded"):
         bad.check()
 
 
 def test_a_hung_first_load_fails_at_the_deadline():
     release = threading.Event()
-    threading.Timer(1.0, release.set).start()  # lets asyncio.run's executor shutdown finish
-    hung = Versioned(lambda target, old: release.wait(30), 0.3, "thing")
-    t0 = time.monotonic()
-    with pytest.raises(TimeoutError, match="did not finish within"):
-        asyncio.run(hung.first("v1"))
-    assert hung.current is None and time.monotonic() - t0 < 10
-
-
-def test_a_hung_reload_fails_the_health_check_while_the_old_version_serves():
-    release = threading.Event()
-
-    def load(target, old):
-        if target == "v2":
-            release.wait(30)
-        return target
-
-    v = Versioned(load, 0.2, "thing")
+    hung, _ = versions(lambda target, builds, reuse: release.wait(30), deadline_s=0.3)
 
     async def go():
-        await v.first("v1")
-        v.check()  # healthy
-        task = asyncio.create_task(v.load("v2"))
-        await asyncio.sleep(0.4)
-        assert v.current == "v1" and v.status()["reloading"]
-        with pytest.raises(RuntimeError, match="past the .* deadline"):
-            v.check()
-        release.set()
-        assert await task is True
-        v.check()
+        try:
+            await hung.switch(V1)
+        finally:
+            release.set()  # lets asyncio.run's executor shutdown finish
+
+    with pytest.raises(TimeoutError, match="first load did not finish within"):
+        asyncio.run(go())
+    assert hung.current is None
+
+
+def test_each_version_is_answered_by_its_own_part_and_the_one_before_stays():
+    v, builds = versions(part_of)
+
+    async def go():
+        await v.switch(V1)
+        await v.switch(V2)
+        assert await v.get(builds.vid(V2), 0) == "part of v2" and await v.get(builds.vid(V1), 0) == "part of v1"
+        await v.switch(V3)  # at most two held: v1 goes
+        assert v.holds(builds.vid(V2)) and v.holds(builds.vid(V3)) and not v.holds(builds.vid(V1))
+        with pytest.raises(Unavailable, match=f"version {builds.vid(V1)} is not loaded on this thing replica yet"):
+            await v.get(builds.vid(V1), 0)
+        await v.switch(V2)  # back to the one before: no load
+        return v.current, v.reloads
+
+    assert asyncio.run(go()) == ("part of v2", 4)
+
+
+def test_a_request_for_the_version_being_loaded_waits_for_it_and_times_out_as_503():
+    gate = threading.Event()
+
+    def load(target, builds, reuse):
+        if target == V2:
+            gate.wait(30)
+        return part_of(target, builds, reuse)
+
+    v, builds = versions(load)
+
+    async def go():
+        await v.switch(V1)
+        switching = asyncio.create_task(v.switch(V2))
+        await until(lambda: v.status()["reloading"])
+        with pytest.raises(Unavailable, match="not loaded"):
+            await v.get(builds.vid(V2), 0.05)  # still loading after 50 ms
+        waiting = asyncio.create_task(v.get(builds.vid(V2), 10))
+        assert await v.get(builds.vid(V1), 0) == "part of v1" and v.current == "part of v1"
+        gate.set()
+        assert await waiting == "part of v2" and await switching is True
         return v.current
 
-    assert asyncio.run(go()) == "v2"
+    assert asyncio.run(go()) == "part of v2"
 
 
-def test_a_failed_reload_keeps_the_old_version_and_a_newer_reload_wins():
-    gate = {"v2": threading.Event()}
+def test_a_failed_switch_keeps_the_current_version_and_fails_the_health_check_at_the_deadline():
+    clock = Clock()
 
-    def load(target, old):
-        if target == "bad":
+    def load(target, builds, reuse):
+        if target == V2:
             raise ValueError("broken precache")
-        if target in gate:
-            gate[target].wait(10)
-        return target
+        return part_of(target, builds, reuse)
 
-    v = Versioned(load, 30, "thing")
+    v, builds = versions(load, deadline_s=60, clock=clock)
 
     async def go():
-        await v.first("v1")
-        assert await v.load("bad") is False
-        assert v.current == "v1" and v.status() == {"reloading": False, "reloads": 1, "reload_failures": 1,
-                                                    "last_error": "ValueError: broken precache"}
-        slow = asyncio.create_task(v.load("v2"))
-        await asyncio.sleep(0.05)
-        assert await v.load("v3") is True  # the newer request publishes ...
-        gate["v2"].set()
-        assert await slow is False  # ... and the older one, finishing later, does not
-        return v.current, v.last_error
-
-    assert asyncio.run(go()) == ("v3", None)
-
-
-def test_switch_loads_only_a_new_target_or_retries_a_failed_one():
-    calls = []
-    broken = {"bad"}
-
-    def load(target, old):
-        calls.append(target)
-        if target in broken:
-            raise ValueError("not yet published")
-        return target
-
-    v = Versioned(load, 30, "thing")
-
-    async def go():
-        await v.first("v1")
-        assert await v.switch("v1") is False  # the same version: no reload
-        assert await v.switch("bad") is False and v.current == "v1"
-        broken.clear()
-        assert await v.switch("bad") is True  # the failed target is tried again, and now loads
-        assert await v.switch("bad") is False
+        await v.switch(V1)
+        clock.now = 100.0
+        assert await v.switch(V2) is False
+        assert v.current == "part of v1" and v.status() == {
+            "version_id": builds.vid(V1), "reloading": False, "reloads": 1, "reload_failures": 1,
+            "last_error": "ValueError: broken precache"}
+        clock.now = 159.0
+        v.check()  # within the deadline: healthy, serving v1
+        clock.now = 161.0
+        with pytest.raises(RuntimeError, match="not loaded in 61 s, past the 60 s deadline.*broken precache"):
+            v.check()
+        assert await v.switch(V1) is True  # back to what it serves: healthy again
+        v.check()
 
     asyncio.run(go())
-    assert calls == ["v1", "bad", "bad"]
 
 
-def test_a_batch_is_answered_by_the_version_each_request_was_checked_against():
+def test_a_hung_switch_returns_at_the_deadline_fails_the_health_check_and_flips_when_it_finishes():
+    clock, release = Clock(), threading.Event()
+
+    def load(target, builds, reuse):
+        if target == V2:
+            release.wait(30)
+        return part_of(target, builds, reuse)
+
+    v, _ = versions(load, deadline_s=0.2, clock=clock)
+
+    async def go():
+        await v.switch(V1)
+        assert await v.switch(V2) is False  # reconfigure returns: Serve's rollout is not held up
+        assert v.current == "part of v1" and v.status()["reloading"]
+        clock.now = 1.0
+        with pytest.raises(RuntimeError, match="past the 0 s deadline"):
+            v.check()
+        release.set()
+        await until(lambda: v.current == "part of v2")
+        v.check()
+
+    asyncio.run(go())
+
+
+def test_a_newer_switch_wins_over_an_older_one_still_loading():
+    gate = threading.Event()
+
+    def load(target, builds, reuse):
+        if target == V2:
+            gate.wait(10)
+        return part_of(target, builds, reuse)
+
+    v, _ = versions(load)
+
+    async def go():
+        await v.switch(V1)
+        slow = asyncio.create_task(v.switch(V2))
+        await until(lambda: v.status()["reloading"])
+        assert await v.switch(V3) is True
+        gate.set()
+        assert await slow is False  # finishing later, the older switch does not flip
+        return v.current
+
+    assert asyncio.run(go()) == "part of v3"
+
+
+def test_a_version_is_its_builds_and_one_republished_while_loading_is_refused():
+    v, builds = versions(part_of)
+    loads = []
+
+    def load(target, b, reuse):
+        loads.append(b["run"])
+        if b["run"] == "b1":
+            builds.republish("v1", "b2")  # a publish lands during the load
+        return part_of(target, b, reuse)
+
+    v.load_fn = load
+
+    async def go():
+        await v.switch(V1)
+        first = v.current_id
+        assert await v.switch(V1) is True and loads == ["b0"]  # the same builds: nothing to load
+        builds.republish("v1", "b1")
+        assert await v.switch(V1) is False and "republished while the version loaded" in v.last_error
+        assert v.current_id == first
+        assert await v.switch(V1) is True and loads == ["b0", "b1", "b2"]  # the same target, new builds
+        assert v.current_id == builds.vid(V1) != first
+
+    asyncio.run(go())
+
+
+def test_a_switch_flips_only_after_before_flip_and_holds_the_new_version_meanwhile():
+    async def go():
+        others_hold = asyncio.Event()
+        seen = []
+
+        async def before_flip(vid):
+            seen.append((vid, v.current_id))
+            await others_hold.wait()
+
+        v.before_flip = before_flip
+        await v.switch(V1)  # a first load flips at once: nothing to keep serving
+        switching = asyncio.create_task(v.switch(V2))
+        await until(lambda: v.holds(builds.vid(V2)) and seen)
+        assert v.current == "part of v1"  # loaded, held, not yet current
+        others_hold.set()
+        assert await switching is True and v.current == "part of v2"
+        return seen
+
+    v, builds = versions(part_of)
+    assert asyncio.run(go()) == [(builds.vid(V2), builds.vid(V1))]
+
+
+def test_a_batch_is_answered_by_the_version_each_request_was_resolved_to():
     old, new = object(), object()
     requests = [(old, 1), (new, 2), (old, 3), (new, 4), (old, 5)]
     runs = []
@@ -130,11 +268,11 @@ def test_a_batch_is_answered_by_the_version_each_request_was_checked_against():
 
 def test_user_config_names_a_whole_version():
     args = AppArgs(run_dir="/r1", precache="/r1/pc_old")
-    assert ServeUserConfig().target(args) == ("/r1", "/r1/pc_old", True)
-    assert ServeUserConfig(precache="s3://b/pc").target(args) == ("/r1", "s3://b/pc", True)
+    assert ServeUserConfig().target(args) == Target("/r1", "/r1/pc_old", True)
+    assert ServeUserConfig(precache="s3://b/pc").target(args) == Target("/r1", "s3://b/pc", True)
     # a new run dir brings its own precache unless one is named
-    assert ServeUserConfig(run_dir="s3://b/r2").target(args) == ("s3://b/r2", None, True)
-    assert ServeUserConfig(run_dir="/r2", precache="/r2/p", fallback=False).target(args) == ("/r2", "/r2/p", False)
+    assert ServeUserConfig(run_dir="s3://b/r2").target(args) == Target("s3://b/r2", None, True)
+    assert ServeUserConfig(run_dir="/r2", precache="/r2/p", fallback=False).target(args) == Target("/r2", "/r2/p", False)
 
 
 def test_serving_beyond_loopback_without_a_token_refuses_to_start(monkeypatch, caplog):

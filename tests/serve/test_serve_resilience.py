@@ -54,9 +54,10 @@ class Load:
                     try:
                         r = await c.get(self.path)
                         body = r.json() if r.status_code == 200 else {}
-                        self.results.append((r.status_code, body.get("version"), body.get("item_ids"), t))
+                        self.results.append((r.status_code, body.get("version"), body.get("item_ids"), t,
+                                             body.get("titles")))
                     except httpx.HTTPError as e:
-                        self.results.append((repr(e), None, None, t))
+                        self.results.append((repr(e), None, None, t, None))
 
             await asyncio.gather(*(worker() for _ in range(self.workers)))
 
@@ -70,6 +71,12 @@ class Load:
 
     def failures(self) -> list[tuple]:
         return [r for r in self.results if r[0] != 200]
+
+    def wait_for(self, n: int, timeout_s: float = 60) -> None:
+        """Until ``n`` more requests have been answered (or failed)."""
+        want, deadline = len(self.results) + n, time.monotonic() + timeout_s
+        while len(self.results) < want and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def test_auth_guards_v1_and_leaves_probes_open_under_a_route_prefix(served):
@@ -108,21 +115,21 @@ def test_a_full_tokenize_queue_answers_429_and_lookups_carry_on(served):
     assert all(r.status_code == 200 for r in looks)
 
 
-def test_two_replicas_reload_together_without_errors_or_mixed_versions(served):
+def test_two_replicas_switch_together_without_errors_or_mixed_versions(served):
+    """Two ingress replicas switch run_dir to a version with another catalogue, codes and
+    codebook under load: every answer is one version's list with that version's titles."""
     served.deploy(served.config(replicas=(2, 2)), wait_version="v1", timeout=180)
-    expected = {"v1": [4, 5], "v2": [9, 10]}
+    expected = {"v1": ([4, 5], ["Item 4", "Item 5"]), "v2": ([8, 9], ["V2 item 8", "V2 item 9"])}
     with Load(served.url, 4) as load:
-        time.sleep(1)
-        served.deploy(served.config({"precache": str(served.run_dir.path("precache_v2"))}, replicas=(2, 2)),
-                      timeout=120)
+        load.wait_for(20)
+        served.deploy(served.config({"run_dir": served.run_v2.uri}, replicas=(2, 2)), timeout=120)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not all(
-                v == "v2" for _, v, _, _ in load.results[-40:]):
+        while time.monotonic() < deadline and not (len(load.results) > 40 and all(
+                r[1] == "v2" for r in load.results[-40:])):
             time.sleep(0.5)
-        time.sleep(1)
     assert not load.failures(), load.failures()[:5]
-    assert all(items == expected[v] for _, v, items, _ in load.results)
-    assert {v for _, v, _, _ in load.results[-40:]} == {"v2"} and len(load.results) > 100
+    assert all((r[2], r[4]) == expected[r[1]] for r in load.results)
+    assert {r[1] for r in load.results[-40:]} == {"v2"} and len(load.results) > 100
     assert replica_counts().get("RUNNING") == 2
 
 
@@ -174,17 +181,45 @@ def test_a_replica_killed_under_traffic_loses_at_most_its_in_flight_requests(ser
     served.wait_ready("v1", timeout=120)
 
 
-def test_a_huge_value_tokenize_request_fails_alone_in_a_concurrent_burst(served):
-    served.deploy(served.config(), wait_version="v1", timeout=180)
+def test_a_tokenize_request_failing_in_the_codebook_search_fails_alone_in_a_concurrent_burst(served):
+    """25 items whose nearest codes all belong to item 0 pass every input check and reach the
+    batched codebook search, where only 24 free code tuples are left (40 of 64 are taken): the
+    request fails there, with the same 422 alone as in a burst, and its batch mates are answered."""
+    served.deploy(served.config(max_batch=32), wait_version="v1", timeout=180)
     good = [{"items": [{"embedding": code_embedding((3, a % 4, b))}]} for a in range(3) for b in range(4)]
-    bad = {"items": [{"embedding": [1e20, 0.0, 0.0, 0.0]}]}
+    bad = {"items": [{"embedding": code_embedding((0, 0, 0))}] * 25}
 
-    async def burst():
+    async def burst(bodies):
         async with httpx.AsyncClient(base_url=served.url, timeout=60, trust_env=False) as c:
             return await asyncio.gather(*(c.post("/v1/items/tokenize", content=json.dumps(b),
-                                                 headers={"content-type": "application/json"})
-                                          for b in [bad, *good, bad]))
+                                                 headers={"content-type": "application/json"}) for b in bodies))
 
-    rs = asyncio.run(burst())
+    (alone,) = asyncio.run(burst([bad]))
+    rs = asyncio.run(burst([bad, *good, bad]))
+    assert alone.status_code == 422 and alone.json()["detail"][0]["type"] == "tokenize_failed", alone.text
     assert [r.status_code for r in rs] == [422] + [200] * len(good) + [422]
+    assert rs[0].json() == rs[-1].json() == alone.json()
     assert [r.json()["codes"][0] for r in rs[1:-1]] == [[3, a % 4, b] for a in range(3) for b in range(4)]
+    shorter = asyncio.run(burst([{"items": bad["items"][:24]}]))[0]  # 24 still find free tuples
+    assert shorter.status_code == 200 and len(set(map(tuple, shorter.json()["codes"]))) == 24
+
+
+def test_a_replica_that_cannot_load_its_target_is_replaced_after_the_deadline(served):
+    """A switch to a version that cannot load keeps the current version answering only until
+    load_deadline_s (test_serve_app.py: the failed reload): then the replica fails its health
+    check and Serve replaces it (the new replica starts on the target directly, and fails to
+    start), instead of serving the old version beside peers on the new one forever. A good
+    config brings it back."""
+    from ray import serve
+
+    from .serve_harness import deploy_messages
+
+    served.deploy(served.config(load_deadline_s=5), wait_version="v1", timeout=180)
+    missing = str(served.run_dir.path("no_such_precache"))
+    served.deploy(served.config({"precache": missing}, load_deadline_s=5), timeout=60, settled=False)
+    deadline, status = time.monotonic() + 120, None
+    while time.monotonic() < deadline and status not in ("UNHEALTHY", "DEPLOY_FAILED"):
+        status = serve.status().applications["semconv"].deployments["SemconvIngress"].status
+        time.sleep(1)
+    assert status in ("UNHEALTHY", "DEPLOY_FAILED"), deploy_messages()
+    served.deploy(served.config(), wait_version="v1", timeout=180)

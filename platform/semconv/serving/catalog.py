@@ -19,12 +19,24 @@ class CatalogError(ValueError):
     """An items / item_codes / sequences table that cannot be served."""
 
 
+MAX_NAMED = 20  # an error names at most this many ids
+
+
+def named_ids(values) -> str:
+    """Up to :data:`MAX_NAMED` values for an error message, and how many more."""
+    shown = ", ".join(repr(v) for v in values[:MAX_NAMED])
+    return shown + (f" and {len(values) - MAX_NAMED} more" if len(values) > MAX_NAMED else "")
+
+
 def _sorted_unique(ids: np.ndarray, what: str) -> np.ndarray:
+    """The order that sorts ``ids``; a :class:`CatalogError` naming every duplicated id."""
     order = np.argsort(ids, kind="stable")
     s = ids[order]
-    dup = np.flatnonzero(s[1:] == s[:-1])
+    dup = np.unique(s[1:][s[1:] == s[:-1]])
     if dup.size:
-        raise CatalogError(f"{what}: id {s[dup[0]]!r} appears more than once")
+        named = [v.decode(errors="replace") if isinstance(v, bytes) else v.item() for v in dup]
+        raise CatalogError(f"{what}: {len(named)} id(s) appear more than once: {named_ids(named)}; "
+                           "make them unique upstream and republish")
     return order
 
 
@@ -34,6 +46,7 @@ class ItemCatalog:
     source_ids: pa.Array  # string, aligned with item_ids
     titles: pa.Array  # string, aligned with item_ids
     codes: np.ndarray  # (n, L) int16, -1 where an item has no codes
+    by_source: SourceIdIndex  # items/ source_id -> item_id, checked unique at load
 
     @classmethod
     def from_tables(cls, items: pa.Table, item_codes: pa.Table | None) -> "ItemCatalog":
@@ -61,7 +74,7 @@ class ItemCatalog:
                 raise CatalogError(f"item_codes/: item_id {int(cid[~known][0])} is not in items/")
             codes = np.full((len(ids), levels), -1, dtype=np.int16)
             codes[pos] = flat
-        return cls(ids, source, titles, codes)
+        return cls(ids, source, titles, codes, SourceIdIndex.build(source, ids, "items/ source_id"))
 
     @property
     def num_items(self) -> int:
@@ -109,29 +122,40 @@ class ItemCatalog:
 
 
 @dataclass(frozen=True, eq=False)
-class SourceUserIndex:
-    """``source_user_id`` (string) -> dense ``user_id`` via a sorted fixed-width bytes array."""
+class SourceIdIndex:
+    """The dataset's own string ids (items' ``source_id``, users' ``source_user_id``) -> dense
+    ids, as a sorted fixed-width bytes array: one ``searchsorted`` per lookup, no Python dict.
+
+    Built once per version, at load: a duplicated source id is a load error naming it, never a
+    request that fails later. Empty (null) source ids are not indexed: nothing can look them up.
+    """
 
     keys: np.ndarray  # dtype S<w>, increasing
-    user_ids: np.ndarray  # (n,) int64 aligned with keys
+    ids: np.ndarray  # (n,) int64 aligned with keys
 
     @classmethod
-    def from_table(cls, sequences: pa.Table) -> "SourceUserIndex":
+    def build(cls, source_ids: pa.Array, ids: np.ndarray, what: str) -> "SourceIdIndex":
+        strings = source_ids.to_pylist()
+        keep = [i for i, s in enumerate(strings) if s]
+        keys = np.array([strings[i].encode() for i in keep], dtype=bytes) if keep else np.zeros(0, "S1")
+        order = _sorted_unique(keys, what)
+        return cls(keys[order], np.asarray(ids, dtype=np.int64)[keep][order])
+
+    @classmethod
+    def from_sequences(cls, sequences: pa.Table) -> "SourceIdIndex":
+        """``source_user_id`` -> ``user_id`` of a ``sequences/`` table."""
         for col in ("user_id", "source_user_id"):
             if col not in sequences.column_names:
                 raise CatalogError(f"sequences/: missing column {col!r}")
-        src = sequences.column("source_user_id").combine_chunks().cast(pa.string())
-        keys = np.array([s.encode() for s in src.to_pylist()], dtype=bytes) if len(src) else np.zeros(0, "S1")
-        if keys.dtype.itemsize == 0:
-            keys = keys.astype("S1")
-        order = _sorted_unique(keys, "sequences/ source_user_id")
-        return cls(keys[order], sequences.column("user_id").to_numpy().astype(np.int64)[order])
+        src = pc.fill_null(sequences.column("source_user_id").combine_chunks().cast(pa.string()), "")
+        return cls.build(src, sequences.column("user_id").to_numpy(), "sequences/ source_user_id")
 
-    def user_id(self, source_user_id: str) -> int | None:
-        key = source_user_id.encode()
-        if len(key) > self.keys.dtype.itemsize or key.endswith(b"\0") or not self.keys.size:
+    def lookup(self, source_id: str) -> int | None:
+        """The dense id of ``source_id``, or None when it is not indexed."""
+        key = source_id.encode()
+        if not key or len(key) > self.keys.dtype.itemsize or key.endswith(b"\0") or not self.keys.size:
             return None
         i = int(np.searchsorted(self.keys, np.array(key, dtype=self.keys.dtype)))
         if i < len(self.keys) and self.keys[i] == key:
-            return int(self.user_ids[i])
+            return int(self.ids[i])
         return None

@@ -1,5 +1,5 @@
 """The fallback for users without a precached list: most popular items of the train split
-(counted by :func:`semconv.evaluate.popularity.train_interaction_counts`, the report's count)."""
+(counted by :func:`semconv.protocol.popularity`, the report's count)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from semconv.evaluate.popularity import popularity_topk, train_interaction_counts
+from semconv.protocol import popularity, popularity_topk
 
 
 def popularity_top_k(splits: pa.Table, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -23,7 +23,7 @@ def popularity_top_k(splits: pa.Table, k: int) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"splits/: missing column {col!r}")
     ids = np.concatenate([splits.column("target").to_numpy(zero_copy_only=False),
                           pc.list_flatten(splits.column("history")).to_numpy(zero_copy_only=False)])
-    counts = train_interaction_counts(splits, int(ids.max()) + 1 if len(ids) else 0)
+    counts = popularity(splits, int(ids.max()) + 1 if len(ids) else 0)
     if counts.sum() == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     top = popularity_topk(counts, 1, min(k, int((counts > 0).sum())))[0]

@@ -15,12 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
-from semconv.serving.catalog import CatalogError, ItemCatalog, SourceUserIndex
+from semconv.serving.catalog import ItemCatalog, named_ids
 
 DEFAULT_K = 10
-MAX_NAMED = 20  # an error lists at most this many unknown ids
 
 
 class GenerationInputError(ValueError):
@@ -54,43 +52,26 @@ class Query:
     num_beams: int
 
 
-def source_item_index(catalog: ItemCatalog) -> SourceUserIndex:
-    """``items/ source_id`` -> ``item_id`` (the same sorted-bytes index as source user ids)."""
-    return SourceUserIndex.from_table(pa.table({"user_id": catalog.item_ids, "source_user_id": catalog.source_ids}))
-
-
-def _named(values: Sequence) -> str:
-    shown = ", ".join(repr(v) for v in values[:MAX_NAMED])
-    return shown + (f" and {len(values) - MAX_NAMED} more" if len(values) > MAX_NAMED else "")
-
-
 def resolve_history(
     catalog: ItemCatalog,
     history: Sequence[int] | None,
     source_history: Sequence[str] | None,
-    source_index=None,
 ) -> tuple[int, ...]:
     """Item ids of the posted history; every one must be in the catalog with semantic codes.
 
-    ``source_index`` (from :func:`source_item_index`, built once per catalog) maps
-    ``source_history``; raises :class:`GenerationInputError` naming every unknown id.
+    ``source_history`` is mapped by the catalogue's source-id index (checked at load); raises
+    :class:`GenerationInputError` naming every unknown id.
     """
     if (history is None) == (source_history is None):
         raise GenerationInputError(["body"], "give exactly one of 'history' (item ids) or 'source_history' "
                                              "(the dataset's item ids)")
     if source_history is not None:
-        if source_index is None:
-            try:
-                source_index = source_item_index(catalog)
-            except CatalogError as exc:
-                raise GenerationInputError(["body", "source_history"], f"source ids cannot be resolved: {exc}") from None
-        ids = [source_index.user_id(s) for s in source_history]
+        ids = [catalog.by_source.lookup(s) for s in source_history]
         unknown = [s for s, i in zip(source_history, ids) if i is None]
         if unknown:
             raise GenerationInputError(["body", "source_history"],
-                                       f"unknown source item ids (not in items/): {_named(unknown)}")
-        return tuple(int(i) for i in ids)
-    ids = np.asarray(history, dtype=np.int64)
+                                       f"unknown source item ids (not in items/): {named_ids(unknown)}")
+    ids = np.asarray(history if source_history is None else ids, dtype=np.int64)
     rows = catalog.rows(ids)
     known = rows >= 0
     if catalog.levels and known.any():
@@ -99,8 +80,8 @@ def resolve_history(
         known[:] = False
     if not known.all():
         bad = list(dict.fromkeys(int(i) for i in ids[~known]))
-        raise GenerationInputError(["body", "history"],
-                                   f"unknown item ids (not in the catalog or without semantic codes): {_named(bad)}")
+        raise GenerationInputError(["body", "history" if source_history is None else "source_history"],
+                                   f"unknown item ids (not in the catalog or without semantic codes): {named_ids(bad)}")
     return tuple(int(i) for i in ids)
 
 
@@ -122,7 +103,7 @@ def check_query(history: tuple[int, ...], k: int | None, num_beams: int | None, 
         unknown = ids[known_items[pos] != ids]
         if unknown.size:
             raise GenerationInputError(["body", "history"], "item ids without semantic codes in this model's "
-                                       f"item_codes/: {_named(list(dict.fromkeys(unknown.tolist())))}")
+                                       f"item_codes/: {named_ids(list(dict.fromkeys(unknown.tolist())))}")
     return Query(history, k, beams)
 
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from semconv.artifacts import SUCCESS
-from semconv.serving.remote_cache import default_cache_root, private_dir
+from semconv.remote_cache import default_cache_root, private_dir
 
 PAD = -1
 _FILES = ("user_ids", "items", "scores", "lengths")
@@ -37,8 +37,8 @@ class PrecacheError(ValueError):
 
 
 def default_cache_dir() -> Path:
-    """``$SEMCONV_SERVE_CACHE``, else ``<private cache root>/serve`` (never a shared /tmp name)."""
-    return Path(os.environ.get("SEMCONV_SERVE_CACHE") or default_cache_root() / "serve")
+    """``<cache root>/serve`` (``$SEMCONV_CACHE_DIR``, the one cache root; never a shared /tmp name)."""
+    return default_cache_root() / "serve"
 
 
 def resolve_precache_dir(path: str | Path) -> Path:
