@@ -1,6 +1,7 @@
 """Check: online generation answers a precached user's test history with the precached top-K.
 
-Picks ``--users`` precached users (seeded), posts their test histories the way the model
+Picks ``--users`` precached users (seeded), posts the histories they were ranked from (all
+before the held-out test item) the way the model
 deployment ranks a batch of requests (``semconv.serving.generation.rank_queries`` on the ranker
 ``load_run_ranker`` builds with the precache's settings: same model, prompt, beam, K, exclusion,
 dtype rule), and compares with ``precache/``: mean overlap@K, exact-match rate (same items in the
@@ -19,23 +20,23 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from semconv.artifacts import RunDir  # noqa: E402
 from semconv.hardware import machine_info  # noqa: E402
+from semconv.protocol import history_before  # noqa: E402
 
 
 def precached(run: RunDir, n: int, seed: int) -> list[tuple[int, list[int], list[int], list[float]]]:
-    """``n`` random precached users: (user, test history, cached items, cached scores)."""
+    """``n`` random precached users: (user, history they were ranked from, cached items, cached
+    scores); the history is everything before the held-out test item, as the precache ranks."""
     cache = run.read_table("precache")
     rng = np.random.default_rng(seed)
     rows = sorted(rng.choice(cache.num_rows, size=min(n, cache.num_rows), replace=False).tolist())
     picked = cache.take(rows).to_pylist()
-    splits = run.read_table("splits", columns=["split", "user_id", "history"])
-    test = splits.filter(pc.equal(splits["split"], "test"))
+    test = history_before(run.read_table("sequences", columns=["user_id", "history"]), "test")
     hist = dict(zip(test["user_id"].to_pylist(), test["history"].to_pylist()))
     return [(r["user_id"], hist[r["user_id"]], r["items"], r["scores"]) for r in picked]
 

@@ -42,7 +42,8 @@ import torch  # noqa: E402
 
 from semconv.inference.beam_search import encode_prefix  # noqa: E402
 from semconv.inference.loading import ModelSpec, load_with_random_code_tokens  # noqa: E402
-from semconv.inference.ranker import GenerativeRanker, left_pad  # noqa: E402
+from semconv.inference.ranker import GenerativeRanker, pad_prompts  # noqa: E402
+from semconv.inference.run_ranker import RankerSpec  # noqa: E402
 from semconv.models import resolve  # noqa: E402
 
 NUM_ITEMS, LEVELS, CODES, BEAMS, K = 4344, 4, 256, 20, 10
@@ -105,7 +106,7 @@ def prefill_only(ranker: GenerativeRanker, hist: list[list[int]], batch_size: in
     ids = ranker.encode(hist)
     order = np.argsort([len(x) for x in ids])
     for s in range(0, len(ids), batch_size):
-        x, m = left_pad([ids[i] for i in order[s : s + batch_size]], ranker.pad_id)
+        x, m = pad_prompts([ids[i] for i in order[s : s + batch_size]], ranker.pad_id)
         ranker.model(input_ids=x, attention_mask=m, logits_to_keep=1)
 
 
@@ -122,8 +123,8 @@ def actor_pool_rate(spec: ModelSpec, codes: np.ndarray, hist: list[list[int]], a
     with tempfile.TemporaryDirectory() as tmp:
         fs = pafs.LocalFileSystem()
         open_partial(fs, tmp, plan, {})
-        stats = precache_users(ray.data.from_arrow(table), plan, fs, tmp, spec, codes, num_beams=BEAMS,
-                               top_k=K, batch_size=16, sort_window=1, num_actors=actors, presorted=True)
+        stats = precache_users(ray.data.from_arrow(table), plan, fs, tmp, RankerSpec(spec, BEAMS, K, None, False),
+                               codes, batch_size=16, sort_window=1, num_actors=actors, presorted=True)
     return len(hist) / stats["seconds"]
 
 
@@ -279,7 +280,7 @@ def main_synthetic(args) -> dict:
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
-    stats = precache_users(users, plan, fs, partial, spec, codes, num_beams=BEAMS, top_k=K,
+    stats = precache_users(users, plan, fs, partial, RankerSpec(spec, BEAMS, K, None, False), codes,
                            batch_size=args.batch_size, sort_window=4, num_actors=args.actors, presorted=True)
     stop.set()
     th.join()

@@ -47,7 +47,8 @@ def build_run(work: Path, users: int, seed: int = 0) -> Path:
 
     from precache import tiny_tokenizer
     from semconv.artifacts import RunDir
-    from semconv.data.prepare import ITEMS_SCHEMA, leave_last_out
+    from semconv.data.prepare import ITEMS_SCHEMA
+    from semconv.protocol import leave_last_out
     from semconv.embed.supplied import embedding_table
     from semconv.finetune.model import build_finetune_model
     from semconv.refresh.codes import codes_table

@@ -1,6 +1,6 @@
 """Ray job entry point: the `embed` stage. Runs locally or via `ray job submit -- python jobs/embed.py`.
 
-Usage: python jobs/embed.py --config configs/demo.yaml [--on-change rebuild|error] [key.sub=value ...]
+Usage: python jobs/embed.py --config configs/demo.yaml [--on-change rebuild|error] [--verbose] [key.sub=value ...]
 """
 
 import os

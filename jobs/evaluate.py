@@ -1,6 +1,6 @@
 """Ray job entry point: the `evaluate` stage. Runs locally or via `ray job submit -- python jobs/evaluate.py`.
 
-Usage: python jobs/evaluate.py --config configs/demo.yaml [--on-change rebuild|error] [key.sub=value ...]
+Usage: python jobs/evaluate.py --config configs/demo.yaml [--on-change rebuild|error] [--verbose] [key.sub=value ...]
 """
 
 import os

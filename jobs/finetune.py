@@ -1,6 +1,6 @@
 """Ray job entry point: the `finetune` stage. Runs locally or via `ray job submit -- python jobs/finetune.py`.
 
-Usage: python jobs/finetune.py --config configs/demo.yaml [--on-change rebuild|error] [key.sub=value ...]
+Usage: python jobs/finetune.py --config configs/demo.yaml [--on-change rebuild|error] [--verbose] [key.sub=value ...]
 """
 
 import os

@@ -1,6 +1,6 @@
 """Ray job entry point: the `pipeline` stage. Runs locally or via `ray job submit -- python jobs/pipeline.py`.
 
-Usage: python jobs/pipeline.py --config configs/demo.yaml [--on-change rebuild|error] [key.sub=value ...]
+Usage: python jobs/pipeline.py --config configs/demo.yaml [--on-change rebuild|error] [--verbose] [key.sub=value ...]
 """
 
 import os

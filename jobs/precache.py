@@ -1,6 +1,6 @@
 """Ray job entry point: the `precache` stage. Runs locally or via `ray job submit -- python jobs/precache.py`.
 
-Usage: python jobs/precache.py --config configs/demo.yaml [--on-change rebuild|error] [key.sub=value ...]
+Usage: python jobs/precache.py --config configs/demo.yaml [--on-change rebuild|error] [--verbose] [key.sub=value ...]
 """
 
 import os

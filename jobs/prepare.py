@@ -1,6 +1,6 @@
 """Ray job entry point: the `prepare` stage. Runs locally or via `ray job submit -- python jobs/prepare.py`.
 
-Usage: python jobs/prepare.py --config configs/demo.yaml [--on-change rebuild|error] [key.sub=value ...]
+Usage: python jobs/prepare.py --config configs/demo.yaml [--on-change rebuild|error] [--verbose] [key.sub=value ...]
 """
 
 import os

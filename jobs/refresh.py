@@ -1,6 +1,6 @@
-"""Ray job entry point: incremental refresh of a finished run from a delta (README "Refresh").
+"""Ray job entry point: incremental refresh of a finished run from a delta (docs/refresh.md).
 
-Usage: python jobs/refresh.py --config configs/demo.yaml run_dir=... refresh.interactions=URI refresh.items=URI
+Usage: python jobs/refresh.py --config configs/demo.yaml run_dir=... refresh.interactions=URI refresh.items=URI [--verbose]
 """
 
 import os

@@ -1,6 +1,6 @@
 """Ray job entry point: the `tasks` stage. Runs locally or via `ray job submit -- python jobs/tasks.py`.
 
-Usage: python jobs/tasks.py --config configs/demo.yaml [--on-change rebuild|error] [key.sub=value ...]
+Usage: python jobs/tasks.py --config configs/demo.yaml [--on-change rebuild|error] [--verbose] [key.sub=value ...]
 """
 
 import os

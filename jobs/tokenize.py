@@ -1,6 +1,6 @@
 """Ray job entry point: the `tokenize` stage. Runs locally or via `ray job submit -- python jobs/tokenize.py`.
 
-Usage: python jobs/tokenize.py --config configs/demo.yaml [--on-change rebuild|error] [key.sub=value ...]
+Usage: python jobs/tokenize.py --config configs/demo.yaml [--on-change rebuild|error] [--verbose] [key.sub=value ...]
 """
 
 import os

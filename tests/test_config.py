@@ -34,6 +34,18 @@ def test_unknown_key_names_its_path(tmp_path):
         load_config(p)
 
 
+def test_a_removed_key_names_its_replacement(tmp_path):
+    """One history-exclusion knob: the CF stage's own copy is gone, and a YAML still setting it
+    is told where the setting lives now."""
+    p = tmp_path / "c.yaml"
+    p.write_text("embed:\n  cf:\n    exclude_history: false\n")
+    with pytest.raises(ConfigError, match=r"(?s)c\.yaml.*embed\.cf\.exclude_history: removed; use precache\.exclude_history"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"use precache\.exclude_history"):
+        load_config(None, ["embed.cf.exclude_history=true"])
+    assert load_config(None, ["precache.exclude_history=false"]).precache.exclude_history is False
+
+
 def test_wrong_type_names_field_and_value():
     with pytest.raises(ConfigError, match=r"prepare\.max_len: .*integer.*'twenty'"):
         load_config(None, ["prepare.max_len=twenty"])

@@ -180,9 +180,9 @@ def test_checkpoint_name_is_the_fingerprint_and_drops_other_runs_of_the_stage(tm
     assert checkpoint_name(stage_run(cfg, "tokenize"), "tokenize") == name  # same config: same name
 
 
-def test_readme_stage_table_is_the_registry():
-    readme = (REPO / "README.md").read_text()
-    assert "\n".join(stage_table()) in readme
+def test_the_pipeline_doc_stage_table_is_the_registry():
+    doc = (REPO / "docs" / "pipeline.md").read_text()
+    assert "\n".join(stage_table()) in doc
 
 
 def test_every_ignored_key_is_named_in_its_config_docstring():

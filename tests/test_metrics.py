@@ -5,20 +5,19 @@ import math
 import numpy as np
 import pytest
 
-from semconv.metrics import hit_at_k, ndcg_at_k, ranking_metrics, topk_from_scores
+from semconv.metrics import ranking_metrics, topk_from_scores
 
 
 def test_single_user_by_hand():
     ranked = [7, 3, 9, 1, 4]
-    assert hit_at_k(ranked, 9, 1) == 0.0
-    assert hit_at_k(ranked, 9, 3) == 1.0
-    assert ndcg_at_k(ranked, 9, 5) == pytest.approx(1 / math.log2(4))  # rank 3
-    assert ndcg_at_k(ranked, 7, 5) == 1.0
+    at_rank_3 = ranking_metrics([ranked], [9], ks=(1, 3, 5))
+    assert at_rank_3["HR@1"] == 0.0 and at_rank_3["HR@3"] == 1.0 and at_rank_3["NDCG@1"] == 0.0
+    assert at_rank_3["NDCG@5"] == pytest.approx(1 / math.log2(4))
+    assert ranking_metrics([ranked], [7], ks=(5,))["NDCG@5"] == 1.0
 
 
 def test_target_missing_from_list_scores_zero():
-    assert hit_at_k([1, 2, 3], 99, 10) == 0.0
-    assert ndcg_at_k([1, 2, 3], 99, 10) == 0.0
+    assert ranking_metrics([[1, 2, 3]], [99], ks=(10,)) == {"HR@10": 0.0, "NDCG@10": 0.0}
 
 
 def test_mean_over_users_by_hand():

@@ -67,8 +67,16 @@ def test_unknown_name_or_path_is_a_clear_error(tmp_path):
         resolve("llama-7b")
 
 
+def test_converted_models_live_under_the_one_cache_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("SEMCONV_CACHE_DIR", str(tmp_path / "root"))
+    assert models.cache_dir() == tmp_path / "root"  # the same root as the remote-artifact copies
+    monkeypatch.delenv("SEMCONV_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert models.cache_dir() == tmp_path / "xdg" / "semconv"
+
+
 def test_missing_wheel_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("SEMCONV_CACHE", str(tmp_path))
+    monkeypatch.setenv("SEMCONV_CACHE_DIR", str(tmp_path))
 
     def no_dist(name):
         raise metadata.PackageNotFoundError(name)
@@ -91,7 +99,7 @@ def test_concurrent_first_use_converts_once_and_deterministically(tmp_path):
         "import hashlib,sys; from semconv.models import resolve; p = resolve('smollm2-135m'); "
         "print(hashlib.sha256((p/'model.safetensors').read_bytes()).hexdigest())"
     )
-    env = {"SEMCONV_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    env = {"SEMCONV_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     procs = [
         subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
         for _ in range(2)

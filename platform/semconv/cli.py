@@ -1,5 +1,6 @@
-"""``semconv <stage>|pipeline|refresh [--config FILE] [--on-change rebuild|error] [key.sub=value ...]``:
-what every job runs. Stages come from the registry (:mod:`semconv.stages`)."""
+"""``semconv <stage>|pipeline|refresh [--config FILE] [--on-change rebuild|error] [--verbose] [key.sub=value ...]``:
+what every job runs. Stages come from the registry (:mod:`semconv.stages`). The console shows each
+stage's progress bar and result; Ray's own logs go to ``<run_dir>/logs/`` (:mod:`semconv.console`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from semconv import console
 from semconv.config import ConfigError, load_config
 from semconv.lineage import StaleArtifactError
 from semconv.pipeline import run_pipeline
@@ -24,6 +26,8 @@ def parse(argv: Sequence[str] | None, stage: str | None = None) -> argparse.Name
     p.add_argument("--on-change", choices=["rebuild", "error"], default=None,
                    help="when the config changed what a complete stage depends on: rebuild it and "
                         "its downstream, or stop naming the key (default: config on_change, rebuild)")
+    p.add_argument("--verbose", action="store_true",
+                   help="print Ray's own logs as well (they always go to <run_dir>/logs/)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = p.parse_intermixed_args(argv)  # overrides before and after --stages
     if stage is not None:
@@ -38,19 +42,21 @@ def main(argv: Sequence[str] | None = None, stage: str | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    if args.stage == "refresh":  # not a pipeline stage: a new serving version of a finished run
-        from semconv.refresh.stage import run_refresh
+    with console.session(cfg.run_dir, args.stage, args.verbose):
+        init_ray(cfg.ray.address, cfg.ray.num_cpus)
+        if args.stage == "refresh":  # not a pipeline stage: a new serving version of a finished run
+            from semconv.refresh.stage import run_refresh
 
-        print(f"Serve it: serve run --address local serve_app.app:app_builder run_dir={run_refresh(cfg)['version']}")
-        return 0
-    stages = [args.stage] if args.stage != "pipeline" else (args.stages.split(",") if args.stages else None)
-    try:
-        run_pipeline(cfg, stages, on_change=args.on_change)
-    except StaleArtifactError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    print_summary(cfg)
+            version = run_refresh(cfg)["version"]
+            print(f"Serve it: serve run --address local serve_app.app:app_builder run_dir={version}")
+            return 0
+        stages = [args.stage] if args.stage != "pipeline" else (args.stages.split(",") if args.stages else None)
+        try:
+            run_pipeline(cfg, stages, on_change=args.on_change)
+        except StaleArtifactError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 3
+        print_summary(cfg)
     return 0
 
 

@@ -63,19 +63,6 @@ def code_tokens_in(text: str) -> set[tuple[int, int]]:
     return {(ord(letter) - ord("a"), int(code)) for letter, code in _TOKEN.findall(text)}
 
 
-def parse_item_tokens(text: str) -> tuple[int, ...]:
-    """Inverse of :func:`item_tokens`; raises on anything that is not a well-formed code run."""
-    matches = list(_TOKEN.finditer(text))
-    if not matches or "".join(m.group(0) for m in matches) != text.strip():
-        raise ValueError(f"not an item code string: {text!r}")
-    codes = []
-    for level, m in enumerate(matches):
-        if ord(m.group(1)) - ord("a") != level:
-            raise ValueError(f"code token {m.group(0)!r} at position {level} has the wrong level")
-        codes.append(int(m.group(2)))
-    return tuple(codes)
-
-
 def item_codes_table(item_ids: np.ndarray, codes: np.ndarray) -> pa.Table:
     """The ``item_codes/`` table: ``item_id`` int64, ``codes`` fixed_size_list<int16>[L]."""
     codes = np.asarray(codes)

@@ -3,7 +3,7 @@
 Every field has a default that runs the embedded demo, so ``PipelineConfig()`` is the demo.
 ``load_config(path, ["tokenize.levels=3"])`` applies ``key.sub=value`` overrides (values are
 parsed as YAML, so ``true``/``3``/``[1, 5]`` get their types). Unknown keys and wrong types raise
-:class:`ConfigError` naming the key path.
+:class:`ConfigError` naming the key path; a removed key (:data:`REMOVED`) names its replacement.
 """
 
 from __future__ import annotations
@@ -105,6 +105,23 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return out
 
 
+REMOVED = {  # a key that no longer exists -> what replaces it (named in the error, not "unknown key")
+    "embed.cf.exclude_history": "precache.exclude_history, the one history-exclusion rule of every "
+                                "system (semconv.protocol)",
+}
+
+
+def _check_removed(raw: dict[str, Any], source: str) -> None:
+    for key, instead in REMOVED.items():
+        node: Any = raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            raise ConfigError(f"invalid config ({source}):\n  {key}: removed; use {instead}")
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
@@ -115,6 +132,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
 
 
 def validate_config(raw: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
+    _check_removed(raw, source)
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as err:

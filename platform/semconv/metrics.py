@@ -21,16 +21,6 @@ def target_rank(ranked: Sequence[int], target: int) -> int | None:
     return None
 
 
-def hit_at_k(ranked: Sequence[int], target: int, k: int) -> float:
-    r = target_rank(ranked[:k], target)
-    return 1.0 if r is not None else 0.0
-
-
-def ndcg_at_k(ranked: Sequence[int], target: int, k: int) -> float:
-    r = target_rank(ranked[:k], target)
-    return 1.0 / math.log2(r + 1) if r is not None else 0.0
-
-
 def ranking_metrics(
     rankings: Iterable[Sequence[int]], targets: Iterable[int], ks: Sequence[int] = (1, 5, 10)
 ) -> dict[str, float]:

@@ -40,8 +40,12 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 def cache_dir() -> Path:
-    """Where converted models live: ``$SEMCONV_CACHE`` or ``~/.cache/semconv``."""
-    return Path(os.environ.get("SEMCONV_CACHE", Path.home() / ".cache" / "semconv")).expanduser()
+    """Where converted models live: the product's one local cache root
+    (:func:`semconv.remote_cache.default_cache_root`: ``$SEMCONV_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/semconv``, else ``~/.cache/semconv``), under ``models/``."""
+    from semconv.remote_cache import default_cache_root
+
+    return default_cache_root().expanduser()
 
 
 def _sha256(path: Path) -> str:

@@ -12,7 +12,8 @@ import semconv
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join ``address`` (a cluster, or 'auto' inside ``ray job submit``) or start a local Ray.
 
-    Workers get the package on ``PYTHONPATH`` so a plain checkout works without installing.
+    Workers get the package on ``PYTHONPATH`` so a plain checkout works without installing. What
+    they print reaches the driver through :func:`semconv.console.capture_worker_output`.
     """
     import ray
 
@@ -31,13 +32,24 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
     else:
         ray.init(address=address, **kwargs)
+    from semconv.console import capture_worker_output
+
+    capture_worker_output()
 
 
 def train_run_config(name: str, storage_path: str, max_failures: int):
     """Ray Train ``RunConfig``: checkpoints in ``storage_path/name`` (the last two kept) and the
-    worker group restarted up to ``max_failures`` times, so a re-run resumes where it stopped."""
+    worker group restarted up to ``max_failures`` times, so a re-run resumes where it stopped.
+
+    ``storage_path`` is a local path or a ``pyarrow.fs`` URI; a URI's options (``?endpoint_override=``
+    for an S3-compatible store) travel as the filesystem object, which Ray Train uses as given.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
-    return RunConfig(name=name, storage_path=storage_path,
+    from semconv.artifacts import filesystem
+
+    fs, path, local = filesystem(storage_path)
+    return RunConfig(name=name, storage_path=path if not local else storage_path,
+                     storage_filesystem=None if local else fs,
                      failure_config=FailureConfig(max_failures=max_failures),
                      checkpoint_config=CheckpointConfig(num_to_keep=2))

@@ -1,6 +1,6 @@
 """The stage registry: the one list of stages, what each reads and writes, and what config it uses.
 
-The pipeline runner, the CLI (``semconv <stage>``, ``jobs/*.py``), the ablations and the README's
+The pipeline runner, the CLI (``semconv <stage>``, ``jobs/*.py``), the ablations and docs/pipeline.md's
 stage table all come from :data:`STAGES`. ``config`` names the config sections or keys a stage's
 artifacts depend on (a section means every key under it); ``ignore`` names keys under them that
 do not change what the stage writes (threads, actors, checkpoint and log cadence, restarts, shard
@@ -24,7 +24,7 @@ class Stage:
     writes: tuple[str, ...]
     config: tuple[str, ...]
     ignore: tuple[str, ...] = ()
-    output: str = ""  # the README's description of what it writes
+    output: str = ""  # docs/pipeline.md's description of what it writes
 
     @property
     def job(self) -> str:
@@ -43,7 +43,7 @@ STAGES: tuple[Stage, ...] = (
           ("embed", "seed"),
           ("embed.cf.cpus_per_worker", "embed.cf.checkpoint_every", "embed.text_batch_size",
            "embed.text_actors"),
-          "`item_emb/` (+ CF model and its metrics), `item_text_emb/`"),
+          "`item_emb/` (+ CF model and its training log), `item_text_emb/`"),
     Stage("tokenize", "semconv.tokenize.stage:run_tokenize", ("item_emb", "item_text_emb"),
           ("codebook", "item_codes"), ("tokenize", "seed"),
           ("tokenize.checkpoint_every", "tokenize.max_failures"),
@@ -58,14 +58,15 @@ STAGES: tuple[Stage, ...] = (
            "finetune.cpus_per_worker"),
           "`model/` (LoRA adapter, or the whole model with `num_layers` / `method: full`; tokenizer with "
           "code tokens, `recommender.json`, `train_metrics.json`)"),
-    Stage("precache", "semconv.inference.stage:run_precache", ("splits", "item_codes", "model"),
-          ("precache",), ("precache", "finetune.base_model", "seed"),
+    Stage("precache", "semconv.inference.stage:run_precache", ("sequences", "item_codes", "model"),
+          ("precache",), ("precache", "prepare.max_len", "finetune.base_model", "seed"),
           ("precache.batch_size", "precache.sort_window", "precache.num_actors",
            "precache.cpus_per_actor", "precache.threads_per_actor", "precache.share_prefix",
            "precache.users_per_shard"),
           "`precache/` (top-K per user, manifest)"),
     Stage("evaluate", "semconv.evaluate.stage:run_evaluate",
-          ("items", "splits", "item_emb", "codebook", "item_codes", "sft", "model", "precache"), ("report",),
+          ("items", "sequences", "splits", "item_emb", "codebook", "item_codes", "sft", "model", "precache"),
+          ("report",),
           ("evaluate", "precache.exclude_history", "precache.num_beams", "prepare.max_len", "finetune.base_model",
            "finetune.code_softmax", "finetune.pack_len", "finetune.max_minutes", "tokenize.levels",
            "tokenize.codes_per_level", "seed"),
@@ -102,7 +103,7 @@ def downstream(name: str) -> list[str]:
 
 
 def stage_table() -> list[str]:
-    """The README's stage table (a test keeps the README equal to it)."""
+    """The stage table of docs/pipeline.md (a test keeps the two equal)."""
     lines = ["| stage | job | reads | writes | config in its fingerprint |",
              "| --- | --- | --- | --- | --- |"]
     for s in STAGES:

@@ -18,7 +18,13 @@ end. The :class:`Session` decides the rest, once for all three:
 ``save(path)`` runs on every worker (DeepSpeed's checkpoint is collective); each trainer writes its
 files from rank 0 only unless its strategy says otherwise. The same ``train_func`` runs in one
 process with a plain ``Session()`` (checkpoints in ``checkpoint_dir``, or none) or on N Ray Train
-workers through :func:`fit`, which gives each worker a :class:`RaySession`.
+workers through :func:`run_on_ray`, which gives each worker a :class:`RaySession`.
+
+What a checkpoint holds is also decided here, once: :func:`save_checkpoint` writes the model the
+``save_pretrained`` way (``model.safetensors``, plus ``config.json`` for a model that saves itself),
+the optimizer's state and the trainer's JSON state; :func:`load_weights`, :func:`load_optimizer`
+and :func:`load_state` read them back. :func:`unwrap` and :func:`seed_everything` are the other two
+things every trainer needs.
 """
 
 from __future__ import annotations
@@ -27,15 +33,20 @@ import contextlib
 import contextvars
 import functools
 import json
+import random
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 PROGRESS = "progress.json"
+WEIGHTS = "model.safetensors"
+OPTIMIZER = "optimizer.pt"
+STATE = "trainer_state.json"
 
 StepCallback = Callable[[int, int], None]
 """``after_step(step, rank)``: runs on every worker after each step's report."""
@@ -46,9 +57,75 @@ _CALLBACKS: contextvars.ContextVar[tuple[StepCallback, ...]] = contextvars.Conte
     "semconv_training_callbacks", default=())
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (CUDA's too), the same on every rank:
+    model initialisations that draw from them start alike, and rank 0's broadcast changes nothing."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP (or DeepSpeed) wrapper; ``model`` itself when it is not wrapped."""
+    return model.module if isinstance(getattr(model, "module", None), torch.nn.Module) else model
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module | Mapping[str, torch.Tensor] | None = None,
+                    optimizer: torch.optim.Optimizer | None = None, state: Mapping[str, Any] | None = None) -> None:
+    """Write a resume point into ``path``: each part given, in a file that loads without unpickling
+    code (safetensors, a tensors-only ``torch.save``, JSON).
+
+    ``model``: a module with ``save_pretrained`` saves itself (the codebook: ``config.json`` +
+    ``model.safetensors``); another module's ``state_dict``, or a mapping of only the tensors that
+    learn (the fine-tune's LoRA and code rows), goes to ``model.safetensors``.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, torch.nn.Module) and hasattr(model, "save_pretrained"):
+        model.save_pretrained(path)
+    elif model is not None:
+        tensors = model.state_dict() if isinstance(model, torch.nn.Module) else model
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path / WEIGHTS))
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), path / OPTIMIZER)
+    if state is not None:
+        (path / STATE).write_text(json.dumps(state))
+
+
+def load_weights(path: Path, model: torch.nn.Module, partial: bool = False) -> None:
+    """Copy the checkpoint's ``model.safetensors`` into ``model`` in place (parameter objects, and
+    so an optimizer built on them, stay valid). ``partial``: the checkpoint holds only some of the
+    model's tensors (the trainable ones); a tensor the model lacks is an error either way."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(path) / WEIGHTS))
+    own = model.state_dict(keep_vars=True)
+    unknown = sorted(set(weights) - set(own))
+    missing = [] if partial else sorted(set(own) - set(weights))
+    if unknown or missing:
+        raise RuntimeError(f"checkpoint {path} does not fit the model: "
+                           + (f"it holds {unknown[0]!r}, which the model lacks" if unknown
+                              else f"it lacks the model's {missing[0]!r}"))
+    with torch.no_grad():
+        for name, value in weights.items():
+            own[name].copy_(value)
+
+
+def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
+    """Restore the optimizer's state (tensors and numbers only: ``weights_only=True``)."""
+    optimizer.load_state_dict(torch.load(Path(path) / OPTIMIZER, weights_only=True))
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """The trainer's JSON state (histories, counters) saved with the checkpoint."""
+    return json.loads((Path(path) / STATE).read_text())
+
+
 @contextlib.contextmanager
 def callbacks(*hooks: StepCallback) -> Iterator[None]:
-    """Run ``hooks`` on every worker of each :func:`fit` started inside this block.
+    """Run ``hooks`` on every worker of each :func:`run_on_ray` started inside this block.
 
     The seam for fault injection: a test kills a worker from here, so neither the trainers nor
     their configs (and the fingerprints built from them) carry anything for it. Hooks travel to
@@ -149,7 +226,7 @@ class RaySession(Session):
 
 
 def _run_worker(
-    train_func: Callable[[dict[str, Any], Session], None], hooks: tuple[StepCallback, ...],
+    train_func: Callable[[dict[str, Any], Session], Any], hooks: tuple[StepCallback, ...],
     checkpoint_every: int, report_every: int | None, config: dict[str, Any],
 ) -> None:
     import ray.train
@@ -166,15 +243,15 @@ def _run_worker(
         train_func(config, session)
 
 
-def fit(
-    train_func: Callable[[dict[str, Any], Session], None], config: dict[str, Any], *, name: str,
+def run_on_ray(
+    train_func: Callable[[dict[str, Any], Session], Any], config: dict[str, Any], *, name: str,
     storage_path: str, num_workers: int, checkpoint_every: int, report_every: int | None = None,
     use_gpu: bool = False, cpus_per_worker: int | None = None, max_failures: int = 2,
 ) -> Any:
     """Run ``train_func`` on ``num_workers`` Ray Train workers (DDP over gloo, or NCCL on GPUs).
 
     Checkpoints go to ``<storage_path>/<name>``; a failed worker group restarts from the latest
-    one (``max_failures`` times), and a new ``fit`` with the same name resumes there. Returns the
+    one (``max_failures`` times), and a new run with the same name resumes there. Returns the
     ``ray.train.Result``, whose checkpoint is the final one.
     """
     from ray.train import ScalingConfig

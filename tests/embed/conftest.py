@@ -81,5 +81,5 @@ def _cf_train_config(users: np.ndarray, items: np.ndarray, num_users: int, num_i
 
 @pytest.fixture(scope="session")
 def cf_train_config():
-    """Builds a small, fast ``train_loop`` config for given train edges (overrides as kwargs)."""
+    """Builds a small, fast ``train_func`` config for given train edges (overrides as kwargs)."""
     return _cf_train_config

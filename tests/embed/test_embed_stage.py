@@ -18,7 +18,7 @@ from semconv.embed.cf import normalized_adjacency, recommend_topk, train_pairs
 from semconv.embed.stage import cf_model_dir, run_embed
 from semconv.embed.supplied import ItemEmbeddingError
 from semconv.embed.text import TextEmbedder
-from semconv.embed.train import train_loop
+from semconv.embed.train import train_func
 
 CF = {"dim": 16, "layers": 2, "epochs": 30, "batch_size": 256, "lr": 1e-2, "weight_decay": 1e-4,
       "checkpoint_every": 10}
@@ -42,7 +42,7 @@ def embedded(tmp_path_factory, planted, tiny_lm_dir, ray_local) -> tuple[Pipelin
 
 
 @pytest.mark.slow  # Ray Train + Ray Data start-up: 1-3 min on the shared 2-core box
-def test_item_emb_has_one_vector_per_item_and_the_cf_metrics(embedded, planted):
+def test_item_emb_has_one_vector_per_item_and_the_cf_training_log(embedded, planted):
     cfg, out = embedded
     run = RunDir(cfg.run_dir)
     table = run.read_table("item_emb")
@@ -50,10 +50,8 @@ def test_item_emb_has_one_vector_per_item_and_the_cf_metrics(embedded, planted):
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 16)
     assert table.column("item_id").to_pylist() == list(range(planted[0].num_rows))
     metrics = json.loads((Path(out["item_emb"]) / "metrics.json").read_text())
-    assert metrics["test"]["HR@10"] > 3 * metrics["test_popularity"]["HR@10"]
-    assert set(metrics["test"]) == {"HR@1", "HR@5", "HR@10", "NDCG@1", "NDCG@5", "NDCG@10"}
     assert len(metrics["train_loss"]) == CF["epochs"]
-    assert run.manifest("item_emb")["test_HR@10"] == metrics["test"]["HR@10"]
+    assert "test" not in metrics  # the CF model is scored once, as the evaluate stage's CF baseline
     assert list((Path(run.root) / "_checkpoints").glob("embed-*/checkpoint_*"))
 
 
@@ -61,7 +59,7 @@ def test_item_emb_has_one_vector_per_item_and_the_cf_metrics(embedded, planted):
 def test_two_ray_train_workers_follow_the_single_process_trajectory(embedded, planted, cf_train_config):
     cfg, _ = embedded
     user_ids, users, items = train_pairs(planted[1])
-    model, _ = train_loop(cf_train_config(users, items, len(user_ids), planted[0].num_rows,
+    model, _ = train_func(cf_train_config(users, items, len(user_ids), planted[0].num_rows,
                                           **CF, seed=cfg.seed))
     with torch.no_grad():
         _, item_e = model(normalized_adjacency(users, items, len(user_ids), planted[0].num_rows))

@@ -1,4 +1,4 @@
-"""Builders for tiny, hand-made run directories (``items/``, ``splits/``, ``precache/``)."""
+"""Builders for tiny, hand-made run directories (``items/``, ``sequences/``, ``splits/``, ``precache/``)."""
 
 from __future__ import annotations
 
@@ -10,30 +10,24 @@ import pytest
 import pyarrow as pa
 
 from semconv.artifacts import RunDir
+from semconv.protocol import leave_last_out
+
+
+def sequences_table(sequences: dict[int, Sequence[int]]) -> pa.Table:
+    """``sequences/`` rows: each user's whole history, oldest first."""
+    return pa.table({"user_id": pa.array(list(sequences), pa.int64()),
+                     "history": pa.array([list(s) for s in sequences.values()], pa.list_(pa.int64()))})
 
 
 def splits_table(sequences: dict[int, Sequence[int]], max_len: int = 20) -> pa.Table:
-    """Leave-last-out rows exactly as the contract says (test = last, valid = second-to-last)."""
-    cols: dict[str, list] = {"split": [], "user_id": [], "history": [], "target": []}
+    """``splits/`` rows of the protocol (test = last, valid = second-to-last, cut to ``max_len``)."""
+    return leave_last_out(sequences_table(sequences), max_len)
 
-    def add(split: str, user: int, history: Sequence[int], target: int) -> None:
-        cols["split"].append(split)
-        cols["user_id"].append(user)
-        cols["history"].append(list(history)[-max_len:])
-        cols["target"].append(target)
 
-    for user, seq in sequences.items():
-        seq = list(seq)
-        for j in range(1, len(seq) - 2):
-            add("train", user, seq[:j], seq[j])
-        add("valid", user, seq[:-2], seq[-2])
-        add("test", user, seq[:-1], seq[-1])
-    return pa.table({
-        "split": pa.array(cols["split"], pa.string()),
-        "user_id": pa.array(cols["user_id"], pa.int64()),
-        "history": pa.array(cols["history"], pa.list_(pa.int64())),
-        "target": pa.array(cols["target"], pa.int64()),
-    })
+def write_histories(run: RunDir, sequences: dict[int, Sequence[int]], max_len: int = 20) -> None:
+    """``sequences/`` and ``splits/`` of a run, as ``prepare`` writes them."""
+    run.write_table("sequences", sequences_table(sequences))
+    run.write_table("splits", splits_table(sequences, max_len), manifest={"max_len": max_len})
 
 
 def write_items(run: RunDir, num_items: int) -> None:
@@ -66,5 +60,6 @@ def random_sequences(n_users: int, n_items: int, seed: int, min_len: int = 3, ma
 @pytest.fixture
 def build() -> SimpleNamespace:
     """The builders above, for tests (test modules do not import conftest directly)."""
-    return SimpleNamespace(splits_table=splits_table, write_items=write_items,
+    return SimpleNamespace(splits_table=splits_table, sequences_table=sequences_table,
+                           write_histories=write_histories, write_items=write_items,
                            write_precache=write_precache, random_sequences=random_sequences)

@@ -79,7 +79,7 @@ def test_run_ablations_collects_each_runs_metrics(tmp_path, build):
         calls.append((cfg.run_dir, sorted(n for n in UPSTREAM if run.is_complete(n))))
         if not run.is_complete("splits"):
             build.write_items(run, 20)
-            run.write_table("splits", build.splits_table(seqs))
+            build.write_histories(run, seqs)
         rank = cfg.tasks.negative_ratio
         ranked = []
         for u in range(12):
@@ -99,7 +99,8 @@ def test_run_ablations_collects_each_runs_metrics(tmp_path, build):
     assert by["neg_ratio_3"]["same_as"] == "full" and by["neg_ratio_3"]["HR@5"] == 1
     # Sibling runs found items/ and splits/ already there (linked), and ran no baselines.
     sib = f"{tmp_path}/main/ablations/neg_ratio_0"
-    assert (sib, ["items", "splits"]) in calls and by["neg_ratio_0"]["reused"] == ["items", "splits"]
+    linked = ["items", "sequences", "splits"]
+    assert (sib, linked) in calls and by["neg_ratio_0"]["reused"] == linked
     sib_metrics = json.loads((tmp_path / "main/ablations/neg_ratio_0/report/metrics.json").read_text())
     assert set(sib_metrics["systems"]) == {"semconv"}
     summary = json.loads((tmp_path / "main/ablations/summary.json").read_text())

@@ -27,7 +27,7 @@ def _run(tmp_path, build, drop_users=()):
         scores[u, seq[-1]] += rng.uniform(0, 3)
     run = RunDir(tmp_path / "run")
     build.write_items(run, N_ITEMS)
-    run.write_table("splits", build.splits_table(seqs))
+    build.write_histories(run, seqs)
     top = topk_from_scores(scores, 10)
     keep = [u for u in range(N_USERS) if u not in set(drop_users)]
     build.write_precache(run, keep, top[keep], k=10)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from semconv.config import load_config
-from semconv.evaluate.popularity import popularity_topk, train_item_counts
 from semconv.evaluate.protocol import evaluate_rankings, split_rows
-from semconv.evaluate.sasrec import SASRec, left_pad, sasrec_topk, train_sasrec, training_pairs
+from semconv.evaluate.sasrec import SASRec, sasrec_topk, shifted_ids, train_sasrec, training_pairs
+from semconv.protocol import popularity, popularity_topk
 
 
 def planted_cycle(n_users: int, n_items: int, seed: int) -> dict[int, list[int]]:
@@ -34,8 +34,7 @@ def test_sasrec_learns_a_planted_sequential_pattern(build):
     model, log = train_sasrec(rows["valid"].histories, rows["valid"], n_items, cfg, max_len=10, seed=0)
     test = rows["test"]
     sasrec = evaluate_rankings(sasrec_topk(model, test.histories, 10), test, [1, 10])
-    counts = train_item_counts(rows["train"], rows["valid"], n_items)
-    popular = evaluate_rankings(popularity_topk(counts, len(test), 10), test, [1, 10])
+    popular = evaluate_rankings(popularity_topk(popularity(splits, n_items), len(test), 10), test, [1, 10])
     assert sasrec["HR@10"] > 0.9 and sasrec["HR@1"] > 0.5
     assert sasrec["HR@10"] > popular["HR@10"] + 0.5
     assert log["best_epoch"] >= 1 and log["valid"] and log["train_loss"][-1] < log["train_loss"][0]
@@ -56,9 +55,9 @@ def test_scores_do_not_depend_on_padding():
     model = SASRec(num_items=30, max_len=12, hidden=16, blocks=2, heads=2, dropout=0.3).eval()
     short, long = [4, 7, 9], list(range(12))
     with torch.no_grad():
-        alone = model(torch.from_numpy(left_pad([short], 12)))[0, -1]
-        trimmed = model(torch.from_numpy(left_pad([short], 12))[:, -3:])[0, -1]
-        batched = model(torch.from_numpy(left_pad([short, long], 12)))[0, -1]
+        alone = model(torch.from_numpy(shifted_ids([short], 12)))[0, -1]
+        trimmed = model(torch.from_numpy(shifted_ids([short], 12))[:, -3:])[0, -1]
+        batched = model(torch.from_numpy(shifted_ids([short, long], 12)))[0, -1]
     torch.testing.assert_close(alone, trimmed)
     torch.testing.assert_close(alone, batched)
     # An empty history still gives finite scores (all-padding rows must not produce NaN).
@@ -106,14 +105,12 @@ def test_baselines_scored_on_a_user_sample_learn_from_every_user(build):
     sample_ids = full["test"].user_ids[full["test"].user_ids < 10]
     sample = {s: (r.restrict(sample_ids) if s != "train" else r) for s, r in full.items()}
 
-    ranked, info = rank_popularity(sample, 20, 5, False, fit=full)
+    ranked, info = rank_popularity(sample, splits, 20, 5, False)
     assert len(ranked["test"]) == len(sample_ids)
     assert sorted(ranked["test"][0][:2].tolist()) == [18, 19]  # outside users dominate the counts
-    restricted, _ = rank_popularity(sample, 20, 5, False)
-    assert info["train_interactions"] == int(train_item_counts(full["train"], full["valid"], 20).sum())
-    assert len(restricted["test"]) == len(sample_ids)
+    assert info["train_interactions"] == int(popularity(splits, 20).sum())
 
     cfg = load_config(None, ["evaluate.sasrec.epochs=1"]).evaluate.sasrec
-    ranked, log = rank_sasrec(sample, 20, 5, False, cfg, max_len=10, seed=0, fit=full)
+    ranked, log = rank_sasrec(sample, 20, 5, False, cfg, max_len=10, seed=0, train_rows=full)
     assert log["sequences"] == len(full["valid"]) > len(sample["valid"])
     assert len(ranked["test"]) == len(sample_ids) and len(ranked["valid"]) == len(sample["valid"])

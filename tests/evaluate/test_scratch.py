@@ -59,8 +59,8 @@ def test_the_scratch_baseline_learns_a_planted_sequential_rule(tiny_lm_dir, tmp_
     run = _planted_run(tmp_path / "run")
     cfg = _config(tmp_path / "run", tiny_lm_dir)
     starts = [[i, next_item(i)] for i in range(N_ITEMS)]
-    rows = {"test": SplitRows("test", np.arange(N_ITEMS), [np.array(h) for h in starts],
-                              np.array([next_item(h[-1]) for h in starts]))}
+    hist = [np.array(h) for h in starts]
+    rows = {"test": SplitRows("test", np.arange(N_ITEMS), hist, np.array([next_item(h[-1]) for h in starts]), hist)}
     ranked, info = rank_scratch(cfg, run, rows, k=3, exclude_history=True)
     assert info["steps"] == 200 and info["layers"] == 2 and info["final_train_loss"] < 1.0
     items = ranked["test"]

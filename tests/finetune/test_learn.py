@@ -5,12 +5,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from semconv.codes import parse_item_tokens
 from semconv.finetune.data import IGNORE_INDEX, encode_example, split_examples
+from semconv.inference.beam_search import constrained_beam_search
+from semconv.inference.ranker import code_token_table, pad_prompts
+from semconv.inference.trie import CodeTrie
 from ..conftest import build_tiny_lm
 
 from .conftest import (
-    K, LEVELS, all_planted_histories, item_codes, planted_example, planted_rows, sft_table_of, train_planted,
+    K, LEVELS, N_ITEMS, all_planted_histories, item_codes, planted_example, planted_rows, sft_table_of,
+    train_planted,
 )
 
 # A short context keeps only the latest history (prompts lose their oldest tokens first), which a
@@ -19,16 +22,17 @@ from .conftest import (
 MAX_LEN = 24
 
 
-def greedy_codes(model, tok, prompt: str) -> tuple[int, ...] | None:
-    """Greedy decoding of one item (L tokens) after the prompt as training saw it."""
-    ids, labels = encode_example(tok, prompt, "x", MAX_LEN)
-    prompt_ids = torch.tensor([[i for i, l in zip(ids, labels) if l == IGNORE_INDEX]])
-    with torch.no_grad():
-        out = model.generate(prompt_ids, max_new_tokens=LEVELS, do_sample=False, pad_token_id=tok.pad_token_id)
-    try:
-        return parse_item_tokens(tok.decode(out[0, prompt_ids.shape[1]:]))
-    except ValueError:
-        return None
+def decoded_items(model, tok, prompts: list[str]) -> list[int]:
+    """The top item after each prompt (cut as training saw it), decoded as the product decodes:
+    constrained beam search over the catalogue's code trie, here one beam wide (greedy per level)."""
+    ids = []
+    for prompt in prompts:
+        row, labels = encode_example(tok, prompt, "x", MAX_LEN)
+        ids.append([i for i, l in zip(row, labels) if l == IGNORE_INDEX])
+    trie = CodeTrie([item_codes(i) for i in range(N_ITEMS)], code_token_table(tok, LEVELS, [K] * LEVELS))
+    input_ids, mask = pad_prompts(ids, tok.pad_token_id)
+    items, _ = constrained_beam_search(model, input_ids, mask, trie, num_beams=1, top_k=1)
+    return items[:, 0].tolist()
 
 
 def test_training_learns_the_planted_next_item_rule(tmp_path):
@@ -45,7 +49,8 @@ def test_training_learns_the_planted_next_item_rule(tmp_path):
 
         merged, tok = trained.model.merge_and_unload().eval(), trained.tokenizer
         cases = all_planted_histories(max_history=1)  # every item once
-        hits = sum(greedy_codes(merged, tok, planted_example(h, t)[0]) == item_codes(t) for h, t in cases)
+        got = decoded_items(merged, tok, [planted_example(h, t)[0] for h, t in cases])
+        hits = sum(item == t for item, (_, t) in zip(got, cases))
         assert hits / len(cases) >= 0.9, f"next-item accuracy {hits}/{len(cases)}"
     finally:
         torch.set_num_threads(threads)

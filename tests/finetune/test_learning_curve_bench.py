@@ -25,6 +25,10 @@ def test_a_variant_changes_only_its_keys_and_is_validated_like_the_config_file(t
     assert v.finetune.num_layers == 12 and v.finetune.lr == 2e-3 and v.tasks.sequential_objective == "prompt"
     assert v.finetune.lora_r == cfg.finetune.lora_r and cfg.finetune.num_layers is None  # the demo's is untouched
     assert learning_curve.variant_config(cfg, "default") == cfg
+    v3 = learning_curve.variant_config(cfg, "levels=3+lora_r=32")
+    assert v3.tokenize.levels == 3 and v3.finetune.lora_r == 32 and cfg.tokenize.levels == 4
+    assert v3.tokenize.codes_per_level == cfg.tokenize.codes_per_level
+    assert learning_curve.variant_config(cfg, "steps=300") == cfg  # the bench's budget, no config key
     with pytest.raises(ValidationError, match="num_layers"):
         learning_curve.variant_config(cfg, "num_layers=0")
     with pytest.raises(SystemExit, match="key=value"):

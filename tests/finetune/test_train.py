@@ -1,6 +1,7 @@
-"""The fine-tuning loop in one process (``train(recipe, data, Session())``): a run resumed from a
-checkpoint ends exactly where the uninterrupted one does, a run restored after its last step
-publishes the final payload again, and the strategy is DeepSpeed only on GPUs with its config."""
+"""The fine-tuning loop in one process (``train(recipe, data, Session())``): its checkpoints go
+through the harness and a resumed run ends exactly where the uninterrupted one does, a run restored
+after its last step publishes the final payload again, and the strategy is DeepSpeed only on GPUs
+with its config."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 
 import dataclasses
 
+from semconv import training
 from semconv.artifacts import RunDir
 from semconv.finetune import checkpoint as ckpt
 from semconv.finetune.recipe import train, train_func
@@ -31,25 +33,24 @@ def loop_config(run_dir: Path, base: Path, **finetune) -> dict:
             "data": read_data(RunDir(run_dir))}
 
 
-def test_a_resumed_run_ends_where_the_uninterrupted_one_does(planted_run_dir, tiny_lm_dir, tmp_path):
-    config = loop_config(planted_run_dir, tiny_lm_dir, max_steps=4, checkpoint_every=2, eval_every=2)
-    train_func(config, Session(checkpoint_every=2, checkpoint_dir=tmp_path / "full"))
-    full = tmp_path / "full" / "checkpoint_000004"
-    torch.load(full / ckpt.OPTIMIZER, weights_only=True)  # tensors and numbers: nothing unpickled
+def test_checkpoints_go_through_the_harness_and_resume_where_they_stopped(planted_run_dir, tiny_lm_dir, tmp_path):
+    config = loop_config(planted_run_dir, tiny_lm_dir, max_steps=2, eval_every=2)
+    train_func(config, Session(checkpoint_dir=tmp_path / "full"))
+    full = tmp_path / "full" / "checkpoint_000002"
+    assert {p.name for p in full.iterdir()} == {  # the harness's parts (trainable weights only) + model/
+        training.WEIGHTS, training.OPTIMIZER, training.STATE, training.PROGRESS, ckpt.FINAL}
 
-    train_func(config, Session(checkpoint_every=2, checkpoint_dir=tmp_path / "resumed",
-                               restored=tmp_path / "full" / "checkpoint_000002"))
-    resumed = tmp_path / "resumed" / "checkpoint_000004"
-    a, b = ckpt.read_history(full), ckpt.read_history(resumed)
-    assert b["resumed_from_step"] == [2] and a["resumed_from_step"] == []
-    assert b["train_steps"] == [1, 2, 3, 4] and b["eval_steps"] == [2, 4]
+    train_func(config, Session(checkpoint_dir=tmp_path / "resumed", restored=tmp_path / "full" / "checkpoint_000001"))
+    resumed = tmp_path / "resumed" / "checkpoint_000002"
+    a, b = training.load_state(full), training.load_state(resumed)
+    assert b["resumed_from_step"] == [1] and a["resumed_from_step"] == []
+    assert b["train_steps"] == [1, 2] and b["eval_steps"] == [2]
     assert b["train_loss"] == a["train_loss"] and b["eval_loss"] == a["eval_loss"] and b["lr"] == a["lr"]
-    wa, wb = load_file(str(full / ckpt.TRAINABLE)), load_file(str(resumed / ckpt.TRAINABLE))
-    assert wa.keys() == wb.keys()
+    wa, wb = load_file(str(full / training.WEIGHTS)), load_file(str(resumed / training.WEIGHTS))
+    assert wa.keys() == wb.keys() and all("lora_" in n or "trainable_tokens" in n for n in wa)
     for name in wa:
         torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=0)
-    assert (resumed / ckpt.FINAL / "adapter_model.safetensors").is_file()
-    assert json.loads((resumed / ckpt.FINAL / "train_metrics.json").read_text())["resumed_from_step"] == [2]
+    assert json.loads((resumed / ckpt.FINAL / "train_metrics.json").read_text())["resumed_from_step"] == [1]
 
 
 def test_a_run_restored_after_its_last_step_publishes_the_final_payload_again(planted_run_dir, tiny_lm_dir,

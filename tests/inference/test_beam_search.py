@@ -7,7 +7,7 @@ import torch
 from semconv.decoding import Decoding
 from semconv.inference.beam_search import BeamSearchError, constrained_beam_search
 from semconv.inference.loading import load_with_random_code_tokens
-from semconv.inference.ranker import GenerativeRanker, left_pad
+from semconv.inference.ranker import GenerativeRanker, pad_prompts
 
 from .conftest import brute_force_scores, random_histories, random_item_codes
 
@@ -109,7 +109,7 @@ def test_bf16_returns_valid_distinct_items(code_lm, items):
 def test_beam_narrower_than_k_is_an_error(code_lm, items):
     model, tok = code_lm
     ranker = GenerativeRanker(model, tok, items, num_beams=5, top_k=5)
-    ids, mask = left_pad(ranker.encode([[1, 2]]), ranker.pad_id)
+    ids, mask = pad_prompts(ranker.encode([[1, 2]]), ranker.pad_id)
     with pytest.raises(BeamSearchError, match="num_beams"):
         constrained_beam_search(model, ids, mask, ranker.trie, num_beams=4, top_k=5)
 
@@ -170,7 +170,7 @@ def test_exclusion_by_custom_item_ids_prunes_whole_prefixes_and_ignores_unknown_
     best = sorted(keep, key=lambda r: -scores[r])[:10]
     assert got[0].tolist() == [int(ids[r]) for r in best]
     np.testing.assert_allclose(got_scores[0], scores[best], atol=1e-4)
-    ids_t, mask = left_pad(ranker.encode([history]), ranker.pad_id)
+    ids_t, mask = pad_prompts(ranker.encode([history]), ranker.pad_id)
     plain = constrained_beam_search(model, ids_t, mask, ranker.trie, 12, 10)
     unknown = constrained_beam_search(model, ids_t, mask, ranker.trie, 12, 10, exclude=[[5, 99999, -3]])
     assert torch.equal(plain[0], unknown[0]) and torch.equal(plain[1], unknown[1])

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from semconv.inference.loading import ModelSpec
+from semconv.inference.run_ranker import RankerSpec
 from semconv.inference.precache import (
     PrecacheError,
     ShardPlan,
@@ -95,9 +96,9 @@ def _run(job, partial: Path, spec=None):
 
     done = open_partial(FS, str(partial), job["plan"], {"test": 1})
     return precache_users(
-        ray.data.from_arrow(job["table"]), job["plan"], FS, str(partial), spec or job["spec"],
-        job["codes"], done=done, num_beams=10, top_k=5, batch_size=16, sort_window=4,
-        num_actors=2, cpus_per_actor=1,
+        ray.data.from_arrow(job["table"]), job["plan"], FS, str(partial),
+        RankerSpec(spec or job["spec"], num_beams=10, top_k=5, max_len=None, exclude_history=False),
+        job["codes"], done=done, batch_size=16, sort_window=4, num_actors=2, cpus_per_actor=1,
     )
 
 
@@ -205,9 +206,9 @@ def test_temp_files_of_a_killed_write_are_removed_on_reopen(tmp_path):
 def test_the_actor_returns_only_valid_items_when_fewer_than_k_remain(tiny_lm_dir):
     from semconv.inference.precache import OUTPUT_SCHEMA, PrecacheActor
 
-    spec = ModelSpec(base_model=str(tiny_lm_dir), dtype="float32", code_levels=LEVELS, codes_per_level=CODES)
-    actor = PrecacheActor(spec, random_item_codes(6, seed=3), np.arange(6), num_beams=8, top_k=5,
-                          batch_size=2, exclude_history=True)
+    model = ModelSpec(base_model=str(tiny_lm_dir), dtype="float32", code_levels=LEVELS, codes_per_level=CODES)
+    spec = RankerSpec(model, num_beams=8, top_k=5, max_len=None, exclude_history=True)
+    actor = PrecacheActor(spec, random_item_codes(6, seed=3), np.arange(6), batch_size=2)
     out = actor(pa.table({"user_id": pa.array([4, 9], pa.int64()), "history": [[0, 1, 2], [5]]}))
     assert out.schema == OUTPUT_SCHEMA
     rows = out.to_pylist()
@@ -220,9 +221,9 @@ def test_the_actor_gives_exactly_top_k_items_to_every_user_with_at_least_top_k_l
     (exclusion prunes the beams at every level), one with fewer gets all that are left."""
     from semconv.inference.precache import PrecacheActor
 
-    spec = ModelSpec(base_model=str(tiny_lm_dir), dtype="float32", code_levels=LEVELS, codes_per_level=CODES)
-    actor = PrecacheActor(spec, random_item_codes(NUM_ITEMS, seed=11), np.arange(NUM_ITEMS), num_beams=10,
-                          top_k=10, batch_size=4, exclude_history=True)
+    model = ModelSpec(base_model=str(tiny_lm_dir), dtype="float32", code_levels=LEVELS, codes_per_level=CODES)
+    spec = RankerSpec(model, num_beams=10, top_k=10, max_len=None, exclude_history=True)
+    actor = PrecacheActor(spec, random_item_codes(NUM_ITEMS, seed=11), np.arange(NUM_ITEMS), batch_size=4)
     rng = np.random.default_rng(5)
     left = [int(n) for n in rng.integers(10, 16, size=11)] + [4]
     keeps = [set(rng.choice(NUM_ITEMS, size=n, replace=False).tolist()) for n in left]

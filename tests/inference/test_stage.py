@@ -1,4 +1,5 @@
-"""run_precache: test-row histories in, one ranked row per test user out, published atomically."""
+"""run_precache: each test user's whole history before the target in, one ranked row per test user out,
+published atomically."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import pytest
 from semconv.artifacts import ArtifactError, RunDir
 from semconv.config import PipelineConfig
 from semconv.inference.stage import PARTIAL, PRECACHE, run_precache
+from semconv.protocol import leave_last_out
 
 from .conftest import CODES, LEVELS, random_item_codes
 
-NUM_ITEMS, NUM_USERS = 30, 120
+NUM_ITEMS, NUM_USERS, MAX_LEN = 30, 120, 4  # histories of 2..10 items before the target
 
 
 def _make_run_dir(path, base_dir) -> RunDir:
@@ -25,15 +27,11 @@ def _make_run_dir(path, base_dir) -> RunDir:
         "item_id": pa.array(np.arange(NUM_ITEMS), pa.int64()),
         "codes": pa.FixedSizeListArray.from_arrays(pa.array(codes.ravel().astype(np.int16)), LEVELS),
     }))
-    rows = []
-    for u in range(NUM_USERS):  # like prepare: users in order, train and test rows mixed
-        seq = rng.integers(0, NUM_ITEMS, size=rng.integers(3, 9)).tolist()
-        rows.append(("train", int(u), seq[:1], seq[1]))
-        rows.append(("test", int(u), seq[:-1], seq[-1]))
-    split, user, hist, target = zip(*rows)
-    run.write_table("splits", pa.table({"split": list(split), "user_id": pa.array(user, pa.int64()),
-                                        "history": pa.array(hist, pa.list_(pa.int64())),
-                                        "target": pa.array(target, pa.int64())}), num_shards=3)
+    seqs = pa.table({"user_id": pa.array(np.arange(NUM_USERS), pa.int64()),  # like prepare: users in order
+                     "history": [rng.choice(NUM_ITEMS, size=rng.integers(3, 12), replace=False).tolist()
+                                 for _ in range(NUM_USERS)]})
+    run.write_table("sequences", seqs, num_shards=3)
+    run.write_table("splits", leave_last_out(seqs, MAX_LEN), num_shards=3, manifest={"max_len": MAX_LEN})
     model, tok, _ = build_finetune_model(base_dir, LEVELS, CODES, lora={"r": 2, "target_modules": ["q_proj"]})
     with run.writing("model", {"base_model": str(base_dir)}) as tmp:
         model.save_pretrained(tmp)
@@ -44,6 +42,7 @@ def _make_run_dir(path, base_dir) -> RunDir:
 def test_run_precache_ranks_every_test_user_once_and_then_skips(ray_local, tiny_lm_dir, tmp_path):
     run = _make_run_dir(tmp_path / "run", tiny_lm_dir)
     cfg = PipelineConfig(run_dir=str(tmp_path / "run"), finetune={"base_model": str(tiny_lm_dir)},
+                         prepare={"max_len": MAX_LEN},
                          precache={"bf16": False, "num_beams": 8, "top_k": 5, "users_per_shard": 50,
                                    "batch_size": 8, "sort_window": 2, "exclude_history": True})
     out = run_precache(cfg)
@@ -51,14 +50,16 @@ def test_run_precache_ranks_every_test_user_once_and_then_skips(ray_local, tiny_
     manifest = run.manifest(PRECACHE)
     assert manifest["users"] == NUM_USERS and manifest["top_k"] == 5 and manifest["shards"] == 3
     assert manifest["model"].endswith("model") and manifest["item_codes"].endswith("item_codes")
+    assert (manifest["max_len"], manifest["exclude_history"], manifest["num_beams"]) == (MAX_LEN, True, 8)
     table = run.read_table(PRECACHE)
     assert table.schema.field("items").type == pa.list_(pa.int64())
     assert table.schema.field("scores").type == pa.list_(pa.float32())
     assert sorted(table["user_id"].to_pylist()) == list(range(NUM_USERS))
-    splits = run.read_table("splits").to_pylist()
-    history = {r["user_id"]: r["history"] for r in splits if r["split"] == "test"}
+    # ranked from everything before the test item: all of it excluded, not only the last MAX_LEN
+    seen = {r["user_id"]: r["history"][:-1] for r in run.read_table("sequences").to_pylist()}
+    assert max(len(h) for h in seen.values()) > MAX_LEN
     for row in table.to_pylist():
-        assert len(set(row["items"])) == 5 and not set(row["items"]) & set(history[row["user_id"]])
+        assert len(set(row["items"])) == 5 and not set(row["items"]) & set(seen[row["user_id"]])
     assert not (tmp_path / "run" / PARTIAL).exists()
     created = manifest["created_at"]
     run_precache(cfg)  # complete: skipped, not rewritten
@@ -67,7 +68,7 @@ def test_run_precache_ranks_every_test_user_once_and_then_skips(ray_local, tiny_
 
 def test_run_precache_names_the_missing_input(tmp_path):
     cfg = PipelineConfig(run_dir=str(tmp_path / "empty"))
-    with pytest.raises(ArtifactError, match="splits"):
+    with pytest.raises(ArtifactError, match="sequences"):
         run_precache(cfg)
 
 

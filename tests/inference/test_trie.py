@@ -9,49 +9,54 @@ from semconv.inference.trie import CodeTrie, CodeTrieError
 CODES = [(0, 1, 2), (0, 1, 0), (0, 2, 1), (3, 0, 0)]  # items 0..3
 
 
+def _node(trie: CodeTrie, prefix) -> int:
+    """The node a code prefix reaches by walking ``children`` (-1: no such prefix); the item id
+    after a whole tuple."""
+    node = 0
+    for level, c in enumerate(prefix):
+        node = int(trie.children[level][node, c])
+        if node < 0:
+            return -1
+    return node
+
+
 def test_root_allows_only_first_codes_of_items():
     trie = CodeTrie(CODES)
-    root = trie.step(0, torch.tensor(0))
-    assert (root >= 0).tolist() == [True, False, False, True]
+    assert (trie.children[0][0] >= 0).tolist() == [True, False, False, True]
 
 
 def test_walking_the_tables_reaches_each_item():
     trie = CodeTrie(CODES)
     for item, codes in enumerate(CODES):
-        node = torch.tensor(0)
-        for level, c in enumerate(codes):
-            node = trie.step(level, node)[c]
-            assert node >= 0
-        assert int(node) == item
-        assert trie.item_of(codes) == item
+        assert all(_node(trie, codes[: n + 1]) >= 0 for n in range(len(codes)))
+        assert _node(trie, codes) == item
 
 
 def test_shared_prefixes_share_nodes_and_only_real_children_are_allowed():
     trie = CodeTrie(CODES)
-    n0 = trie.step(0, torch.tensor(0))[0]
-    n01 = trie.step(1, n0)[1]
-    assert (trie.step(2, n01) >= 0).tolist() == [True, False, True]  # (0,1,0) and (0,1,2)
-    assert trie.num_nodes(1) == 2 and trie.num_nodes(2) == 3  # prefixes (0,), (3,); (0,1), (0,2), (3,0)
+    assert (trie.children[2][_node(trie, (0, 1))] >= 0).tolist() == [True, False, True]  # (0,1,0), (0,1,2)
+    # prefixes (0,), (3,) at level 1; (0,1), (0,2), (3,0) at level 2
+    assert [len(t) for t in trie.children] == [1, 2, 3]
+    assert _node(trie, (0, 1)) != _node(trie, (0, 2))
 
 
-def test_batched_step_gathers_every_node_at_once():
+def test_batched_gathers_read_every_node_at_once():
     trie = CodeTrie(CODES)
     nodes = torch.tensor([[0, 1], [1, 0]])
-    out = trie.step(1, nodes)
+    out = trie.children[1][nodes]
     assert out.shape == (2, 2, 3)
-    assert torch.equal(out[0, 1], trie.step(1, torch.tensor(1)))
+    assert torch.equal(out[0, 1], trie.children[1][1])
 
 
-def test_membership_rejects_invalid_tuples():
+def test_invalid_tuples_reach_no_item():
     trie = CodeTrie(CODES)
-    assert (0, 1, 2) in trie
-    assert (0, 1, 1) not in trie and (1, 0, 0) not in trie and (0, 1) not in trie and (9, 0, 0) not in trie
-    assert trie.item_of((0, 2, 2)) is None
+    assert _node(trie, (0, 1, 2)) == 0
+    assert _node(trie, (0, 1, 1)) == -1 and _node(trie, (1, 0, 0)) == -1 and _node(trie, (0, 2, 2)) == -1
 
 
 def test_custom_item_ids_come_out_at_the_last_level():
     trie = CodeTrie(CODES, item_ids=[10, 11, 12, 13])
-    assert trie.item_of((3, 0, 0)) == 13 and trie.max_item_id == 13
+    assert _node(trie, (3, 0, 0)) == 13 and trie.max_item_id == 13
 
 
 def test_token_ids_map_codes_to_vocabulary():
@@ -69,13 +74,6 @@ def test_token_ids_map_codes_to_vocabulary():
 def test_bad_codes_are_rejected_with_the_reason(codes, match):
     with pytest.raises(CodeTrieError, match=match):
         CodeTrie(np.asarray(codes).reshape(len(codes), -1) if codes else np.zeros((0, 2)))
-
-
-def _node(trie: CodeTrie, prefix) -> int:
-    node = 0
-    for level, c in enumerate(prefix):
-        node = int(trie.children[level][node, c])
-    return node
 
 
 def test_a_node_is_dead_for_a_user_exactly_when_all_its_items_are_excluded():

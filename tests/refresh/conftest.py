@@ -27,8 +27,9 @@ def _behaviour(n: int, seed: int) -> np.ndarray:
     return (centres[np.arange(n) % 4] + rng.normal(size=(n, DIM)) * 0.3).astype(np.float32)
 
 
-def build_run(path: Path, lm_dir: Path) -> None:
-    from semconv.data.prepare import ITEMS_SCHEMA, leave_last_out
+def build_run(path: Path, lm_dir: Path, max_len: int = 20) -> None:
+    from semconv.data.prepare import ITEMS_SCHEMA
+    from semconv.protocol import leave_last_out
     from semconv.embed.supplied import embedding_table
     from semconv.embed.text import TextEmbedder
     from semconv.finetune.model import build_finetune_model
@@ -53,7 +54,7 @@ def build_run(path: Path, lm_dir: Path) -> None:
                      "source_user_id": [f"u{u}" for u in range(NUM_USERS)],
                      "history": pa.array(hist, pa.list_(pa.int64()))})
     run.write_table("sequences", seqs)
-    run.write_table("splits", leave_last_out(seqs, 20), num_shards=2)
+    run.write_table("splits", leave_last_out(seqs, max_len), num_shards=2, manifest={"max_len": max_len})
     emb = _behaviour(NUM_ITEMS, 1)
     run.write_table("item_emb", embedding_table(emb))
     text = TextEmbedder(str(lm_dir), 32)(items.select(["item_id", "title", "description"]))
@@ -71,12 +72,12 @@ def build_run(path: Path, lm_dir: Path) -> None:
     with run.writing("model", {"base_model": str(lm_dir)}) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-    run_precache(config(path, lm_dir))
+    run_precache(config(path, lm_dir, max_len=max_len))
 
 
-def config(run_dir: Path, lm_dir: Path, **refresh) -> PipelineConfig:
+def config(run_dir: Path, lm_dir: Path, max_len: int = 20, **refresh) -> PipelineConfig:
     return PipelineConfig.model_validate({
-        "run_dir": str(run_dir), "finetune": {"base_model": str(lm_dir)},
+        "run_dir": str(run_dir), "finetune": {"base_model": str(lm_dir)}, "prepare": {"max_len": max_len},
         "embed": {"text_model": str(lm_dir), "text_max_tokens": 32},
         "precache": {"bf16": False, "num_beams": 8, "top_k": 5, "users_per_shard": 50, "batch_size": 8,
                      "sort_window": 2, "exclude_history": True},

@@ -11,7 +11,7 @@ from semconv.refresh.decode import plan_refresh
 from semconv.refresh.embeddings import (
     apply_ridge, fit_ridge, fold_in_features, learn_map, neighbour_map, ridge_map, user_profiles,
 )
-from semconv.refresh.histories import extend_sequences, recent, refresh_splits
+from semconv.refresh.histories import extend_sequences, refresh_splits
 
 
 def test_ridge_recovers_a_linear_map():
@@ -74,12 +74,6 @@ def test_extend_sequences_touches_only_delta_users_and_drops_repeats():
                                       "target": pa.array([2, 3], pa.int64())}), seqs, touched, 20)
     assert [r["user_id"] for r in splits.to_pylist()] == [0, 1]  # a 1-item history has no rows
     assert splits.to_pylist()[1] == {"split": "train", "user_id": 1, "history": [3], "target": 7}
-
-
-def test_recent_keeps_the_last_items_columnar():
-    arr = pa.array([[1, 2, 3, 4], [], None, [5]], pa.list_(pa.int64()))
-    assert recent(arr, 2).to_pylist() == [[3, 4], [], [], [5]]
-    assert recent(arr.slice(2), 1).to_pylist() == [[], [5]]
 
 
 def test_plan_sends_users_to_the_shard_holding_their_id_and_new_users_to_new_shards(tmp_path):

@@ -18,7 +18,8 @@ import torch
 from semconv.artifacts import RunDir
 from semconv.codes import item_codes_table, item_tokens
 from semconv.config import PipelineConfig
-from semconv.data.prepare import ITEMS_SCHEMA, leave_last_out
+from semconv.data.prepare import ITEMS_SCHEMA
+from semconv.protocol import leave_last_out
 from semconv.decoding import Decoding
 from semconv.prompts import history_prompt
 from tests.conftest import build_tiny_lm

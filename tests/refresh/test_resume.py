@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import semconv.refresh.stage as stage
+import semconv.inference.run_ranker as run_ranker
 from semconv.artifacts import RunDir
 from semconv.inference.loading import ModelSpec
 from semconv.refresh.stage import run_refresh
@@ -46,7 +46,7 @@ def test_a_killed_refresh_reruns_to_the_same_result_touching_no_finished_shard_t
     marker = str(tmp_path / "m")
     # raises once, at the last forward of the 5th of 5 blocks of 16 users (prefix + 2 batches x 3
     # levels per block): shard 0 (users 0-39, blocks 1-3) is normally written by then
-    monkeypatch.setattr(stage, "ModelSpec", lambda **kw: FaultySpec(**kw, marker=marker, at=31, how="raise"))
+    monkeypatch.setattr(run_ranker, "ModelSpec", lambda **kw: FaultySpec(**kw, marker=marker, at=31, how="raise"))
     with pytest.raises(Exception, match="injected failure"):
         run_refresh(config(killed, tiny_lm_dir, interactions=inter))
     rank = killed / "versions" / "v0001.partial" / "rank"
@@ -54,7 +54,7 @@ def test_a_killed_refresh_reruns_to_the_same_result_touching_no_finished_shard_t
     # whether shard 0 reached the driver before the error depends on Ray Data's streaming
     assert len(before) <= 1 and not (killed / "versions" / "v0001").exists()
 
-    monkeypatch.setattr(stage, "ModelSpec", ModelSpec)
+    monkeypatch.setattr(run_ranker, "ModelSpec", ModelSpec)
     out = run_refresh(config(killed, tiny_lm_dir, interactions=inter))["version"]
     manifest = RunDir(killed).manifest("versions/v0001")
     assert manifest["rank"]["rank_shards_done_before"] == len(before)

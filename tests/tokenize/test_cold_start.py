@@ -8,11 +8,12 @@ import pytest
 
 from semconv.artifacts import RunDir
 from semconv.tokenize.assign import assign_codes
-from semconv.tokenize.cold_start import CodebookTokenizer, tokenize_items
+from semconv.tokenize.cold_start import CodebookTokenizer
 from semconv.tokenize.collisions import resolve_collisions
 from semconv.tokenize.config import TokenizeConfig
 from semconv.tokenize.inputs import TokenizeInputError
-from semconv.tokenize.train import fit
+
+from .tokenize_helpers import train_in_process
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def saved(tmp_path_factory):
 
     data = planted(n=600, seed=7)
     cfg = TokenizeConfig(levels=3, codes_per_level=16, epochs=2, batch_size=200, kmeans_iters=5)
-    model, _ = fit(cfg, data.embeddings, data.text)
+    model, _ = train_in_process(cfg, data.embeddings, data.text)
     root = tmp_path_factory.mktemp("cold")
     model.save_pretrained(root / "codebook")
     books = model.codebook_vectors()
@@ -36,8 +37,8 @@ def saved(tmp_path_factory):
 
 def test_cold_start_equals_batch_assignment_before_resolution(saved):
     root, data, raw, _ = saved
-    np.testing.assert_array_equal(tokenize_items(root / "codebook", data.embeddings), raw)
     tok = CodebookTokenizer.from_pretrained(root / "codebook")
+    np.testing.assert_array_equal(tok(data.embeddings), raw)
     for i in (0, 17, 599):  # one item at a time too
         np.testing.assert_array_equal(tok(data.embeddings[i : i + 1]), raw[i : i + 1])
     assert tok(np.zeros((0, 16), np.float32)).shape == (0, 3)
@@ -77,7 +78,7 @@ def test_cold_start_equals_batch_for_the_encoder_decoder_ablation(tmp_path):
     data = planted(n=600, seed=8)
     cfg = TokenizeConfig(levels=3, codes_per_level=16, epochs=1, batch_size=200, kmeans_iters=5,
                          encoder_decoder=True, ed_hidden_dim=32, ed_latent_dim=8)
-    model, _ = fit(cfg, data.embeddings, data.text)
+    model, _ = train_in_process(cfg, data.embeddings, data.text)
     model.save_pretrained(tmp_path / "cb")
     batch, _ = assign_codes(model.embed(data.embeddings), model.codebook_vectors())
     tok = CodebookTokenizer.from_pretrained(tmp_path / "cb")

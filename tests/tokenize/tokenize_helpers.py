@@ -29,6 +29,14 @@ def planted(n: int = 1200, d: int = 16, clusters: int = 8, d_llm: int = 24, seed
     return Planted(x.astype(np.float32), text.astype(np.float32), labels)
 
 
+def train_in_process(cfg, embeddings: np.ndarray, text: np.ndarray | None = None, seed: int = 0):
+    """``(codebook, history)`` from the package's worker loop run in this process (``Session()``)."""
+    from semconv.tokenize.train import train_func
+
+    return train_func({"tokenize": cfg.model_dump(), "seed": seed, "embeddings": embeddings,
+                       "text_embeddings": text})
+
+
 def emb_table(ids: np.ndarray, emb: np.ndarray) -> pa.Table:
     values = pa.array(np.ascontiguousarray(emb, dtype=np.float32).ravel())
     return pa.table({

@@ -18,8 +18,8 @@ the batch's layer-0 vectors. Negatives are not rejected against the user's posit
 thousands of items a collision is rare (about 1 in 900 on the demo) and rejection would make the
 sampler sequential.
 
-Evaluation ranks *all* items for each user except that row's history (``exclude_history``; the
-demo data has no repeated items, so this never hides a target).
+The model is evaluated as a recommender by the evaluate stage (:func:`recommend_topk`, the CF
+baseline), under the same protocol and exclusion as every other system.
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from semconv.metrics import ranking_metrics, topk_from_scores
+from semconv.metrics import topk_from_scores
+from semconv.protocol import train_interactions
+from semconv.training import unwrap
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -48,23 +49,16 @@ class UnknownUserError(ValueError):
 
 
 def train_pairs(splits: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unique (user row, item) edges from the train rows' history + target.
+    """The graph's edges: the train interactions (:func:`semconv.protocol.train_interactions`).
 
     Returns ``(user_ids, users, items)``: ``user_ids`` are the sorted distinct users of *every*
     split (so valid/test users without train rows still get a row), ``users`` index into it.
     """
     user_ids = np.unique(splits.column("user_id").to_numpy()).astype(np.int64)
-    train = splits.filter(pc.equal(splits.column("split"), "train"))
-    if train.num_rows == 0:
-        raise ValueError("splits/: no rows with split == 'train' to train the CF model on")
-    hist = train.column("history").combine_chunks()
-    lengths = pc.list_value_length(hist).fill_null(0).to_numpy()
-    rows = np.repeat(np.arange(train.num_rows), lengths)
-    items = np.concatenate([pc.list_flatten(hist).to_numpy(), train.column("target").to_numpy()])
-    rows = np.concatenate([rows, np.arange(train.num_rows)])
-    users = np.searchsorted(user_ids, train.column("user_id").to_numpy()[rows])
-    pairs = np.unique(np.stack([users, items.astype(np.int64)], axis=1), axis=0)
-    return user_ids, pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
+    pair_users, items = train_interactions(splits)
+    if len(items) == 0:
+        raise ValueError("splits/: no train interactions to train the CF model on")
+    return user_ids, np.searchsorted(user_ids, pair_users).astype(np.int64), items
 
 
 def normalized_adjacency(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int) -> torch.Tensor:
@@ -123,7 +117,7 @@ def bpr_loss(
     user_e, item_e = model(adj)
     u, p, n = user_e[users], item_e[pos], item_e[neg]
     bpr = nn.functional.softplus((u * n).sum(-1) - (u * p).sum(-1)).sum()
-    base = model.module.embedding if hasattr(model, "module") else model.embedding
+    base = unwrap(model).embedding
     nu = base.shape[0] - item_e.shape[0]
     l2 = (base[users].square().sum() + base[nu + pos].square().sum() + base[nu + neg].square().sum()) / 2
     return (bpr + reg * l2) / denom
@@ -185,30 +179,7 @@ class CFRecommender:
 def recommend_topk(
     model_dir: str | Path, user_ids: np.ndarray, k: int, histories: list[np.ndarray] | None = None
 ) -> np.ndarray:
-    """Load a saved CF model and return ``(len(user_ids), k)`` top item ids, best first.
-
-    Pass each user's history as ``histories`` to exclude it, as the CF metrics do when the model's
-    config has ``exclude_history`` (the evaluate stage's baseline should do the same).
-    """
+    """Load a saved CF model and return ``(len(user_ids), k)`` top item ids, best first;
+    ``histories[j]`` (the protocol's exclusion for user ``j``) are masked."""
     return CFRecommender.from_pretrained(model_dir).recommend(np.asarray(user_ids), k, histories)
 
-
-def evaluate_rows(
-    model: CFRecommender, rows: pa.Table, exclude_history: bool, ks: tuple[int, ...] = (1, 5, 10)
-) -> dict[str, float]:
-    """HR@K / NDCG@K of the CF model on split rows (``user_id``, ``history``, ``target``)."""
-    hist = [np.asarray(h, dtype=np.int64) for h in rows.column("history").to_pylist()]
-    top = model.recommend(rows.column("user_id").to_numpy(), max(ks), hist if exclude_history else None)
-    return ranking_metrics(top, rows.column("target").to_numpy(), ks)
-
-
-def popularity_metrics(
-    counts: np.ndarray, rows: pa.Table, exclude_history: bool, ks: tuple[int, ...] = (1, 5, 10)
-) -> dict[str, float]:
-    """The most-popular-items baseline (``counts`` from
-    :func:`semconv.evaluate.popularity.train_interaction_counts`) under the same protocol."""
-    from semconv.evaluate.popularity import popularity_topk
-
-    hist = [np.asarray(h, dtype=np.int64) for h in rows.column("history").to_pylist()]
-    top = popularity_topk(counts, rows.num_rows, max(ks), hist if exclude_history else None)
-    return ranking_metrics(top, rows.column("target").to_numpy(), ks)

@@ -29,9 +29,6 @@ class CFConfig(Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP over gloo)")
     cpus_per_worker: int = Field(1, ge=1)
     checkpoint_every: int = Field(10, ge=1, description="epochs between checkpoints")
-    exclude_history: bool = Field(
-        True, description="rank all items except the user's history (metrics and recommend)"
-    )
 
 
 class EmbedConfig(Section):

@@ -2,9 +2,10 @@
 
 ``item_emb/`` holds the user's own recommender's vectors when ``embed.item_embeddings`` is set;
 otherwise LightGCN is trained on the train split (Ray Train) and the artifact also carries the
-model (``cf_model/``, reusable as a baseline recommender through :func:`recommend_topk`) and its
-valid/test metrics (``metrics.json``). Each artifact is skipped when already complete (the
-pipeline deletes both first when the stage's config or inputs changed, :mod:`semconv.lineage`).
+model (``cf_model/``, the evaluate stage's CF baseline through :func:`recommend_topk`, scored
+there with every other system) and its training log (``metrics.json``). Each artifact is skipped
+when already complete (the pipeline deletes both first when the stage's config or inputs
+changed, :mod:`semconv.lineage`).
 """
 
 from __future__ import annotations
@@ -15,24 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from semconv.artifacts import RunDir
 from semconv.config import PipelineConfig
-from semconv.embed.cf import (
-    CFRecommender,
-    LightGCN,
-    evaluate_rows,
-    normalized_adjacency,
-    popularity_metrics,
-    train_pairs,
-)
+from semconv.embed.cf import CFRecommender, normalized_adjacency, train_pairs
 from semconv.embed.supplied import embedding_table, load_item_embeddings
 from semconv.embed.text import embed_item_texts
-from semconv.embed.train import fit_cf
-from semconv.evaluate.popularity import train_interaction_counts
+from semconv.embed.train import train_lightgcn
 from semconv.lineage import checkpoint_name, stage_run
 
 CF_MODEL_DIR = "cf_model"
@@ -46,7 +38,7 @@ def _ensure_ray(cfg: PipelineConfig) -> None:
 
 
 def train_cf_model(cfg: PipelineConfig, run: RunDir, num_items: int) -> tuple[CFRecommender, dict[str, Any]]:
-    """Train LightGCN on the train split with Ray Train; return the model and its metrics.
+    """Train LightGCN on the train interactions with Ray Train; return the model and its training log.
 
     Checkpoints are keyed by the stage's lineage fingerprint (``run`` from
     :func:`semconv.lineage.stage_run`), so a rerun after a crash resumes and a changed one never does.
@@ -64,25 +56,17 @@ def train_cf_model(cfg: PipelineConfig, run: RunDir, num_items: int) -> tuple[CF
               "checkpoint_every": c.checkpoint_every}
     _ensure_ray(cfg)
     start = time.perf_counter()
-    state = fit_cf(config, c.num_workers, c.cpus_per_worker, run.checkpoint_root, checkpoint_name(run, "embed"))
+    model, losses = train_lightgcn(config, c.num_workers, c.cpus_per_worker, run.checkpoint_root,
+                                   checkpoint_name(run, "embed"))
     train_seconds = time.perf_counter() - start
-    model = LightGCN(len(user_ids), num_items, c.dim, c.layers)
     with torch.no_grad():
-        model.embedding.copy_(state["embedding"])
         user_e, item_e = model(normalized_adjacency(users, items, len(user_ids), num_items))
     model_config = {k: v for k, v in config.items() if k not in ("users", "items")}
-    model_config.update(exclude_history=c.exclude_history, train_edges=len(users))
+    model_config.update(train_edges=len(users))
     rec = CFRecommender(user_ids, user_e.numpy(), item_e.numpy(), model_config)
-    metrics: dict[str, Any] = {"model": "lightgcn", "train_loss": state["losses"],
+    metrics: dict[str, Any] = {"model": "lightgcn", "train_loss": losses,
                                "train_seconds": round(train_seconds, 2), "num_workers": c.num_workers,
-                               "protocol": "all items ranked" + (", history excluded" if c.exclude_history else ""),
                                "user_representation": "LightGCN user vector of the train graph"}
-    counts = train_interaction_counts(splits, num_items)
-    for split in ("valid", "test"):
-        rows = splits.filter(pc.equal(splits.column("split"), split))
-        if rows.num_rows:
-            metrics[split] = evaluate_rows(rec, rows, c.exclude_history)
-            metrics[f"{split}_popularity"] = popularity_metrics(counts, rows, c.exclude_history)
     return rec, metrics
 
 
@@ -95,9 +79,7 @@ def _behaviour_embeddings(cfg: PipelineConfig, run: RunDir, items: pa.Table) -> 
                         manifest={"source": "supplied", "path": supplied, "dim": int(vectors.shape[1])})
         return run.path("item_emb")
     rec, metrics = train_cf_model(cfg, run, num_items)
-    test = metrics.get("test", {})
-    manifest = {"source": "lightgcn", "dim": int(rec.item_embedding.shape[1]), "rows": num_items,
-                "test_HR@10": test.get("HR@10"), "test_NDCG@10": test.get("NDCG@10")}
+    manifest = {"source": "lightgcn", "dim": int(rec.item_embedding.shape[1]), "rows": num_items}
     with run.writing("item_emb", manifest) as tmp:
         pq.write_table(embedding_table(rec.item_embedding), tmp / "part-00000.parquet")
         rec.save_pretrained(tmp / CF_MODEL_DIR)
@@ -132,6 +114,9 @@ def run_embed(cfg: PipelineConfig) -> dict[str, str]:
     if need_text:
         _text_embeddings(cfg, run, items_table)
     out["item_text_emb"] = run.path("item_text_emb")
+    emb, text = run.manifest("item_emb"), run.manifest("item_text_emb")
+    print(f"embed: item_emb/ {emb.get('dim', '?')}-d from {emb.get('source', '?')}, "
+          f"item_text_emb/ {text.get('dim', '?')}-d from {text.get('model', '?')}", flush=True)
     return out
 
 

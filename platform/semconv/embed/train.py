@@ -1,56 +1,49 @@
 """Training LightGCN with BPR: one loop that runs in one process or on N Ray Train workers.
 
-:func:`train_loop` is the whole procedure; it takes a :class:`semconv.training.Session` (a plain
-one in unit tests, a Ray one under :func:`fit_cf`) for its rank, resume point and checkpoints. Every
-worker draws the *same* seeded permutation and negatives each epoch and takes its strided share of
-each global batch; each worker's loss is scaled so that DDP's gradient average equals the gradient
-of the global batch mean. So N workers follow the same trajectory as one (up to float summation
-order), and a run is deterministic given the seed.
+:func:`train_func` is the whole procedure; it takes a :class:`semconv.training.Session` (a plain
+one in unit tests, a Ray one under :func:`train_lightgcn`) for its rank, resume point and
+checkpoints. Every worker draws the *same* seeded permutation and negatives each epoch and takes its
+strided share of each global batch; each worker's loss is scaled so that DDP's gradient average
+equals the gradient of the global batch mean. So N workers follow the same trajectory as one (up to
+float summation order), and a run is deterministic given the seed.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from semconv import training
 from semconv.embed.cf import LightGCN, bpr_loss, normalized_adjacency
 from semconv.training import Session
 
-STATE_NAME = "trainer_state.json"
-OPTIM_NAME = "optimizer.pt"
-WEIGHTS_NAME = "model.safetensors"
 
-
-def train_loop(config: dict[str, Any], session: Session | None = None) -> tuple[LightGCN, list[float]]:
+def train_func(config: dict[str, Any], session: Session | None = None) -> tuple[LightGCN, list[float]]:
     """Train LightGCN on ``config["users"], config["items"]`` edges; returns (model, epoch losses).
 
     Without ``session``: one process, no checkpoints. Reports and checkpoints go through the
-    session, at the cadence it was given (:func:`fit_cf` passes ``config["checkpoint_every"]``).
+    session, at the cadence it was given (:func:`train_lightgcn` passes ``config["checkpoint_every"]``).
     """
     c = config
     session = session or Session()
     rank, world_size = session.rank, session.world
+    training.seed_everything(c["seed"])
     users = torch.tensor(np.asarray(c["users"]), dtype=torch.int64)  # a copy: Ray's arrays are read-only
     items = torch.tensor(np.asarray(c["items"]), dtype=torch.int64)
     model = LightGCN(c["num_users"], c["num_items"], c["dim"], c["layers"], seed=c["seed"])
     opt = torch.optim.Adam(model.parameters(), lr=c["lr"])
     losses: list[float] = []
     if session.restored is not None:
-        resume = load_checkpoint(session.restored)
-        with torch.no_grad():
-            model.embedding.copy_(resume["embedding"])
-        opt.load_state_dict(resume["optimizer"])
-        losses = list(resume["losses"])
+        training.load_weights(session.restored, model)
+        training.load_optimizer(session.restored, opt)
+        losses = list(training.load_state(session.restored)["losses"])
 
     def save(path: Path) -> None:
         if rank == 0:
-            save_checkpoint(path, model, opt, losses)
+            training.save_checkpoint(path, model, opt, {"losses": losses})
 
     net = session.prepare_model(model)
     adj = normalized_adjacency(users.numpy(), items.numpy(), c["num_users"], c["num_items"])
@@ -77,33 +70,17 @@ def train_loop(config: dict[str, Any], session: Session | None = None) -> tuple[
     return model, losses
 
 
-def save_checkpoint(path: str | Path, model: LightGCN, opt: torch.optim.Optimizer, losses: list[float]) -> None:
-    path = Path(path)
-    save_file({"embedding": model.embedding.detach().contiguous()}, str(path / WEIGHTS_NAME))
-    torch.save(opt.state_dict(), path / OPTIM_NAME)
-    (path / STATE_NAME).write_text(json.dumps({"losses": losses}))
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``{"embedding", "optimizer", "losses"}`` of a :func:`save_checkpoint` directory."""
-    path = Path(path)
-    state = json.loads((path / STATE_NAME).read_text())
-    return {
-        "embedding": load_file(str(path / WEIGHTS_NAME))["embedding"],
-        "optimizer": torch.load(path / OPTIM_NAME, weights_only=True),
-        **state,
-    }
-
-
-def fit_cf(
+def train_lightgcn(
     config: dict[str, Any], num_workers: int, cpus_per_worker: int, storage_path: str, name: str
-) -> dict[str, Any]:
-    """Run :func:`train_loop` on ``num_workers`` Ray Train workers; return the final checkpoint's
-    state (:func:`load_checkpoint`). Checkpoints go to ``<storage_path>/<name>``; a re-run with the
-    same name resumes from them."""
-    result = training.fit(
-        train_loop, config, name=name, storage_path=storage_path, num_workers=num_workers,
+) -> tuple[LightGCN, list[float]]:
+    """Run :func:`train_func` on ``num_workers`` Ray Train workers; return the model and epoch losses
+    of the final checkpoint. Checkpoints go to ``<storage_path>/<name>``; a re-run with the same name
+    resumes from them."""
+    result = training.run_on_ray(
+        train_func, config, name=name, storage_path=storage_path, num_workers=num_workers,
         checkpoint_every=config["checkpoint_every"], cpus_per_worker=cpus_per_worker, max_failures=2,
     )
+    model = LightGCN(config["num_users"], config["num_items"], config["dim"], config["layers"])
     with result.checkpoint.as_directory() as d:
-        return load_checkpoint(d)
+        training.load_weights(Path(d), model)
+        return model, training.load_state(Path(d))["losses"]

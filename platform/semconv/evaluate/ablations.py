@@ -8,6 +8,9 @@ sequences/ splits/ item_emb/ item_text_emb/`` and retrains from the codebook on;
 lineage check then skips them in the sibling run.
 Baselines do not depend on any ablated switch, so ablation runs score ours only; the main run's
 report holds the baselines. ``python -m semconv.evaluate.ablations --config c.yaml wo_negative``.
+
+An orchestration above the pipeline, not a part of the evaluate stage: it runs whole pipelines and
+nothing in the package imports it, so its (lazy) import of :mod:`semconv.pipeline` is no cycle.
 """
 
 from __future__ import annotations
@@ -132,7 +135,7 @@ def _default_pipeline(cfg: PipelineConfig) -> Any:
 
 
 def _semconv_row(run: RunDir) -> dict[str, Any]:
-    with run.fs.open_input_stream(f"{run.path('report')}/metrics.json") as f:
+    with run.fs.open_input_stream(run.file("report", "metrics.json")) as f:
         metrics = json.loads(f.read().decode())
     if "semconv" not in metrics.get("systems", {}):
         raise AblationError(f"{run.path('report')}/metrics.json has no 'semconv' system")

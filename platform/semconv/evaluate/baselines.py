@@ -2,9 +2,10 @@
 
 Every function returns ``(rankings per split, info)``: rankings are ``(users, k)`` item ids,
 best first, aligned with that split's rows, so the stage scores them with the same code as ours.
-``fit`` holds every user's rows, what a baseline learns from; ``rows`` may be a user sample (a
-demo precache scores a sample): restricting what baselines *learn* to the sample would weaken
-them (SASRec trained on 2,000 instead of 8,317 sequences).
+What a baseline learns from holds every user (``train_rows``, or the whole ``splits/``); ``rows`` may be
+a user sample (a demo precache scores a sample): restricting what baselines *learn* to the sample
+would weaken them (SASRec trained on 2,000 instead of 8,317 sequences). Every baseline masks the
+same items as ours (:func:`~semconv.evaluate.protocol.history_exclusions`).
 A baseline that cannot run (e.g. no CF model because the user supplied item embeddings) raises
 :class:`BaselineUnavailable`, and the report says why instead of showing a number.
 """
@@ -15,12 +16,13 @@ import time
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from semconv.artifacts import RunDir
 from semconv.evaluate.config import SASRecConfig
-from semconv.evaluate.popularity import popularity_topk, train_item_counts
 from semconv.evaluate.protocol import SplitRows, history_exclusions
 from semconv.evaluate.sasrec import sasrec_topk, torch_threads, train_sasrec
+from semconv.protocol import popularity, popularity_topk
 
 Rankings = dict[str, np.ndarray]
 
@@ -30,12 +32,11 @@ class BaselineUnavailable(RuntimeError):
 
 
 def rank_popularity(
-    rows: dict[str, SplitRows], num_items: int, k: int, exclude_history: bool,
-    fit: dict[str, SplitRows] | None = None,
+    rows: dict[str, SplitRows], splits: pa.Table, num_items: int, k: int, exclude_history: bool,
 ) -> tuple[Rankings, dict[str, Any]]:
-    """Most-popular items of the train split (of every user in ``fit``) for every row."""
-    fit = fit or rows
-    counts = train_item_counts(fit["train"], fit["valid"], num_items)
+    """Most-popular items of the train interactions of ``splits`` (every user, whatever sample
+    ``rows`` holds) for every row."""
+    counts = popularity(splits, num_items)
     out = {
         name: popularity_topk(counts, len(r), k, history_exclusions(r, exclude_history))
         for name, r in rows.items() if name != "train"
@@ -47,13 +48,13 @@ def rank_popularity(
 
 def rank_sasrec(
     rows: dict[str, SplitRows], num_items: int, k: int, exclude_history: bool,
-    cfg: SASRecConfig, max_len: int, seed: int, fit: dict[str, SplitRows] | None = None,
+    cfg: SASRecConfig, max_len: int, seed: int, train_rows: dict[str, SplitRows] | None = None,
 ) -> tuple[Rankings, dict[str, Any]]:
     """Train SASRec on each user's train sequence (the valid row's history, every user in
-    ``fit``), early-stopped on valid. At test time the model reads the test row's history
+    ``train_rows``), early-stopped on valid. At test time the model reads the test row's history
     (train items + the valid target).
     """
-    valid = (fit or rows)["valid"]
+    valid = (train_rows or rows)["valid"]
     model, log = train_sasrec(valid.histories, valid, num_items, cfg, max_len, seed, exclude_history)
     with torch_threads(cfg.num_threads):
         out = {

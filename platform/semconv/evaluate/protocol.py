@@ -1,9 +1,10 @@
-"""The evaluation protocol: leave-last-out targets, rankings per user, HR@K / NDCG@K.
+"""Scoring under the protocol: split rows, rankings per user, HR@K / NDCG@K.
 
 Every system (ours from ``precache/``, and each baseline) is scored by the same code: a ranking
 (best first) per evaluated user, aligned with that user's held-out target, fed to
 :func:`semconv.metrics.ranking_metrics`. A user a system has no ranking for counts as a miss
-(an empty ranking), so no system looks better by dropping hard users.
+(an empty ranking), so no system looks better by dropping hard users. The rules themselves
+(held-out items, history exclusion) live in :mod:`semconv.protocol`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from semconv.metrics import ranking_metrics
-
-SPLITS = ("train", "valid", "test")
+from semconv.protocol import SPLITS, history_before
 
 
 class EvaluationError(ValueError):
@@ -26,12 +26,15 @@ class EvaluationError(ValueError):
 
 @dataclass(frozen=True)
 class SplitRows:
-    """The rows of one split: user ``i`` has ``histories[i]`` (oldest first) and ``targets[i]``."""
+    """The rows of one split: user ``i`` has ``histories[i]`` (oldest first, cut to ``max_len``:
+    a model's input) and ``targets[i]``; ``seen[i]`` is everything before the target (uncut: what
+    history exclusion masks; None when read without ``sequences/``)."""
 
     split: str
     user_ids: np.ndarray
     histories: list[np.ndarray]
     targets: np.ndarray
+    seen: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -39,12 +42,17 @@ class SplitRows:
     def restrict(self, user_ids: np.ndarray) -> SplitRows:
         """The rows of the users in ``user_ids`` (order kept): every system scored on one sample."""
         keep = np.isin(self.user_ids, user_ids)
+        seen = None if self.seen is None else [h for h, k in zip(self.seen, keep) if k]
         return SplitRows(self.split, self.user_ids[keep],
-                         [h for h, k in zip(self.histories, keep) if k], self.targets[keep])
+                         [h for h, k in zip(self.histories, keep) if k], self.targets[keep], seen)
 
 
-def split_rows(splits: pa.Table, split: str) -> SplitRows:
-    """The ``split`` rows of a ``splits/`` table; valid and test must have one row per user."""
+def split_rows(splits: pa.Table, split: str, sequences: pa.Table | None = None) -> SplitRows:
+    """The ``split`` rows of a ``splits/`` table; valid and test must have one row per user.
+
+    With ``sequences`` (``sequences/``: ``user_id``, ``history``) valid and test rows also get
+    ``seen``, each user's whole history before the target (:func:`semconv.protocol.history_before`).
+    """
     if split not in SPLITS:
         raise EvaluationError(f"split must be one of {SPLITS}, got {split!r}")
     missing = {"split", "user_id", "history", "target"} - set(splits.column_names)
@@ -61,7 +69,16 @@ def split_rows(splits: pa.Table, split: str) -> SplitRows:
         if len(uniq) != len(user_ids):
             dup = int(uniq[counts > 1][0])
             raise EvaluationError(f"splits/ has {counts.max()} {split} rows for user_id {dup}; expected one")
-    return SplitRows(split, user_ids, histories, np.asarray(targets, dtype=np.int64))
+    seen = None
+    if sequences is not None and split != "train":
+        before = history_before(sequences, split)
+        by_user = dict(zip(before.column("user_id").to_pylist(), before.column("history").to_pylist()))
+        lost = [int(u) for u in user_ids if int(u) not in by_user]
+        if lost:
+            raise EvaluationError(f"sequences/ has no {split} target for user_id {lost[0]} of splits/ "
+                                  f"({len(lost)} such users): rerun the prepare stage")
+        seen = [np.asarray(by_user[int(u)], dtype=np.int64) for u in user_ids]
+    return SplitRows(split, user_ids, histories, np.asarray(targets, dtype=np.int64), seen)
 
 
 def rankings_from_precache(
@@ -107,5 +124,11 @@ def evaluate_rankings(
 
 
 def history_exclusions(rows: SplitRows, exclude_history: bool) -> list[np.ndarray] | None:
-    """The per-user items to mask out of a full ranking (their history) when configured."""
-    return list(rows.histories) if exclude_history else None
+    """The per-user items to mask out of a full ranking when configured: everything before the
+    target (:mod:`semconv.protocol`, "History exclusion"), as the precache excludes it."""
+    if not exclude_history:
+        return None
+    if rows.seen is None:
+        raise EvaluationError(f"{rows.split} rows were read without sequences/, so their whole histories "
+                              "are unknown: pass sequences to split_rows")
+    return list(rows.seen)

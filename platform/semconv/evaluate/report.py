@@ -3,7 +3,8 @@
 The Markdown lays results out like the paper's Table 1 (rows = systems, columns = HR@K then
 NDCG@K; NDCG@1 equals HR@1 and is left out), then the codebook figures and the training curve
 when those artifacts exist. Sections whose inputs are missing are left out; nothing is filled in.
-Plots use matplotlib's object API on an Agg canvas, so no global pyplot state is touched.
+Plots use matplotlib's object API on an Agg canvas (:mod:`semconv.plots`), so no global pyplot state
+is touched.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from semconv.artifacts import RunDir
 from semconv.codes import level_letter
+from semconv.plots import curve, figure, plot_training
 
 SYSTEM_ORDER = ("semconv", "cf", "sasrec", "popularity")
 SYSTEM_LABELS = {"semconv": "Ours (semconv)", "cf": "CF (stage-1 LightGCN)", "sasrec": "SASRec",
@@ -82,35 +84,10 @@ def training_summary(train: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def curve(train: dict[str, Any], key: str) -> tuple[list[float], list[float]]:
-    """``(steps, values)`` of a loss list; steps from ``<prefix>_steps`` when it matches."""
-    values = train.get(key)
-    if not isinstance(values, list) or not values:
-        return [], []
-    if isinstance(values[0], dict):  # [{"step": s, "loss": v}, ...]
-        steps = [float(v.get("step", i + 1)) for i, v in enumerate(values)]
-        vals = [next((float(x) for k, x in v.items() if k != "step" and isinstance(x, (int, float))), math.nan)
-                for v in values]
-        return steps, vals
-    steps = train.get(key.replace("_loss", "_steps"))
-    if not isinstance(steps, list) or len(steps) != len(values):
-        steps = list(range(1, len(values) + 1))
-    return [float(s) for s in steps], [float(v) for v in values]
-
-
-def _figure(width: float = 6.4, height: float = 3.6) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def plot_metric_bars(systems: dict[str, dict[str, float]], ks: list[int], path: Path) -> None:
     cols = metric_columns(ks)
     names = ordered_systems(systems)
-    fig = _figure(7.5, 3.8)
+    fig = figure(7.5, 3.8)
     ax = fig.add_subplot()
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
@@ -124,31 +101,11 @@ def plot_metric_bars(systems: dict[str, dict[str, float]], ks: list[int], path: 
     fig.savefig(path)
 
 
-def plot_training(train: dict[str, Any], path: Path) -> bool:
-    fig = _figure()
-    ax = fig.add_subplot()
-    drawn = False
-    for key in ("train_loss", "eval_loss"):
-        steps, values = curve(train, key)
-        if steps:
-            ax.plot(steps, values, marker="o" if key == "eval_loss" else None, markersize=3, label=key)
-            drawn = True
-    if not drawn:
-        return False
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy on the label")
-    ax.set_title("LoRA fine-tuning")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    return True
-
-
 def plot_codebook(codebook: dict[str, Any], path: Path) -> bool:
     util = codebook.get("utilisation")
     if not isinstance(util, list) or not util:
         return False
-    fig = _figure(5.0, 3.2)
+    fig = figure(5.0, 3.2)
     ax = fig.add_subplot()
     ax.bar([level_letter(i) for i in range(len(util))], util)
     ax.set_ylim(0, 1.05)
@@ -192,12 +149,6 @@ def render_markdown(metrics: dict[str, Any], images: dict[str, str]) -> str:
         if n:
             lines.append(f"- {SYSTEM_LABELS.get(name, name)}: {n} test users had no cached "
                          f"ranking and count as misses.")
-    stage_cf = metrics.get("cf_stage_metrics")
-    if stage_cf and "cf" in metrics["systems"]:
-        k = max(ks)
-        lines.append(f"- The embed stage's own CF evaluation ({stage_cf.get('protocol') or 'its protocol'}): "
-                     f"HR@{k} {fmt(stage_cf['test'].get(f'HR@{k}'))}, NDCG@{k} "
-                     f"{fmt(stage_cf['test'].get(f'NDCG@{k}'))}.")
     for name, why in metrics.get("skipped", {}).items():
         lines.append(f"- {SYSTEM_LABELS.get(name, name)} not evaluated: {why}")
     if "metrics" in images:
@@ -239,8 +190,6 @@ def write_report(run: RunDir, payload: dict[str, Any], upstream: dict[str, Any],
         metrics["codebook"] = upstream["codebook"]
     if "training" in upstream:
         metrics["training"] = training_summary(upstream["training"])
-    if "cf_stage_metrics" in upstream:
-        metrics["cf_stage_metrics"] = upstream["cf_stage_metrics"]
     manifest = {"config_hash": payload["config_hash"], "split": payload["split"],
                 "users": payload["users"], "systems": sorted(payload["systems"])}
     with run.writing("report", manifest) as tmp:

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from semconv.evaluate.config import SASRecConfig
-from semconv.evaluate.protocol import SplitRows, evaluate_rankings
+from semconv.evaluate.protocol import SplitRows, evaluate_rankings, history_exclusions
 from semconv.metrics import topk_from_scores
 
 logger = logging.getLogger(__name__)
@@ -87,8 +87,9 @@ class SASRec(nn.Module):
         return hidden @ self.item_emb.weight[1:].T
 
 
-def left_pad(histories: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
-    """Shifted ids (item + 1) of the last ``max_len`` items, left-padded with 0."""
+def shifted_ids(histories: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
+    """SASRec's input rows: the last ``max_len`` items as shifted ids (item + 1, so 0 is padding),
+    left-padded with 0."""
     out = np.zeros((len(histories), max_len), dtype=np.int64)
     for r, h in enumerate(histories):
         h = np.asarray(h, dtype=np.int64)[-max_len:]
@@ -100,8 +101,8 @@ def left_pad(histories: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
 def training_pairs(train_seqs: Sequence[Sequence[int]], max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Inputs ``seq[:-1]`` and next-item labels ``seq[1:]`` (shifted ids, 0 = no label)."""
     seqs = [s for s in train_seqs if len(s) >= 2]
-    inputs = left_pad([s[:-1] for s in seqs], max_len)
-    labels = left_pad([s[1:] for s in seqs], max_len)
+    inputs = shifted_ids([s[:-1] for s in seqs], max_len)
+    labels = shifted_ids([s[1:] for s in seqs], max_len)
     return inputs, labels
 
 
@@ -165,7 +166,7 @@ def sasrec_topk(model: SASRec, histories: Sequence[Sequence[int]], k: int,
     out = np.empty((len(histories), k), dtype=np.int64)
     for start in range(0, len(histories), batch_size):
         chunk = histories[start:start + batch_size]
-        (seqs,) = trim(torch.from_numpy(left_pad(chunk, model.max_len)))
+        (seqs,) = trim(torch.from_numpy(shifted_ids(chunk, model.max_len)))
         scores = model.item_logits(model(seqs)[:, -1]).float().numpy()
         out[start:start + len(chunk)] = topk_from_scores(
             scores, k, None if exclude is None else exclude[start:start + batch_size])
@@ -199,7 +200,7 @@ def _train_sasrec(
                            weight_decay=cfg.weight_decay)
     x_all, y_all = torch.from_numpy(inputs), torch.from_numpy(labels)
     lengths = (inputs > 0).sum(1)
-    exclude = list(valid.histories) if exclude_history else None
+    exclude = history_exclusions(valid, exclude_history)
     log: dict[str, Any] = {"train_loss": [], "valid": [], "sequences": len(inputs), "stopped": "epochs"}
     best, best_key, best_state, bad = -1, (-1.0, -1.0), None, 0
     t0 = time.perf_counter()

@@ -106,7 +106,9 @@ def rank_scratch(
                               top_k=k, batch_size=cfg.precache.batch_size, item_ids=item_ids,
                               decoding=decoding, max_len=cfg.prepare.max_len)
     start = time.perf_counter()
-    out = {name: ranker.rank([list(h) for h in r.histories], exclude_history)[0]
+    # the whole history before the target, as the precache ranks: the prompt keeps its last
+    # max_len items, exclusion masks all of it (semconv.protocol)
+    out = {name: ranker.rank([list(h) for h in r.seen], exclude_history)[0]
            for name, r in rows.items() if name != "train" and len(r)}
     info["rank_seconds"] = round(time.perf_counter() - start, 1)
     return out, info

@@ -1,11 +1,12 @@
 """The ``evaluate`` stage: ``precache/`` + ``splits/`` -> ``report/`` (ours vs baselines).
 
-Protocol (the paper's): leave-last-out, the test row's target is each user's last item, every
-system ranks all items, HR@K and NDCG@K for K in ``evaluate.ks``. Ours is read from
-``precache/`` (ranked from the test rows' histories); a test user the precache lacks is a miss
-and is counted. The baselines are computed here on the same splits and scored by the same code,
-so the table compares like with like. Valid-split metrics are added for every baseline (the
-precache ranks test users only, so ours has none).
+Protocol (the paper's, :mod:`semconv.protocol`): leave-last-out, the test row's target is each
+user's last item, every system ranks all items, HR@K and NDCG@K for K in ``evaluate.ks``; with
+``precache.exclude_history`` every system masks the user's whole history before the target
+(``sequences/``). Ours is read from ``precache/`` (ranked from that history); a test user the
+precache lacks is a miss and is counted. The baselines are computed here on the same splits and
+scored by the same code, so the table compares like with like. Valid-split metrics are added for
+every baseline (the precache ranks test users only, so ours has none).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from semconv.artifacts import RunDir
+from semconv.console import progress
 from semconv.evaluate.baselines import BaselineUnavailable, rank_cf, rank_popularity, rank_sasrec
 from semconv.evaluate.protocol import evaluate_rankings, rankings_from_precache, split_rows
 from semconv.evaluate.report import write_report
@@ -34,7 +36,7 @@ def read_artifact_json(run: RunDir, name: str, filename: str) -> Any | None:
     """A JSON file inside a *complete* artifact, or None when either is missing."""
     if not run.is_complete(name):
         return None
-    path = f"{run.path(name)}/{filename}"
+    path = run.file(name, filename)
     try:
         with run.fs.open_input_stream(path) as f:
             return json.loads(f.read().decode())
@@ -66,13 +68,14 @@ def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = T
     ks = sorted(set(ev.ks))
     num_items = _num_items(run)
     splits = run.read_table("splits")
-    rows = {s: split_rows(splits, s) for s in ("train", "valid", "test")}
+    sequences = run.read_table("sequences", columns=["user_id", "history"])  # what exclusion masks
+    rows = {s: split_rows(splits, s, sequences) for s in ("train", "valid", "test")}
     if len(rows["test"]) == 0:
         raise ValueError(f"{run.path('splits')}: no test rows to evaluate")
     precache = run.manifest(PRECACHE) if include_semconv else {}
     exclude = bool(precache.get("exclude_history", cfg.precache.exclude_history))
     sampled = bool(precache.get("sampled"))
-    fit = rows  # baselines learn from every user, whatever sample is scored
+    train_rows = rows  # baselines learn from every user, whatever sample is scored
     if sampled:  # a demo precache of a user sample: score every system on the same users
         cached = run.read_table(PRECACHE, columns=["user_id"]).column("user_id").to_numpy()
         rows = {s: (r.restrict(cached) if s != "train" else r) for s, r in rows.items()}
@@ -85,11 +88,13 @@ def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = T
         _semconv(run, rows, ks, out)
     baselines: dict[str, Any] = {}
     skipped: dict[str, str] = {}
+    bar = progress("evaluate", len(ev.baselines), "baseline")
     for name in ev.baselines:
+        bar.set_postfix_str(name)
         start = time.perf_counter()
         try:
             if name == "popularity":
-                ranked, info = rank_popularity(rows, num_items, max(ks), exclude, fit)
+                ranked, info = rank_popularity(rows, splits, num_items, max(ks), exclude)
             elif name == "scratch":
                 from semconv.evaluate.scratch import rank_scratch
 
@@ -97,19 +102,22 @@ def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = T
             elif name == "sasrec":
                 max_len = ev.sasrec.max_len or cfg.prepare.max_len
                 ranked, info = rank_sasrec(rows, num_items, max(ks), exclude, ev.sasrec, max_len, cfg.seed,
-                                           fit)
+                                           train_rows)
             else:
                 ranked, info = rank_cf(run, rows, max(ks), exclude)
         except BaselineUnavailable as err:
             log.warning("baseline %s skipped: %s", name, err)
             skipped[name] = str(err)
             continue
+        finally:
+            bar.update()
         seconds[name] = round(time.perf_counter() - start, 2)
         log.info("baseline %s ranked in %.1f s", name, seconds[name])
         baselines[name] = info
         for split, ranking in ranked.items():
             if len(rows[split]):  # a split can be empty (e.g. no valid rows in a tiny sample)
                 out[split]["systems"][name] = evaluate_rankings(ranking, rows[split], ks)
+    bar.close()
     test = out["test"]
     payload: dict[str, Any] = {
         "config_hash": cfg.config_hash(),
@@ -134,7 +142,7 @@ def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = T
 
 
 def _upstream(run: RunDir) -> dict[str, Any]:
-    """Optional inputs of the report: codebook quality, training curves, CF metrics."""
+    """Optional inputs of the report: codebook quality, training curves."""
     found: dict[str, Any] = {}
     codebook = read_artifact_json(run, "codebook", "metrics.json")
     if isinstance(codebook, dict):
@@ -142,10 +150,6 @@ def _upstream(run: RunDir) -> dict[str, Any]:
     train = read_artifact_json(run, "model", "train_metrics.json")
     if isinstance(train, dict):
         found["training"] = train
-    cf = read_artifact_json(run, "item_emb", "metrics.json")
-    if isinstance(cf, dict) and isinstance(cf.get("test"), dict):
-        found["cf_stage_metrics"] = {"test": cf["test"], "valid": cf.get("valid"),
-                                     "protocol": cf.get("protocol")}
     return found
 
 
@@ -154,7 +158,10 @@ def run_evaluate(cfg: PipelineConfig) -> dict[str, str]:
     run = stage_run(cfg, "evaluate")
     if run.is_complete(REPORT):
         return {REPORT: run.path(REPORT)}
-    run.require("items", "splits", PRECACHE)
+    run.require("items", "sequences", "splits", PRECACHE)
     payload = evaluate_systems(cfg, run)
     write_report(run, payload, _upstream(run), plots=cfg.evaluate.plots)
+    print(f"evaluate: {len(payload['systems'])} systems scored on {payload['users']:,} test users ("
+          + ", ".join([f"{n} {t:.0f}s" for n, t in payload["seconds"].items()]
+                      + [f"{n} skipped" for n in payload["skipped"]]) + ")", flush=True)
     return {REPORT: run.path(REPORT)}

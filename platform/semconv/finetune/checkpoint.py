@@ -1,25 +1,19 @@
-"""Resume points of a fine-tuning run: trainable weights, optimizer, schedule, loss history.
+"""What a fine-tuning checkpoint holds beyond the harness's parts: the run's history and, in the
+final checkpoint, the ``model/`` payload (peft adapter, tokenizer, metrics) that the stage publishes.
 
-Only the weights that learn are saved (LoRA + code-token rows, a few MB), never the frozen
-base, so checkpointing every few dozen steps is cheap. The final checkpoint also holds the
-``model/`` payload (peft adapter, tokenizer, metrics) that the stage publishes.
+The resume point itself is written by :func:`semconv.training.save_checkpoint`: only the weights
+that learn (LoRA + code-token rows, a few MB), never the frozen base, so checkpointing every few
+dozen steps is cheap; the history is its trainer state.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
+from semconv.finetune.model import save_recommender
 
-from semconv.finetune.model import save_recommender, trainable_state
-
-STATE = "train_state.json"
-TRAINABLE = "trainable.safetensors"
-OPTIMIZER = "optimizer.pt"
 FINAL = "final"
 DEEPSPEED_TAG = "deepspeed"
 
@@ -28,36 +22,6 @@ def new_history() -> dict[str, Any]:
     """Everything the run accumulates, in step order; survives restarts via checkpoints."""
     return {"step": 0, "train_loss": [], "train_steps": [], "lr": [], "eval_loss": [], "eval_steps": [],
             "samples": 0, "tokens": 0, "train_time_s": 0.0, "resumed_from_step": []}
-
-
-def save_state(path: Path, model: Any, optimizer: Any) -> None:
-    """Write the trainable weights and optimizer of the plain (DDP) path into ``path`` (the LR is
-    a function of the step and the training time, which the history holds)."""
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(path / TRAINABLE))
-    torch.save({"optimizer": optimizer.state_dict()}, path / OPTIMIZER)
-
-
-def load_state(path: Path, model: Any, optimizer: Any) -> None:
-    """Restore what :func:`save_state` wrote. The optimizer file holds only tensors and plain
-    values, so it loads with ``weights_only=True`` (no pickled code runs from a checkpoint)."""
-    weights = load_file(str(path / TRAINABLE))
-    params = dict(model.named_parameters())
-    unknown = sorted(set(weights) - set(params))
-    if unknown:
-        raise RuntimeError(f"checkpoint {path} holds weights the model lacks, e.g. {unknown[0]!r}")
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(torch.load(path / OPTIMIZER, weights_only=True)["optimizer"])
-
-
-def write_history(path: Path, history: dict[str, Any]) -> None:
-    (path / STATE).write_text(json.dumps(history))
-
-
-def read_history(path: Path) -> dict[str, Any]:
-    return json.loads((path / STATE).read_text())
 
 
 def save_final(path: Path, model: Any, tokenizer: Any, metrics: dict[str, Any], whole: bool = False) -> None:

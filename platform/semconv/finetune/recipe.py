@@ -9,7 +9,7 @@ master weights), or on GPUs with a DeepSpeed config, ZeRO-2 in bf16.
 
 It is the same function in one process (``Session()``: tests, ``bench/learning_curve.py``,
 ``bench/train_throughput.py``) and on N Ray Train workers (:func:`train_func` through
-:func:`semconv.training.fit`); the stage reads ``sft/`` at the edge
+:func:`semconv.training.run_on_ray`); the stage reads ``sft/`` at the edge
 (:func:`semconv.finetune.stage.run_finetune`) and hands the rows over in :class:`FinetuneData`.
 
 Options that buy epochs in a CPU budget: ``num_layers`` (the base's first N layers),
@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 import torch
 
+from semconv import training
+from semconv.console import progress
 from semconv.finetune import checkpoint as ckpt
 from semconv.finetune.data import SftExamples, eval_sample
 from semconv.finetune.lm import PackedLM
@@ -124,9 +126,15 @@ def _log(rank: int, msg: str) -> None:
         print(f"[finetune] {msg}", file=sys.__stdout__, flush=True)
 
 
+def _expected_steps(budget: TrainBudget, step: int, seconds: float) -> int:
+    """The step the loop will stop at: ``max_steps``, or sooner at this pace when time runs out first."""
+    used = budget.progress(step, seconds)
+    return budget.max_steps if used <= 0 else min(budget.max_steps, max(step, round(step / used)))
+
+
 def build_model(recipe: Recipe) -> tuple[PackedLM, Any]:
     """The trainable model (a :class:`PackedLM` around base + code tokens + LoRA) and its tokenizer."""
-    torch.manual_seed(recipe.seed)
+    training.seed_everything(recipe.seed)
     model, tokenizer, code_ids = build_finetune_model(
         recipe.base_path, recipe.levels, recipe.codes_per_level, lora=vars(recipe.lora) | {
             "target_modules": list(recipe.lora.target_modules)},
@@ -154,7 +162,7 @@ def train(recipe: Recipe, data: FinetuneData, session: Session, probes: Sequence
     history = ckpt.new_history()
     if session.restored is not None:
         strategy.load(session.restored)
-        history = ckpt.read_history(session.restored)
+        history = training.load_state(session.restored)
         history["resumed_from_step"] = session.resumed_from
         _log(rank, f"resumed from step {session.start_step}")
     strategy.runner.train()
@@ -164,13 +172,14 @@ def train(recipe: Recipe, data: FinetuneData, session: Session, probes: Sequence
     def save(path: Path, final: bool = False) -> None:
         strategy.save(path)
         if rank == 0:
-            ckpt.write_history(path, history)
+            training.save_checkpoint(path, state=history)
             if final:
                 ckpt.save_final(path / ckpt.FINAL, lm.model, tokenizer, final_metrics(history, world, plan),
                                 whole=recipe.whole_model)
 
     budget, step = recipe.budget, session.start_step
     seconds = history["train_time_s"]
+    bar = progress("finetune", budget.max_steps, "step", initial=step) if rank == 0 else None
     while not budget.done(step, seconds):
         only = CODE_ROWS if budget.progress(step, seconds) < recipe.code_rows_first else None
         lr = set_lr(optimizer, budget.lr_factor(step, seconds), only)
@@ -211,6 +220,14 @@ def train(recipe: Recipe, data: FinetuneData, session: Session, probes: Sequence
             _log(rank, f"step {step}/{budget.max_steps} loss {loss:.4f} lr {lr:.2e} epoch {metrics['epoch']:.2f} "
                        f"{metrics['tokens_per_s']:.0f} tokens/s"
                        + (f" eval_loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""))
+        if bar is not None:
+            bar.total = _expected_steps(budget, step, seconds)
+            bar.set_postfix_str(f"loss {loss:.3f}" + (f", eval {history['eval_loss'][-1]:.3f}"
+                                                      if history["eval_loss"] else ""), refresh=False)
+            bar.update()
+    if bar is not None:
+        bar.total = step
+        bar.close()
     session.finish(functools.partial(save, final=True))  # restored after the last step: publish again
     return Trained(history, lm.model, tokenizer)
 

@@ -1,6 +1,6 @@
 """The ``finetune`` stage: ``sft/`` -> ``model/`` (LoRA adapter + tokenizer + training metrics).
 
-Ray sits only here: the harness (:func:`semconv.training.fit`) runs
+Ray sits only here: the harness (:func:`semconv.training.run_on_ray`) runs
 :func:`semconv.finetune.recipe.train_func` on ``num_workers`` workers, checkpoints to
 ``<run_dir>/_checkpoints/finetune-<lineage fingerprint>`` and restarts failed workers from the
 latest checkpoint (``FailureConfig``). Re-running the stage after a crash resumes the same Ray
@@ -28,9 +28,9 @@ from semconv.finetune.model import resolve_base
 from semconv.finetune.optim import TrainBudget
 from semconv.finetune.recipe import FinetuneData, LoraSettings, Recipe, train_func
 from semconv.decoding import Decoding
-from semconv.evaluate.report import plot_training
 from semconv.finetune.optim import deepspeed_config
 from semconv.lineage import checkpoint_name, stage_run
+from semconv.plots import plot_training
 
 
 class FinetuneInputError(ValueError):
@@ -53,7 +53,7 @@ def check_code_tokens_fit(table: Any, levels: int, codes_per_level: int) -> None
 
 def read_sa_init(rd: RunDir) -> dict[str, list[str]]:
     """``sft/sa_init.json`` ({code token: [keywords]}), required when ``tasks.sa_init`` is on."""
-    path = f"{rd.path('sft')}/sa_init.json"
+    path = rd.file("sft", "sa_init.json")
     if rd.fs.get_file_info(path).type == pafs.FileType.NotFound:
         raise FinetuneInputError(f"tasks.sa_init is true but {path} does not exist; re-run the tasks stage")
     with rd.fs.open_input_stream(path) as f:
@@ -99,7 +99,7 @@ def read_data(rd: RunDir) -> FinetuneData:
 
 def train_on_ray(recipe: Recipe, data: FinetuneData, cfg: PipelineConfig, storage: str, name: str) -> Any:
     """Run :func:`~semconv.finetune.recipe.train_func` on ``finetune.num_workers`` Ray Train workers
-    (:func:`semconv.training.fit`); returns the Ray Train ``Result``."""
+    (:func:`semconv.training.run_on_ray`); returns the Ray Train ``Result``."""
     import ray
 
     from semconv import training
@@ -109,7 +109,7 @@ def train_on_ray(recipe: Recipe, data: FinetuneData, cfg: PipelineConfig, storag
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     cpus = ft.cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1)) // ft.num_workers)
     recipe = dataclasses.replace(recipe, threads=recipe.threads or cpus)
-    return training.fit(
+    return training.run_on_ray(
         train_func, {"recipe": recipe, "data": data}, name=name, storage_path=storage, num_workers=ft.num_workers,
         checkpoint_every=ft.checkpoint_every, report_every=ft.log_every,
         use_gpu=ft.use_gpu, cpus_per_worker=cpus, max_failures=ft.max_failures,
@@ -146,10 +146,14 @@ def run_finetune(cfg: PipelineConfig) -> dict[str, str]:
             for item in final.iterdir():
                 if item.is_file() and item.name != "README.md":
                     shutil.copy2(item, tmp / item.name)
-            plot_training(metrics, tmp / "train_curve.png")  # the report's plot of the same curve
+            plot_training(metrics, tmp / "train_curve.png")  # the report draws the same curve
             decoding.save(tmp)
             if cfg.finetune.merge and not recipe.whole_model:  # a whole model/ is already merged
                 _save_merged(tmp, base_path)
+    eval_loss = f", eval loss {manifest['final_eval_loss']:.3f}" if manifest["final_eval_loss"] is not None else ""
+    print(f"finetune: {metrics['steps']} steps ({metrics.get('epochs') or 0:.2f} epochs) in "
+          f"{metrics['train_time_s']:.0f}s at {metrics['tokens_per_s'] or 0:.0f} tokens/s, "
+          f"train loss {manifest['final_train_loss']:.3f}{eval_loss}", flush=True)
     return {"model": rd.path("model")}
 
 

@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
-from semconv.finetune import checkpoint as ckpt
+from semconv import training
+from semconv.finetune.checkpoint import DEEPSPEED_TAG
+from semconv.finetune.model import trainable_state
 from semconv.finetune.step import autocast, label_count, optimizer_step, packed_loss
 from semconv.training import Session
 
@@ -40,11 +42,12 @@ class DDP:
                               self.bf16, self.session.device)
 
     def save(self, path: Path) -> None:
-        if self.session.rank == 0:
-            ckpt.save_state(path, self.model, self.optimizer)
+        if self.session.rank == 0:  # the LR is a function of the step and time, which the history holds
+            training.save_checkpoint(path, trainable_state(self.model), self.optimizer)
 
     def load(self, path: Path) -> None:
-        ckpt.load_state(path, self.model, self.optimizer)
+        training.load_weights(path, self.model, partial=True)
+        training.load_optimizer(path, self.optimizer)
 
 
 class DeepSpeed:
@@ -70,10 +73,10 @@ class DeepSpeed:
         return loss_sum / total, total
 
     def save(self, path: Path) -> None:  # collective: every rank writes its partition
-        self.runner.save_checkpoint(str(path), tag=ckpt.DEEPSPEED_TAG)
+        self.runner.save_checkpoint(str(path), tag=DEEPSPEED_TAG)
 
     def load(self, path: Path) -> None:
-        self.runner.load_checkpoint(str(path), tag=ckpt.DEEPSPEED_TAG)
+        self.runner.load_checkpoint(str(path), tag=DEEPSPEED_TAG)
 
 
 def strategy_for(recipe: Any, model: torch.nn.Module, optimizer: Any, session: Session) -> DDP | DeepSpeed:

@@ -32,19 +32,6 @@ def add_code_tokens(tokenizer: Any, levels: int, codes_per_level: int) -> list[i
     return list(ids)
 
 
-def code_token_ids(tokenizer: Any, levels: int, codes_per_level: int) -> list[int]:
-    """The ids of already-added code tokens (raises if any is missing)."""
-    tokens = all_code_tokens(levels, codes_per_level)
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in tokens if t not in vocab]
-    if missing:
-        raise CodeTokenError(
-            f"tokenizer lacks {len(missing)} code tokens (first {missing[0]!r}); "
-            "call add_code_tokens first or load the tokenizer saved in model/"
-        )
-    return [vocab[t] for t in tokens]
-
-
 def check_code_tokens(tokenizer: Any, tokens: list[str], ids: list[int]) -> None:
     """Every code token encodes to its own single id (no merges with neighbours)."""
     if len(set(ids)) != len(ids):

@@ -30,8 +30,9 @@ class PrecacheConfig(Section):
     threads_per_actor: int | None = Field(
         2, ge=1, description="torch threads per actor (None: cpus_per_actor); the demo reserves "
                              "1 CPU per actor but runs 2 threads to use both cores of a laptop")
-    exclude_history: bool = Field(True, description="never recommend items already in the history "
-                                  "(the demo data has no repeat purchases)")
+    exclude_history: bool = Field(True, description="never recommend an item of the user's whole history: "
+                                  "the one rule of the precache, a refresh, online generation and every "
+                                  "baseline of the report (semconv.protocol)")
     share_prefix: bool = Field(True, description="compute the shared prompt preamble's KV once")
     bf16: bool | Literal["auto"] = Field(
         "auto", description="auto: bf16 on a GPU or a CPU with native bf16 (AVX512-BF16/AMX), else "

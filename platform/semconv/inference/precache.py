@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from semconv.inference.loading import ModelSpec
+from semconv.console import progress
+from semconv.inference.run_ranker import RankerSpec
 
 SHARD = re.compile(r"^shard-(\d{5,})\.parquet$")
 PLAN = "_PLAN.json"
@@ -135,36 +136,32 @@ def check_shards(fs: pafs.FileSystem, partial: str, plan: ShardPlan) -> None:
 
 # ---- inference ------------------------------------------------------------------------------
 class PrecacheActor:
-    """One Ray actor: loads the model once, then ranks batches of users (``user_id``, ``history``)."""
+    """One Ray actor: builds the ranker of ``spec`` once, then ranks batches of users
+    (``user_id`` and the whole ``history`` to rank from: the prompt keeps its last ``max_len``)."""
 
     def __init__(
         self,
-        spec: ModelSpec,
+        spec: RankerSpec,
         item_codes: np.ndarray,
         item_ids: np.ndarray,
-        num_beams: int,
-        top_k: int,
         batch_size: int,
-        exclude_history: bool,
         use_gpu: bool = False,
         num_threads: int = 1,
         share_prefix: bool = True,
     ):
         import torch
 
-        from semconv.inference.ranker import GenerativeRanker
-
         if not use_gpu:
             torch.set_num_threads(num_threads)
-        self.exclude_history = exclude_history
-        self.ranker = GenerativeRanker.from_spec(spec, item_codes, item_ids, num_beams, top_k, batch_size,
-                                                 share_prefix, use_gpu)
+        self.exclude_history = spec.exclude_history
+        self.ranker = spec.build(item_codes, item_ids, batch_size=batch_size, share_prefix=share_prefix,
+                                 use_gpu=use_gpu)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return rank_users(self.ranker, batch, self.exclude_history)
+        return rank_batch(self.ranker, batch, self.exclude_history)
 
 
-def rank_users(ranker, batch: pa.Table, exclude_history: bool) -> pa.Table:
+def rank_batch(ranker, batch: pa.Table, exclude_history: bool) -> pa.Table:
     """Precache rows (:data:`OUTPUT_SCHEMA`) for a table of ``user_id`` and ``history`` rows.
 
     ``ranker`` is a :class:`~semconv.inference.ranker.GenerativeRanker`. Used by the precache
@@ -228,20 +225,17 @@ def precache_users(
     plan: ShardPlan,
     fs: pafs.FileSystem,
     partial: str,
-    spec: ModelSpec,
+    spec: RankerSpec,
     item_codes: np.ndarray,
     item_ids: np.ndarray | None = None,
     *,
     done: set[int] = frozenset(),
-    num_beams: int = 20,
-    top_k: int = 10,
     batch_size: int = 16,
     sort_window: int = 8,
     num_actors: int = 1,
     use_gpu: bool = False,
     cpus_per_actor: int = 1,
     threads_per_actor: int | None = None,
-    exclude_history: bool = False,
     share_prefix: bool = True,
     presorted: bool = False,
 ) -> dict[str, float]:
@@ -277,19 +271,25 @@ def precache_users(
         num_cpus=0 if use_gpu else cpus_per_actor,
         num_gpus=1 if use_gpu else 0,
         fn_constructor_kwargs={
-            "spec": spec, "item_codes": item_codes, "item_ids": item_ids, "num_beams": num_beams,
-            "top_k": top_k, "batch_size": batch_size, "exclude_history": exclude_history,
+            "spec": spec, "item_codes": item_codes, "item_ids": item_ids, "batch_size": batch_size,
             "use_gpu": use_gpu, "num_threads": threads_per_actor or cpus_per_actor, "share_prefix": share_prefix,
         },
     )
     ds.context.execution_options.preserve_order = True
     written = users_written = 0
-    stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
-    for shard, table in _ordered_shards(stream, plan):
+    bar = progress("precache", int(np.asarray(plan.sizes)[pending].sum()), "user")
+
+    def ranked() -> Iterator[pa.Table]:
+        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            bar.update(table.num_rows)
+            yield table
+
+    for shard, table in _ordered_shards(ranked(), plan):
         if shard in done:
             raise PrecacheError(f"shard {shard} is already done but its users were ranked again")
         write_shard(fs, partial, shard, table)
         written, users_written = written + 1, users_written + table.num_rows
+    bar.close()
     if written != int(pending.sum()):
         raise PrecacheError(f"wrote {written} shards, {int(pending.sum())} were missing: input lacks users")
     return {"shards_written": written, "users_written": users_written,

@@ -5,7 +5,9 @@ trie, the shared-prefix KV), so a Ray actor, a benchmark or a server builds it o
 :meth:`GenerativeRanker.rank` per batch. Prompts are the sequential-alignment prompts of
 ``semconv.prompts`` in the format the model was trained on (``decoding.prompt_format``: ``history``
 or ``instruction``), tokenized exactly as in fine-tuning (no special tokens added), and code
-scores normalised as in training (``decoding.code_softmax``, see :mod:`semconv.decoding`).
+scores normalised as in training (``decoding.code_softmax``, see :mod:`semconv.decoding`). The
+precache actors, a refresh and online generation build it from one
+:class:`~semconv.inference.run_ranker.RankerSpec`, so they answer a history alike.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ def code_token_table(tokenizer, levels: int, codes_per_level: Sequence[int]) -> 
     return table
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token id lists into ``(input_ids, attention_mask)`` so last tokens line up."""
+def pad_prompts(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists of prompts as ``(input_ids, attention_mask)``, left-padded with ``pad_id`` so
+    their last tokens line up (where decoding continues)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -89,19 +92,6 @@ class GenerativeRanker:
         if share_prefix:
             ids = tokenizer(prefix_text, add_special_tokens=False)["input_ids"]
             self.prefix = encode_prefix(model, ids)
-
-    @classmethod
-    def from_spec(cls, spec, item_codes: np.ndarray, item_ids: np.ndarray, num_beams: int, top_k: int,
-                  batch_size: int, share_prefix: bool = True, use_gpu: bool = False,
-                  max_len: int | None = None) -> "GenerativeRanker":
-        """Load ``spec`` (a :class:`~semconv.inference.loading.ModelSpec`: base, adapter, dtype)
-        and decode with its ``recommender.json``: the one way the precache actors, online
-        generation and a refresh build their ranker, so they answer a history alike."""
-        model, tokenizer = spec.load()
-        if use_gpu:
-            model = model.to("cuda")
-        return cls(model, tokenizer, item_codes, num_beams, top_k, batch_size, share_prefix, item_ids,
-                   decoding=spec.resolved_decoding(), max_len=max_len)
 
     def prompt(self, history: Sequence[int]) -> str:
         """The inference prompt of a history of item ids (oldest first): its last ``max_len``
@@ -153,7 +143,7 @@ class GenerativeRanker:
                     batch = [s[len(p) :] for s in batch]
                 else:  # this tokenizer merges across the preamble's end: no prefix reuse here
                     prefix = None
-            input_ids, mask = left_pad(batch, self.pad_id)
+            input_ids, mask = pad_prompts(batch, self.pad_id)
             exclude = [histories[i] for i in idx] if exclude_history else None
             it, sc = constrained_beam_search(
                 self.model, input_ids, mask, self.trie, num_beams, top_k, exclude, prefix,

@@ -1,16 +1,18 @@
-"""A :class:`GenerativeRanker` built from a run directory the way the precache stage builds its
-actors, for everything that decodes histories outside the precache job (online generation, a
-refresh of touched users).
+"""The ranker spec: everything that decides the list a history gets, resolved in one function.
 
-A user in the precache who posts their test history must get the precached list back, so this
-decodes exactly as the precache did: the same ``model/`` (base, merged adapter, the prompt format
-and code softmax of ``model/recommender.json``), ``item_codes/``, beam width, K and history
-exclusion (read from ``precache/_SUCCESS``; the precache config's defaults when there is no
-precache yet), and the same dtype: the one ``precache/_SUCCESS`` recorded, not the one this
-machine would pick (:func:`semconv.hardware.matching_dtype`; a precache run in float32 on a CPU
-without native bf16 is matched in float32 on one with it, and vice versa), unless ``bf16`` is
-given explicitly. Prompts keep a history's last ``prepare.max_len`` items (``splits/_SUCCESS``),
-as training and the splits did.
+The precache actors, a refresh's re-decoding and online generation must answer one history
+alike, so all three build their :class:`~semconv.inference.ranker.GenerativeRanker` from a
+:class:`RankerSpec` made by :func:`resolve_settings`: the run's ``model/`` (base, merged adapter,
+and the prompt format and code softmax of ``model/recommender.json``), the beam width, K, the
+prompt's ``max_len``, the history exclusion of :mod:`semconv.protocol` and the dtype.
+
+Each setting is, first found: given explicitly (the Serve app's ``generation.bf16`` / ``max_len``);
+what the precache these lists must agree with recorded (its ``_SUCCESS``: online generation
+follows the run's own, a refresh its base's); the pipeline config (``precache.*``,
+``prepare.max_len``; the precache stage itself, before anything is recorded); the defaults
+(``splits/`` ``max_len``). The dtype follows the recorded one under ``bf16="auto"``
+(:func:`semconv.hardware.matching_dtype`: a float32 precache is matched in float32 on a CPU with
+native bf16, and vice versa); with nothing recorded the machine's rule picks it.
 
 ``run_dir`` is a local path or any ``pyarrow.fs`` URI; a remote ``model/`` is copied to a local
 cache once (:meth:`semconv.artifacts.RunDir.local`), since Hugging Face loads from paths.
@@ -19,31 +21,67 @@ cache once (:meth:`semconv.artifacts.RunDir.local`), since Hugging Face loads fr
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from semconv.artifacts import SUCCESS, ArtifactError, RunDir
-from semconv.hardware import matching_dtype
+from semconv.decoding import Decoding
+from semconv.hardware import inference_dtype, matching_dtype
 from semconv.inference.config import PrecacheConfig
 from semconv.inference.loading import ModelSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from semconv.config import PipelineConfig
+    from semconv.inference.ranker import GenerativeRanker
 
 MODEL, PRECACHE, SPLITS = "model", "precache", "splits"
 
 
 @dataclass(frozen=True)
-class RankerSettings:
-    """How a run's model decodes: what the precache used, resolved for this process."""
+class RankerSpec:
+    """How a model ranks a history; picklable, so a Ray actor builds its ranker from it."""
 
-    model_version: str  # hash of model/_SUCCESS: names the model in every answer
-    base_model: str
-    dtype: str
-    dtype_reason: str
+    model: ModelSpec  # weights, base model, dtype and decoding (model/recommender.json)
     num_beams: int
     top_k: int
-    exclude_history: bool
-    max_len: int | None  # prompts keep the last max_len items (None: the whole history)
-    precache_dtype: str | None  # the dtype the precache ran in (None: no precache yet)
+    max_len: int | None  # the prompt keeps a history's last max_len items (None: all of them)
+    exclude_history: bool  # never recommend an item of the whole history (semconv.protocol)
+    dtype_reason: str = ""
     dtype_warning: str | None = None  # the dtype will be slow here (bf16 on a CPU without native bf16)
+    precache_dtype: str | None = None  # the dtype the followed precache ran in (None: none recorded)
+    model_version: str = ""  # hash of model/_SUCCESS: names the model in every answer
+
+    @property
+    def dtype(self) -> str:
+        return self.model.dtype
+
+    @property
+    def base_model(self) -> str:
+        return self.model.base_model
+
+    @property
+    def decoding(self) -> Decoding:
+        return self.model.resolved_decoding()
+
+    def build(self, item_codes: np.ndarray, item_ids: np.ndarray | None = None, *, batch_size: int = 16,
+              share_prefix: bool = True, use_gpu: bool = False) -> GenerativeRanker:
+        """Load the model and its trie (once per actor or server); ``batch_size``,
+        ``share_prefix`` and ``use_gpu`` change how fast it ranks, not what."""
+        from semconv.inference.ranker import GenerativeRanker
+
+        model, tokenizer = self.model.load()
+        if use_gpu:
+            model = model.to("cuda")
+        return GenerativeRanker(model, tokenizer, item_codes, self.num_beams, self.top_k, batch_size,
+                                share_prefix, item_ids, decoding=self.decoding, max_len=self.max_len)
+
+    def record(self) -> dict[str, Any]:
+        """What a precache's ``_SUCCESS`` records of its spec, read back by :func:`resolve_settings`."""
+        return {"base_model": self.base_model, "num_beams": self.num_beams, "top_k": self.top_k,
+                "max_len": self.max_len, "exclude_history": self.exclude_history, "dtype": self.dtype,
+                "dtype_reason": self.dtype_reason, **asdict(self.decoding)}
 
 
 def model_version(run: RunDir) -> str:
@@ -56,60 +94,69 @@ def model_version(run: RunDir) -> str:
 
 
 def resolve_settings(
-    run: RunDir,
-    bf16: bool | Literal["auto"] = "auto",
-    use_gpu: bool = False,
+    run: RunDir | str,
+    bf16: bool | Literal["auto"] | None = None,
+    use_gpu: bool | None = None,
     max_len: int | None = None,
-) -> RankerSettings:
-    """The precache's decoding settings for ``run`` (see the module docstring).
+    *,
+    cfg: PipelineConfig | None = None,
+    base: RunDir | None = None,
+) -> RankerSpec:
+    """The spec of ``run``'s fine-tuned model (precedence in the module docstring).
 
-    ``bf16="auto"`` is the precache's recorded dtype (the machine's rule, as ``precache.bf16``,
-    when there is no precache); ``True`` / ``False`` force bf16 / float32. ``max_len`` overrides
-    the splits' ``max_len``.
+    ``base`` is the run or version whose precache the lists must agree with (default ``run``);
+    ``cfg`` the pipeline config (None: serving, the precache config's defaults); ``bf16`` and
+    ``use_gpu`` default to ``cfg``'s ``precache.bf16`` / ``precache.use_gpu`` (``"auto"`` / CPU).
     """
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    base = base or run
+    pc = cfg.precache if cfg is not None else PrecacheConfig()
+    recorded = base.manifest(PRECACHE) if base.is_complete(PRECACHE) else {}
+    bf16 = pc.bf16 if bf16 is None else bf16
+    use_gpu = pc.use_gpu if use_gpu is None else use_gpu
+    if recorded.get("dtype") is None and cfg is not None:
+        choice = inference_dtype(bf16, use_gpu)  # building a precache: the machine's rule
+    else:
+        choice = matching_dtype(bf16, use_gpu, recorded.get("dtype"),
+                                "precache.bf16" if cfg is not None else "generation.bf16")
     model = run.manifest(MODEL)
-    cached = run.manifest(PRECACHE) if run.is_complete(PRECACHE) else {}
-    defaults = PrecacheConfig()
-    base_model = model.get("base_model") or cached.get("base_model")
+    base_model = model.get("base_model") or recorded.get("base_model") or (cfg and cfg.finetune.base_model)
     if not base_model:
         raise ArtifactError(f"{run.path(MODEL)}/{SUCCESS} names no base_model: rerun the finetune stage")
-    if max_len is None and run.is_complete(SPLITS):
-        max_len = run.manifest(SPLITS).get("max_len")
-    precache_dtype = cached.get("dtype")
-    choice = matching_dtype(bf16, use_gpu, precache_dtype)
-    return RankerSettings(
-        model_version=model_version(run),
-        base_model=str(base_model),
-        dtype=choice.dtype,
-        dtype_reason=choice.reason,
-        num_beams=int(cached.get("num_beams", defaults.num_beams)),
-        top_k=int(cached.get("top_k", defaults.top_k)),
-        exclude_history=bool(cached.get("exclude_history", defaults.exclude_history)),
+    if max_len is None:
+        max_len = recorded.get("max_len") or (cfg.prepare.max_len if cfg is not None else None)
+    if max_len is None and base.is_complete(SPLITS):
+        max_len = base.manifest(SPLITS).get("max_len")
+    model_dir = str(run.local(MODEL))
+    return RankerSpec(
+        model=ModelSpec(model_dir=model_dir, base_model=str(base_model), dtype=choice.dtype,
+                        decoding=Decoding.load(model_dir)),
+        num_beams=int(recorded.get("num_beams", pc.num_beams)),
+        top_k=int(recorded.get("top_k", pc.top_k)),
         max_len=int(max_len) if max_len is not None else None,
-        precache_dtype=precache_dtype,
+        exclude_history=bool(recorded.get("exclude_history", pc.exclude_history)),
+        dtype_reason=choice.reason,
         dtype_warning=choice.warning,
+        precache_dtype=recorded.get("dtype"),
+        model_version=model_version(run),
     )
 
 
 def load_run_ranker(
     run: RunDir | str,
-    settings: RankerSettings | None = None,
+    settings: RankerSpec | None = None,
     *,
     use_gpu: bool = False,
     batch_size: int = 16,
     share_prefix: bool = True,
-):
-    """``(GenerativeRanker, RankerSettings)`` for ``run``'s fine-tuned model, on the GPU when
-    ``use_gpu``. ``settings`` defaults to :func:`resolve_settings`."""
-    from semconv.inference.ranker import GenerativeRanker
+) -> tuple[GenerativeRanker, RankerSpec]:
+    """``(GenerativeRanker, RankerSpec)`` for ``run``'s fine-tuned model and ``item_codes/``, on
+    the GPU when ``use_gpu``. ``settings`` defaults to :func:`resolve_settings`."""
     from semconv.codes import read_item_codes
 
     run = run if isinstance(run, RunDir) else RunDir(run)
     settings = settings or resolve_settings(run, use_gpu=use_gpu)
     run.require(MODEL, "item_codes")
-    spec = ModelSpec(model_dir=str(run.local(MODEL)), base_model=settings.base_model, dtype=settings.dtype)
     item_ids, codes = read_item_codes(run)
-    ranker = GenerativeRanker.from_spec(spec, codes, item_ids, settings.num_beams, settings.top_k, batch_size,
-                                        share_prefix, use_gpu, max_len=settings.max_len)
-    return ranker, settings
-
+    return settings.build(codes, item_ids, batch_size=batch_size, share_prefix=share_prefix,
+                          use_gpu=use_gpu), settings

@@ -1,7 +1,10 @@
-"""The ``precache`` stage: ``splits/`` (test rows), ``item_codes/``, ``model/`` -> ``precache/``.
+"""The ``precache`` stage: ``sequences/``, ``item_codes/``, ``model/`` -> ``precache/``.
 
-Each user is ranked from the history of their *test* row (everything before the held-out last
-item), so the evaluate stage can score ``precache/`` against the test targets directly. Shards go
+Each test user is ranked from everything before their held-out last item
+(:func:`semconv.protocol.history_before`), so the evaluate stage can score ``precache/`` against
+the test targets directly: the prompt keeps the last ``prepare.max_len`` items, as the test row
+does, and history exclusion masks all of it, as evaluation does for every system. Decoding is the
+run's :class:`~semconv.inference.run_ranker.RankerSpec`, recorded in the manifest. Shards go
 to ``precache.partial/`` first (resumable, see :mod:`semconv.inference.precache`); when all are
 there they are checked (every user exactly once) and published as ``precache/`` with a manifest
 naming the model, codebook, K and user count. The partial shards are keyed by the stage's lineage
@@ -12,7 +15,6 @@ a crash keeps them and a changed config or input discards them.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,9 +25,9 @@ import pyarrow.parquet as pq
 
 from semconv.artifacts import RunDir, link_or_copy
 from semconv.codes import read_item_codes
-from semconv.hardware import inference_dtype
-from semconv.inference.loading import ModelSpec
+from semconv.inference.run_ranker import resolve_settings
 from semconv.lineage import stage_run
+from semconv.protocol import history_before
 from semconv.inference.precache import (
     LIGHT_CPU,
     PrecacheError,
@@ -43,22 +45,22 @@ log = logging.getLogger(__name__)
 
 PRECACHE = "precache"
 PARTIAL = "precache.partial"
-INPUTS = ("splits", "item_codes", "model")
+INPUTS = ("sequences", "item_codes", "model")
 
 
 def test_user_ids(run: RunDir) -> tuple[np.ndarray, bool]:
-    """User ids of the test rows in file order, and whether they are already sorted."""
+    """User ids of the test users in file order, and whether they are already sorted."""
     ids = []
-    for path in run.parquet_files("splits"):
-        t = pq.read_table(path, columns=["split", "user_id"], filesystem=run.fs)
-        ids.append(t.filter(pc.equal(t["split"], "test"))["user_id"].to_numpy())
+    for path in run.parquet_files("sequences"):
+        t = pq.read_table(path, columns=["user_id", "history"], filesystem=run.fs)
+        ids.append(history_before(t, "test")["user_id"].to_numpy())
     ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
     return ids, bool((np.diff(ids) > 0).all())
 
 
 def _test_rows(batch, keep: np.ndarray | None = None):
-    """The test rows of a batch, restricted to the users in ``keep`` when sampling."""
-    rows = batch.filter(pc.equal(batch["split"], "test"))
+    """Test users' whole histories before their target, restricted to ``keep`` when sampling."""
+    rows = history_before(batch, "test")
     if keep is not None:
         rows = rows.filter(pc.is_in(rows["user_id"], value_set=pa.array(keep)))
     return rows
@@ -87,56 +89,52 @@ def run_precache(cfg: PipelineConfig) -> dict[str, str]:
     if run.is_complete(PRECACHE):
         return {PRECACHE: run.path(PRECACHE)}
     run.require(*INPUTS)
+    # the builds this run reads, recorded now (not at publish): serving refuses a precache whose
+    # inputs are not the run dir's (splits/ is the same prepare build as sequences/, and holds the
+    # targets it is scored against)
+    inputs = {name: run.manifest(name)["build"] for name in (*INPUTS, "splits") if run.is_complete(name)}
     item_ids, codes = read_item_codes(run)
     user_ids, presorted = test_user_ids(run)
     if len(user_ids) == 0:
-        raise ValueError(f"{run.path('splits')} has no test rows: nothing to precache")
+        raise ValueError(f"{run.path('sequences')} has no user with a held-out test item: nothing to precache")
     total_users = len(user_ids)
     if pc_cfg.max_users is not None and pc_cfg.max_users < total_users:
         rng = np.random.default_rng(cfg.seed)
         user_ids = np.sort(rng.choice(user_ids, pc_cfg.max_users, replace=False))
         presorted = False
     plan = ShardPlan.from_user_ids(user_ids, pc_cfg.users_per_shard)
-    choice = inference_dtype(pc_cfg.bf16, pc_cfg.use_gpu)
-    if choice.warning:
-        print(f"warning: {choice.warning}", flush=True)
-    print(f"precache: dtype {choice.dtype} ({choice.reason})", flush=True)
-    dtype = choice.dtype
-    model_dir = str(run.local("model"))
-    spec = ModelSpec(model_dir=model_dir, base_model=cfg.finetune.base_model, dtype=dtype)
-    decoding = spec.resolved_decoding()
+    spec = resolve_settings(run, cfg=cfg)
+    if spec.dtype_warning:
+        print(f"warning: {spec.dtype_warning}", flush=True)
+    print(f"precache: dtype {spec.dtype} ({spec.dtype_reason})", flush=True)
     # the dtype "auto" resolves to depends on the machine, not only on the config
     partial = run.path(PARTIAL)
-    done = open_partial(run.fs, partial, plan, {"lineage": run.lineage["fingerprint"], "dtype": dtype})
+    done = open_partial(run.fs, partial, plan, {"lineage": run.lineage["fingerprint"], "dtype": spec.dtype})
     log.info("precache: %d users in %d shards, %d already done", plan.num_users, plan.num_shards, len(done))
 
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     check_actor_budget(pc_cfg, ray.cluster_resources().get("CPU", 0))
-    users = ray.data.read_parquet(run.parquet_files("splits"), filesystem=run.fs,
-                                  columns=["split", "user_id", "history"],
-                                  num_cpus=LIGHT_CPU)
+    users = ray.data.read_parquet(run.parquet_files("sequences"), filesystem=run.fs,
+                                  columns=["user_id", "history"], num_cpus=LIGHT_CPU)
     users = users.map_batches(_test_rows, batch_format="pyarrow", num_cpus=LIGHT_CPU,
                               fn_kwargs={"keep": user_ids if len(user_ids) < total_users else None})
     stats = precache_users(
-        users, plan, run.fs, partial, spec, codes, item_ids, done=done,
-        num_beams=pc_cfg.num_beams, top_k=pc_cfg.top_k, batch_size=pc_cfg.batch_size,
+        users, plan, run.fs, partial, spec, codes, item_ids, done=done, batch_size=pc_cfg.batch_size,
         sort_window=pc_cfg.sort_window, num_actors=pc_cfg.num_actors, use_gpu=pc_cfg.use_gpu,
         cpus_per_actor=pc_cfg.cpus_per_actor, threads_per_actor=pc_cfg.threads_per_actor,
-        exclude_history=pc_cfg.exclude_history,
         share_prefix=pc_cfg.share_prefix, presorted=presorted,
     )
     check_shards(run.fs, partial, plan)
     manifest = {
-        "model": model_dir, "base_model": cfg.finetune.base_model, "codebook": run.path("codebook"),
-        "item_codes": run.path("item_codes"), "top_k": pc_cfg.top_k, "num_beams": pc_cfg.num_beams,
-        "exclude_history": pc_cfg.exclude_history, "dtype": dtype,
-        "dtype_reason": choice.reason, **asdict(decoding), "users": plan.num_users,
-        "test_users": total_users, "sampled": plan.num_users < total_users,
-        "shards": plan.num_shards, "last_run": stats,
-        # serving refuses a precache whose inputs' created_at differ from the run dir's
-        "inputs": {name: run.manifest(name).get("created_at") for name in INPUTS},
+        "model": spec.model.model_dir, "codebook": run.path("codebook"), "item_codes": run.path("item_codes"),
+        **spec.record(), "users": plan.num_users, "test_users": total_users,
+        "sampled": plan.num_users < total_users, "shards": plan.num_shards, "last_run": stats,
+        "inputs": inputs,
     }
     publish_shards(run, partial, plan, manifest)
+    rate = stats["users_written"] / stats["seconds"] if stats["seconds"] else 0.0
+    print(f"precache: top-{spec.top_k} of {plan.num_users:,} of {total_users:,} test users "
+          f"({stats['users_written']:,} ranked now, {rate:.1f} users/s, beam {spec.num_beams})", flush=True)
     return {PRECACHE: run.path(PRECACHE)}
 
 

@@ -132,38 +132,6 @@ class CodeTrie:
                 dead.append(uniq[count == self.leaf_counts[l][uniq % size]])
         return dead
 
-    def num_nodes(self, level: int) -> int:
-        return int(self.children[level].shape[0])
-
-    def step(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
-        """Next-node ids for every code of each node in ``nodes`` (any shape): ``-1`` = not allowed.
-
-        Returns ``nodes.shape + (codes_per_level[level],)``; at the last level the values are
-        item ids. Pure tensor indexing: no loop over beams or over the vocabulary.
-        """
-        return self.children[level][nodes].long()
-
-    def __contains__(self, codes: Sequence[int]) -> bool:
-        if len(codes) != self.levels:
-            return False
-        node = 0
-        for l, c in enumerate(codes):
-            if not 0 <= int(c) < self.codes_per_level[l]:
-                return False
-            node = int(self.children[l][node, int(c)])
-            if node < 0:
-                return False
-        return True
-
-    def item_of(self, codes: Sequence[int]) -> int | None:
-        """The item id of a full code tuple, or None when it is not a valid item."""
-        if codes not in self:
-            return None
-        node = 0
-        for l, c in enumerate(codes):
-            node = int(self.children[l][node, int(c)])
-        return node
-
     def to(self, device: torch.device | str) -> CodeTrie:
         """Move the tables to ``device`` (in place; returns self)."""
         self.children = [t.to(device) for t in self.children]

@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from semconv.artifacts import link_or_copy
+from semconv.inference.run_ranker import RankerSpec
 from semconv.inference.precache import (
     SHARD,
     ShardPlan,
@@ -74,30 +75,22 @@ def plan_refresh(fs: pafs.FileSystem, precache_dir: str, users: np.ndarray, user
     return RefreshPlan(rank, tuple(int(g) for g in groups), tuple(files), num)
 
 
-def _recent_rows(batch: pa.Table, max_len: int) -> pa.Table:
-    from semconv.refresh.histories import recent
-
-    return pa.table({"user_id": batch["user_id"], "history": recent(batch["history"], max_len)})
-
-
 def rank_users(sequences: pa.Table, users: np.ndarray, plan: RefreshPlan, fs: pafs.FileSystem,
-               partial: str, fingerprint: dict, spec, codes: np.ndarray, item_ids: np.ndarray,
-               max_len: int, **decode) -> dict:
-    """Rank ``users`` (the plan's) from their last ``max_len`` history items into ``partial``.
+               partial: str, fingerprint: dict, spec: RankerSpec, codes: np.ndarray, item_ids: np.ndarray,
+               **decode) -> dict:
+    """Rank ``users`` (the plan's) from their whole histories with ``spec`` into ``partial`` (the
+    prompt keeps the last ``spec.max_len`` items; exclusion masks all of them, as online).
 
     Resumable: rank shards already in ``partial`` under the same plan and fingerprint are kept
     and their users are not ranked again.
     """
     import ray.data
 
-    from semconv.inference.precache import LIGHT_CPU
-
     done = open_partial(fs, partial, plan.rank, fingerprint)
     sel = sequences.filter(pc.is_in(sequences.column("user_id"), value_set=pa.array(users, pa.int64())))
     sel = sel.select(["user_id", "history"]).sort_by("user_id")
     step = 2048
     ds = ray.data.from_arrow([sel.slice(i, step) for i in range(0, sel.num_rows, step)] or [sel])
-    ds = ds.map_batches(_recent_rows, batch_format="pyarrow", num_cpus=LIGHT_CPU, fn_kwargs={"max_len": max_len})
     stats = precache_users(ds, plan.rank, fs, partial, spec, codes, item_ids, done=done, presorted=True,
                            **decode)
     check_shards(fs, partial, plan.rank)

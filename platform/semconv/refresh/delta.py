@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from semconv.data.prepare import ITEMS_SCHEMA, _has_text
-from semconv.data.readers import DataError, ReadReport, bad_row, read_interactions, read_items
+from semconv.data.prepare import ITEMS_SCHEMA
+from semconv.data.readers import DataError, ReadReport, bad_row, has_text, read_interactions, read_items
 
 
 @dataclass
@@ -81,7 +81,7 @@ def read_new_items(uri: str, catalogue: pa.Table, dim: int, on_bad_rows: str, re
         if key in known:
             raise DataError(f"{uri}: row {row}: item_id {key!r} is already in the catalogue; a refresh "
                             "adds new items only (existing items keep their codes and text)")
-        if not (_has_text(cols["title"][i]) or _has_text(cols["description"][i])):
+        if not (has_text(cols["title"][i]) or has_text(cols["description"][i])):
             bad_row(uri, row, f"item {key!r} has no text (empty 'title' and 'description')", on_bad_rows, report,
                     "item_without_text")
             continue

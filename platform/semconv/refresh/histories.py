@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from semconv.data.prepare import SPLITS_SCHEMA, leave_last_out
+from semconv.protocol import SPLITS_SCHEMA, leave_last_out
 
 
 def extend_sequences(sequences: pa.Table, user_ids: np.ndarray, item_ids: np.ndarray,
@@ -57,16 +57,3 @@ def refresh_splits(splits: pa.Table, sequences: pa.Table, touched: np.ndarray, m
     keep = splits.filter(pc.invert(pc.is_in(splits.column("user_id"), value_set=t)))
     rows = leave_last_out(sequences.filter(pc.is_in(sequences.column("user_id"), value_set=t)), max_len)
     return pa.concat_tables([keep.cast(SPLITS_SCHEMA), rows])
-
-
-def recent(histories: pa.Array | pa.ChunkedArray, max_len: int) -> pa.Array:
-    """Each history's last ``max_len`` items (what the precache's prompts hold), columnar."""
-    hist = histories.combine_chunks() if isinstance(histories, pa.ChunkedArray) else histories
-    hist = pc.fill_null(hist, pa.scalar([], hist.type))
-    offsets = hist.offsets.to_numpy()
-    lengths = np.diff(offsets)
-    values = hist.values.slice(offsets[0], offsets[-1] - offsets[0]).to_numpy()
-    pos = np.arange(len(values)) - np.repeat(offsets[:-1] - offsets[0], lengths)
-    keep = pos >= np.repeat(lengths - max_len, lengths)
-    new_offsets = np.r_[0, np.cumsum(np.minimum(lengths, max_len))].astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(new_offsets), pa.array(values[keep], pa.int64()))

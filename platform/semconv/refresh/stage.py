@@ -10,15 +10,16 @@
 4. Publish: every artifact of the version in one atomic rename, manifest last; the partial
    directory is removed.
 
-A re-decoded user is ranked from the last ``prepare.max_len`` items of their whole updated history
-(serving, not evaluation: the previous precache ranked from the test row, which holds out the
-last item). Their history, new items included, is excluded like any history item.
+A re-decoded user is ranked from their whole updated history with the base precache's
+:class:`~semconv.inference.run_ranker.RankerSpec` (its beams, K, ``max_len``, exclusion and
+dtype), exactly as online generation ranks a posted history: the prompt keeps the last ``max_len``
+items, and the whole history, new items included, is excluded (:mod:`semconv.protocol`). This is
+serving, not evaluation: the precache ranked from everything before the held-out last item.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,7 @@ import pyarrow.parquet as pq
 
 from semconv.artifacts import RunDir, link_or_copy
 from semconv.codes import code_arrays
-from semconv.hardware import matching_dtype
-from semconv.inference.loading import ModelSpec
+from semconv.inference.run_ranker import RankerSpec, resolve_settings
 from semconv.refresh.build import NewVersion, build_version
 from semconv.refresh.decode import merge_shards, plan_refresh, rank_users
 from semconv.refresh.version import VERSIONS, base_of, file_digest, find_applied, next_name
@@ -37,15 +37,15 @@ from semconv.refresh.version import VERSIONS, base_of, file_digest, find_applied
 INPUTS = ("items", "sequences", "splits", "item_emb", "item_codes", "precache")
 
 
-def _fingerprint(cfg, run: RunDir, base: RunDir, base_name: str | None) -> dict:
-    rc, pc_cfg = cfg.refresh, cfg.precache
+def _fingerprint(cfg, run: RunDir, base: RunDir, base_name: str | None, spec: RankerSpec) -> dict:
+    rc = cfg.refresh
     return {
-        "base": base_name or ".", "base_precache": base.manifest("precache").get("created_at"),
-        "model": run.manifest("model").get("created_at"), "codebook": run.manifest("codebook").get("created_at"),
+        "base": base_name or ".", "base_precache": base.manifest("precache").get("build"),
+        "model": run.manifest("model").get("build"), "codebook": run.manifest("codebook").get("build"),
         "interactions": file_digest(rc.interactions), "items": file_digest(rc.items),
         "users": rc.users, "on_bad_rows": rc.on_bad_rows, "holdout": rc.holdout, "ridge": rc.ridge, "text_neighbours": rc.text_neighbours,
-        "max_len": cfg.prepare.max_len, "seed": cfg.seed, "top_k": pc_cfg.top_k,
-        "num_beams": pc_cfg.num_beams, "exclude_history": pc_cfg.exclude_history,
+        "max_len": cfg.prepare.max_len, "seed": cfg.seed, "top_k": spec.top_k, "num_beams": spec.num_beams,
+        "prompt_max_len": spec.max_len, "exclude_history": spec.exclude_history,
     }
 
 
@@ -79,7 +79,10 @@ def run_refresh(cfg) -> dict[str, str]:
     run.require("codebook", "model")
     base, base_name = base_of(run)
     base.require(*INPUTS)
-    fingerprint = _fingerprint(cfg, run, base, base_name)
+    # the base precache's spec: re-ranked users are ranked as the carried-over ones were and as
+    # online generation of this version will rank them, on any machine (precache.bf16=auto)
+    spec = resolve_settings(run, cfg=cfg, base=base)
+    fingerprint = _fingerprint(cfg, run, base, base_name, spec)
     if (done := find_applied(run, fingerprint)) is not None:
         print(f"refresh: version {done} was already built from this delta; nothing to do", flush=True)
         return {"version": run.path(f"{VERSIONS}/{done}")}
@@ -92,31 +95,26 @@ def run_refresh(cfg) -> dict[str, str]:
 
     users, reasons = redecode_users(new, base, cfg.refresh.users)
     pc_cfg = cfg.precache
-    plan = plan_refresh(base.fs, base.path("precache"), users, pc_cfg.users_per_shard)
-    # the base precache's dtype (precache.bf16=auto): re-ranked users are ranked as the carried-over
-    # ones were and as online generation of this version will rank them, on any machine
-    choice = matching_dtype(pc_cfg.bf16, pc_cfg.use_gpu, base.manifest("precache").get("dtype"), "precache.bf16")
-    if choice.warning:
-        print(f"warning: {choice.warning}", flush=True)
-    spec = ModelSpec(model_dir=str(run.local("model")), base_model=cfg.finetune.base_model, dtype=choice.dtype)
+    plan = plan_refresh(base.fs, base.files_path("precache"), users, pc_cfg.users_per_shard)
+    if spec.dtype_warning:
+        print(f"warning: {spec.dtype_warning}", flush=True)
     item_ids, codes = code_arrays(new.item_codes)
     partial = run.path(f"{VERSIONS}/{name}.partial")
     rank_fp = {**fingerprint, "version": name, "users_hash": _hash(users), "codes_hash": _hash(codes),
-               "dtype": choice.dtype, **asdict(spec.resolved_decoding())}
+               **spec.record()}
     stats: dict = {"shards_written": 0, "users_written": 0, "rank_shards": 0}
     if len(users):
         init_ray(cfg.ray.address, cfg.ray.num_cpus)
         check_actor_budget(pc_cfg, ray.cluster_resources().get("CPU", 0))  # else the reads never run
         stats = rank_users(
             new.sequences, users, plan, run.fs, f"{partial}/rank", rank_fp, spec, codes, item_ids,
-            cfg.prepare.max_len, num_beams=pc_cfg.num_beams, top_k=pc_cfg.top_k, batch_size=pc_cfg.batch_size,
-            sort_window=pc_cfg.sort_window, num_actors=pc_cfg.num_actors, use_gpu=pc_cfg.use_gpu,
-            cpus_per_actor=pc_cfg.cpus_per_actor, threads_per_actor=pc_cfg.threads_per_actor,
-            exclude_history=pc_cfg.exclude_history, share_prefix=pc_cfg.share_prefix)
+            batch_size=pc_cfg.batch_size, sort_window=pc_cfg.sort_window, num_actors=pc_cfg.num_actors,
+            use_gpu=pc_cfg.use_gpu, cpus_per_actor=pc_cfg.cpus_per_actor,
+            threads_per_actor=pc_cfg.threads_per_actor, share_prefix=pc_cfg.share_prefix)
     t_decode = time.perf_counter() - t0 - t_build
     path = publish(run, base, name, new, plan, partial, users, reasons, fingerprint, cfg,
                    {"build_seconds": round(t_build, 3), "decode_seconds": round(t_decode, 3), "rank": stats},
-                   t0, choice if len(users) else None)
+                   t0, spec)
     print(f"refresh: version {name}: {new.new_items['count']} new items "
           f"({new.new_items['embedding_source']}), {len(users)} users re-decoded ({reasons}), "
           f"{len(plan.old_shards) - len(plan.dirty & set(range(len(plan.old_shards))))} of "
@@ -139,13 +137,13 @@ def _hash(a: np.ndarray) -> str:
 
 
 def publish(run: RunDir, base: RunDir, name: str, new: NewVersion, plan, partial: str, users: np.ndarray,
-            reasons: dict, fingerprint: dict, cfg, timing: dict, t0: float, choice=None) -> str:
+            reasons: dict, fingerprint: dict, cfg, timing: dict, t0: float, spec: RankerSpec) -> str:
     """Write the whole version atomically (``RunDir.writing``), then drop the partial directory.
 
     The manifests are filled inside their ``writing`` blocks: ``RunDir`` writes them on exit.
-    ``choice`` (a :class:`~semconv.hardware.DtypeChoice`; None: nobody re-ranked) is the dtype the
-    re-ranked users ran in: the version's precache records it (online generation decodes in it);
-    when it is not the base's, ``dtype_carried_over`` names the dtype of the carried-over lists.
+    The version's precache records ``spec``, what the re-ranked users ran with (online generation
+    of the version follows it); when its dtype is not the base's, ``dtype_carried_over`` names the
+    dtype of the carried-over lists (nobody re-ranked: every list, and the dtype, is the base's).
     """
     old_precache = base.manifest("precache")
     manifest: dict = {"version": name}
@@ -159,14 +157,13 @@ def publish(run: RunDir, base: RunDir, name: str, new: NewVersion, plan, partial
             view.write_table(art, table, manifest={"version": name})
         for art in ("codebook", "model"):  # the version serves lookups and online generation alone
             _carry_over(run, art, view)
-        pmeta = {k: old_precache.get(k) for k in ("model", "base_model", "codebook", "top_k", "num_beams",
-                                                   "exclude_history", "dtype")}
-        if choice is not None:
-            if choice.dtype != pmeta.get("dtype"):
-                pmeta["dtype_carried_over"] = pmeta.get("dtype")
-            pmeta.update(dtype=choice.dtype, dtype_reason=choice.reason)
+        pmeta = {"model": old_precache.get("model"), "codebook": old_precache.get("codebook"), **spec.record()}
+        if not len(users):
+            pmeta.update(dtype=old_precache.get("dtype"), dtype_reason=old_precache.get("dtype_reason"))
+        elif spec.dtype != old_precache.get("dtype"):
+            pmeta["dtype_carried_over"] = old_precache.get("dtype")
         pmeta.update(version=name, shards=plan.num_shards,  # serving checks "inputs" against the version
-                     inputs={a: view.manifest(a).get("created_at") for a in ("splits", "item_codes")})
+                     inputs={a: view.manifest(a)["build"] for a in ("splits", "item_codes")})
         with view.writing("precache", pmeta) as ptmp:
             merged = merge_shards(run.fs, plan, f"{partial}/rank", ptmp)
             pmeta["users"] = sum(pq.ParquetFile(p).metadata.num_rows for p in ptmp.glob("shard-*.parquet"))
@@ -180,7 +177,7 @@ def publish(run: RunDir, base: RunDir, name: str, new: NewVersion, plan, partial
                       "touched": int(len(new.touched)), "new_users": int(len(new.new_users)),
                       "list": "redecoded_users.parquet",
                       "ids": users.tolist() if len(users) <= 10_000 else None,
-                      "history": f"last prepare.max_len={cfg.prepare.max_len} items of the whole updated history"},
+                      "history": f"the whole updated history (prompt: its last {spec.max_len} items)"},
             "precache": {**merged, "users": pmeta["users"], "shards": plan.num_shards},
             "artifacts": {a: view.manifest(a).get("created_at") for a in (*tables, "codebook", "precache")},
             **timing, "seconds": round(time.perf_counter() - t0, 3),

@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 
 from semconv.codes import item_tokens
-from semconv.data.prepare import train_end
 from semconv.prompts import HISTORY_HEADER, history_prompt
+from semconv.protocol import train_end
 from semconv.tasks.rows import Rows
 
 TASK = "history"
@@ -49,7 +49,7 @@ def history_windows(length: int, max_len: int) -> list[tuple[int, int]]:
 
 
 def train_histories(sequences: Sequence[Sequence[int]]) -> list[list[int]]:
-    """The training part of each full history, as ``prepare``'s leave-last-out split defines it."""
+    """The training part of each full history (:func:`semconv.protocol.train_end`)."""
     return [list(s[: train_end(len(s))]) for s in sequences]
 
 

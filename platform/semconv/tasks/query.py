@@ -4,8 +4,8 @@ Sources (``tasks.query_source``):
 
 - ``reviews``: every non-empty review in ``sequences/`` gives a row (review text, cut to
   ``max_words`` words -> that item's codes, with the reviewer's ``user_id``). Reviews of each
-  user's last two items are left out: those are the valid and test targets of ``splits/``, and
-  training on them would leak held-out interactions.
+  user's held-out items (the valid and test targets, :func:`semconv.protocol.train_end`) are left
+  out: training on them would leak held-out interactions.
 - ``metadata``: data without reviews (the demo) gets one query per item built from its metadata,
   the way a shopper would type it: category-path leaf, brand and the title's most specific
   words (rarest across titles, brand and leaf words removed), e.g.
@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from semconv.codes import item_tokens
+from semconv.protocol import train_end
 from semconv.tasks.inputs import TaskInputError, TaskInputs
 from semconv.tasks.keywords import title_keywords, words
 from semconv.tasks.text import clean_text, weighted_item_rows
 
-HELD_OUT_PER_USER = 2  # valid + test targets: the last two items of every history
 _CATEGORY_SEP = re.compile(r"\s*(?:,|>|\|)\s*")
 
 
@@ -70,7 +70,8 @@ def review_queries(sequences: pa.Table, max_words: int) -> tuple[list[int], list
     reviews = pc.list_flatten(sequences.column("reviews").combine_chunks()).to_pylist()
     users = sequences.column("user_id").to_numpy()
     out_u, out_i, out_r = [], [], []
-    for k in np.flatnonzero(position < lengths[parents] - HELD_OUT_PER_USER).tolist():
+    train_part = np.asarray([train_end(n) for n in lengths.tolist()], dtype=np.int64)
+    for k in np.flatnonzero(position < train_part[parents]).tolist():
         text = clean_text(reviews[k], max_words)
         if text:
             out_u.append(int(users[parents[k]]))

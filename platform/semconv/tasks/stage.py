@@ -9,7 +9,6 @@ when ``tasks.sa_init`` is on, and a manifest that counts rows per task and split
 from __future__ import annotations
 
 import json
-import logging
 from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
@@ -20,8 +19,6 @@ from semconv.tasks.inputs import load_inputs
 
 if TYPE_CHECKING:
     from semconv.config import PipelineConfig
-
-log = logging.getLogger(__name__)
 
 SFT = "sft"
 SA_INIT_FILE = "sa_init.json"
@@ -56,5 +53,6 @@ def run_tasks(cfg: PipelineConfig) -> dict[str, str]:
             pq.write_table(table.slice(i * step, step) if step else table, tmp / f"part-{i:05d}.parquet")
         if result.sa_init is not None:
             (tmp / SA_INIT_FILE).write_text(json.dumps(result.sa_init, indent=1, sort_keys=True))
-    log.info("sft/: %d rows %s", table.num_rows, manifest["rows_per_task"])
+    print(f"tasks: sft/ {table.num_rows:,} rows (" + ", ".join(
+        f"{t} {n:,}" for t, n in manifest["rows_per_task"].items() if n) + ")", flush=True)
     return {SFT: run.path(SFT)}

@@ -91,10 +91,3 @@ class CodebookTokenizer:
                 out[i] = t
             taken.add(t)
         return out, clash
-
-
-def tokenize_items(
-    codebook_dir: str | Path, embeddings: np.ndarray, texts: Sequence[str] | None = None
-) -> np.ndarray:
-    """Codes ``(n, L)`` for items from a saved codebook (raw, pre-resolution; see the module doc)."""
-    return CodebookTokenizer.from_pretrained(codebook_dir)(embeddings, texts)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from semconv.tokenize.codebook import Quantized, ResidualCodebook
+from semconv.training import unwrap
 
 
 def distance(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
@@ -60,7 +61,7 @@ def total_loss(
     llm_alignment_weight: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The training objective for one batch, and its parts (floats, for logging)."""
-    core = model.module if hasattr(model, "module") else model  # DDP-wrapped or not
+    core = unwrap(model)  # DDP-wrapped or not
     cfg = core.config
     q = model(x)
     parts: dict[str, torch.Tensor] = {

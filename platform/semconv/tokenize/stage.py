@@ -3,7 +3,7 @@
 Reads ``item_emb/`` and ``item_text_emb/`` (the latter required only when ``llm_alignment``), checks
 them before any training, trains under ``TorchTrainer`` with checkpoints in
 ``<run_dir>/_checkpoints/tokenize-<lineage fingerprint>`` (so a re-run after a crash resumes; with
-``num_workers: 0`` it trains in-process instead, same maths, no checkpoints), assigns
+``num_workers: 0`` the same ``train_func`` runs in-process, as one worker would, no checkpoints), assigns
 codes with faiss, resolves collisions, and writes ``codebook/`` (``save_pretrained`` output,
 ``metrics.json``, ``history.json``, ``collisions.json``) then ``item_codes/``. A complete
 ``codebook/`` without ``item_codes/`` is reused instead of retrained.
@@ -25,8 +25,9 @@ from semconv.tokenize.codebook import ResidualCodebook
 from semconv.tokenize.collisions import resolve_collisions
 from semconv.tokenize.inputs import TokenizeInputError, TokenizeInputs, load_inputs
 from semconv.tokenize.quality import codebook_metrics, text_alignment_distance
-from semconv.tokenize.train import fit, train_codebook
+from semconv.tokenize.train import train_codebook, train_func
 from semconv.ray_env import init_ray
+from semconv.training import Session
 
 
 @torch.no_grad()
@@ -58,8 +59,11 @@ def _train(cfg: PipelineConfig, rd: RunDir, inputs: TokenizeInputs):
     if rd.is_complete("codebook"):  # trained earlier, item_codes/ not written yet
         model = ResidualCodebook.from_pretrained(rd.local("codebook"))
         return model, json.loads((rd.local("codebook") / "history.json").read_text())
-    if tk.num_workers == 0:  # same maths in this process, no Ray Train
-        return fit(tk, inputs.embeddings, inputs.text_embeddings, seed=cfg.seed)
+    if tk.num_workers == 0:  # one worker's maths in this process, no Ray Train
+        config = {"tokenize": tk.model_dump(), "seed": cfg.seed, "embeddings": inputs.embeddings,
+                  "text_embeddings": inputs.text_embeddings}
+        model, history = train_func(config, Session(device=torch.device("cuda" if tk.use_gpu else "cpu")))
+        return model.cpu(), history  # as train_codebook returns it
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     return train_codebook(
         tk, rd.checkpoint_root, checkpoint_name(rd, "tokenize"), run_dir=cfg.run_dir, seed=cfg.seed

@@ -1,18 +1,18 @@
-"""Codebook training: a ``train_func(config, session)`` that Ray Train runs on N DDP workers.
+"""Codebook training: a ``train_func(config, session)`` that Ray Train runs on N DDP workers, and
+a plain ``Session()`` runs in this process (``tokenize.num_workers: 0``, tests) with the same maths.
 
 Each worker reads the inputs, takes its shard (padded to equal length, like
 ``DistributedSampler``, so every worker takes the same number of steps), and rank 0 runs the
 faiss k-means initialisation; DDP then broadcasts rank 0's codebook to every worker. At every
 epoch end, code usage and high-error residuals are reduced over workers so every worker
 re-seeds the same dead codes. Rank 0 writes a checkpoint (``save_pretrained`` + optimizer
-state + history) every ``checkpoint_every`` epochs; after a worker failure the harness
-(:mod:`semconv.training`) restarts the group and resumes after the last checkpointed epoch
+state + history, :func:`semconv.training.save_checkpoint`) every ``checkpoint_every`` epochs; after
+a worker failure the harness restarts the group and resumes after the last checkpointed epoch
 instead of starting over.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,6 @@ from semconv.tokenize.codebook import CodebookConfig, ResidualCodebook
 from semconv.tokenize.config import TokenizeConfig
 from semconv.tokenize.losses import total_loss
 from semconv.training import Session
-
-STATE_NAME = "train_state.json"
-OPTIM_NAME = "optimizer.pt"
 
 
 def build_codebook(cfg: TokenizeConfig, dim: int, d_llm: int) -> ResidualCodebook:
@@ -98,7 +95,7 @@ def run_epoch(
     cfg: TokenizeConfig, epoch: int, seed: int, rank: int = 0, world: int = 1,
 ) -> dict[str, float]:
     """One pass over this worker's items, then (except after the last epoch) dead-code re-seeding."""
-    core = model.module if hasattr(model, "module") else model
+    core = training.unwrap(model)
     steps = math.ceil(len(x) / cfg.batch_size)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + rank)
     perm = torch.randperm(len(x), generator=gen).to(x.device)
@@ -117,22 +114,6 @@ def run_epoch(
     return {"epoch": epoch + 1, "reseeded": moved, **sums}
 
 
-def fit(
-    cfg: TokenizeConfig, embeddings: np.ndarray, text_embeddings: np.ndarray | None = None,
-    seed: int = 0,
-) -> tuple[ResidualCodebook, list[dict]]:
-    """Single-process training with exactly the worker's maths (no Ray): for tests and notebooks."""
-    torch.manual_seed(seed)
-    d_llm = text_embeddings.shape[1] if (text_embeddings is not None and cfg.llm_alignment) else 0
-    model = build_codebook(cfg, embeddings.shape[1], d_llm)
-    model.kmeans_init(embeddings, cfg.kmeans_iters, seed, cfg.kmeans_max_points)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    x = torch.as_tensor(embeddings, dtype=torch.float32)
-    t = torch.as_tensor(text_embeddings, dtype=torch.float32) if d_llm else None
-    history = [run_epoch(model, opt, x, t, cfg, e, seed) for e in range(cfg.epochs)]
-    return model, history
-
-
 def _inputs(config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
     if "embeddings" in config:
         return config["embeddings"], config.get("text_embeddings")
@@ -144,46 +125,35 @@ def _inputs(config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
     return inputs.embeddings, inputs.text_embeddings
 
 
-def save_checkpoint(path: Path, model: ResidualCodebook, opt: torch.optim.Optimizer, history: list) -> None:
-    """``save_pretrained`` + optimizer state (tensors: ``torch.load(weights_only=True)``) + history."""
-    model.save_pretrained(path)
-    torch.save(opt.state_dict(), path / OPTIM_NAME)
-    (path / STATE_NAME).write_text(json.dumps({"history": history}))
-
-
-def load_checkpoint(path: Path) -> tuple[ResidualCodebook, dict[str, Any], list[dict]]:
-    """``(codebook, optimizer state, history)`` from a :func:`save_checkpoint` directory."""
-    state = json.loads((path / STATE_NAME).read_text())
-    return (ResidualCodebook.from_pretrained(path), torch.load(path / OPTIM_NAME, weights_only=True),
-            state["history"])
-
-
-def train_func(config: dict[str, Any], session: Session) -> None:
-    """The worker loop (see :mod:`semconv.training`). ``config``: ``tokenize`` (dict), ``seed``,
-    and either ``run_dir`` or ``embeddings`` [+ ``text_embeddings``] arrays."""
+def train_func(config: dict[str, Any], session: Session | None = None) -> tuple[ResidualCodebook, list[dict]]:
+    """The worker loop (see :mod:`semconv.training`); returns this worker's codebook and history.
+    ``config``: ``tokenize`` (dict), ``seed``, and either ``run_dir`` or ``embeddings`` [+
+    ``text_embeddings``] arrays. Without ``session``: one process on the CPU, no checkpoints."""
     cfg = TokenizeConfig(**config["tokenize"])
     seed = int(config.get("seed", 0))
+    session = session or Session()
     rank, world = session.rank, session.world
-    torch.manual_seed(seed)
+    training.seed_everything(seed)
 
     emb, text = _inputs(config)
     d_llm = text.shape[1] if (text is not None and cfg.llm_alignment) else 0
     model = build_codebook(cfg, emb.shape[1], d_llm)
-    history, opt_state = [], None
+    history: list[dict] = []
     if session.restored is not None:
-        model, opt_state, history = load_checkpoint(session.restored)
+        training.load_weights(session.restored, model)
+        history = training.load_state(session.restored)["history"]
     elif rank == 0:
         model.kmeans_init(emb, cfg.kmeans_iters, seed, cfg.kmeans_max_points, cfg.use_gpu)
 
     ddp = session.prepare_model(model)  # DDP (world > 1) broadcasts rank 0's weights
-    core = ddp.module if hasattr(ddp, "module") else ddp
+    core = training.unwrap(ddp)
     opt = torch.optim.Adam(core.parameters(), lr=cfg.lr)
-    if opt_state is not None:
-        opt.load_state_dict(opt_state)
+    if session.restored is not None:  # after prepare_model: the state lands on the model's device
+        training.load_optimizer(session.restored, opt)
 
     def save(path: Path) -> None:
         if rank == 0:
-            save_checkpoint(path, core, opt, history)
+            training.save_checkpoint(path, core, opt, {"history": history})
 
     shard = shard_indices(len(emb), rank, world, seed)
     x = torch.as_tensor(emb[shard], dtype=torch.float32, device=session.device)
@@ -194,6 +164,7 @@ def train_func(config: dict[str, Any], session: Session) -> None:
         history.append(metrics)
         session.report(epoch + 1, metrics, save, last=epoch + 1 == cfg.epochs)
     session.finish(save)  # epochs == 0 publishes the k-means init
+    return core, history
 
 
 def train_codebook(
@@ -210,11 +181,10 @@ def train_codebook(
         loop["run_dir"] = run_dir
     else:
         raise ValueError("train_codebook needs run_dir or embeddings")
-    result = training.fit(
+    result = training.run_on_ray(
         train_func, loop, name=name, storage_path=storage_path, num_workers=cfg.num_workers,
         checkpoint_every=cfg.checkpoint_every, report_every=1, use_gpu=cfg.use_gpu,
         max_failures=cfg.max_failures,
     )
     with result.checkpoint.as_directory() as d:
-        model, _, history = load_checkpoint(Path(d))
-    return model, history
+        return ResidualCodebook.from_pretrained(d), training.load_state(Path(d))["history"]
