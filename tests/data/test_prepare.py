@@ -85,17 +85,6 @@ def test_generic_parquet_through_ray_data(tmp_path, ray_local):
     assert RunDir(tmp_path / "run").manifest("sequences")["stats"]["interactions"] == len(INTER)
 
 
-def test_leave_last_out_by_hand():
-    seqs = pa.table({"user_id": [0, 1], "history": [[10, 11, 12, 13, 14], [20, 21]]})
-    rows = prep.leave_last_out(seqs, max_len=2).to_pylist()
-    got = [(r["split"], r["user_id"], r["history"], r["target"]) for r in rows]
-    assert got == [
-        ("train", 0, [10], 11), ("train", 0, [10, 11], 12),
-        ("valid", 0, [11, 12], 13), ("test", 0, [12, 13], 14),
-        ("train", 1, [20], 21),  # fewer than 3 items: train only
-    ]
-
-
 def test_k_core_is_iterative():
     t = pa.table({"user": ["a", "a", "b", "b", "c"], "item": ["x", "y", "x", "y", "x"]})
     # c has 1 interaction -> dropped; then x has 2, y has 2: stable at k=2

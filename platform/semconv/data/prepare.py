@@ -2,10 +2,14 @@
 
 Steps: validate, drop duplicate (user, item) pairs keeping the earliest, optional iterative
 k-core, dense int ids (items in catalogue order, users in order of first appearance; source ids
-kept), chronological histories, leave-last-out splits (paper protocol):
-test = last item, valid = second-to-last, train = every prefix -> next item of the rest, each
-row's history truncated to its last ``max_len`` items. ``sequences/`` keeps the full history.
-Users with fewer than 3 interactions have only train rows.
+kept), chronological histories, leave-last-out splits by the rules of :mod:`semconv.protocol`
+(test = last item, valid = second-to-last, train = every prefix -> next item of the rest, each
+row's history truncated to its last ``max_len`` items; users with fewer than 3 interactions have
+only train rows). ``sequences/`` keeps the full history.
+
+Here every table is in one process (~0.3 GB per million interactions). Large inputs
+(``prepare.ray_data``) run the same steps sharded on Ray Data (:mod:`semconv.data.sharded`),
+tested to give the same tables as these functions.
 """
 
 from __future__ import annotations
@@ -17,18 +21,14 @@ import pyarrow.compute as pc
 
 from semconv.lineage import stage_run
 from semconv.data.config import PrepareConfig
-from semconv.data.readers import DataError, ReadReport, read_generic, read_lcrec
+from semconv.data.readers import DataError, ReadReport, has_text, read_generic, read_lcrec
+from semconv.data.sharded import prepare_sharded, use_sharded
+from semconv.protocol import SPLITS_SCHEMA, leave_last_out
 
 log = logging.getLogger(__name__)
 
 ITEMS_SCHEMA = pa.schema([("item_id", pa.int64()), ("source_id", pa.string()), ("title", pa.string()),
                           ("description", pa.string()), ("brand", pa.string()), ("categories", pa.string())])
-SPLITS_SCHEMA = pa.schema([("split", pa.string()), ("user_id", pa.int64()),
-                           ("history", pa.list_(pa.int64())), ("target", pa.int64())])
-
-
-def _has_text(s: str) -> bool:
-    return bool(s.strip().strip(".").strip())
 
 
 def clean(interactions: pa.Table, items: pa.Table, cfg: PrepareConfig, report: ReadReport,
@@ -43,7 +43,7 @@ def clean(interactions: pa.Table, items: pa.Table, cfg: PrepareConfig, report: R
         if key in seen:
             raise DataError(f"{items_src}: row {i + 1}: duplicate item_id {key!r} (first at row {seen[key] + 1})")
         seen[key] = i
-        if not (_has_text(titles[i]) or _has_text(descs[i])):
+        if not (has_text(titles[i]) or has_text(descs[i])):
             if not skip:
                 raise DataError(f"{items_src}: row {i + 1}: item {key!r} has no text (empty 'title' and "
                                 f"'description'); set prepare.on_bad_rows=skip to drop it")
@@ -129,35 +129,18 @@ def build_tables(interactions: pa.Table, items: pa.Table) -> tuple[pa.Table, pa.
     return items_out, pa.table(seqs)
 
 
-def train_end(n: int) -> int:
-    """Items of a history of length ``n`` that belong to training: all but the valid and test
-    items, which a history of 3 or more holds out (shorter ones are train only)."""
-    return n - 2 if n >= 3 else n
-
-
-def leave_last_out(sequences: pa.Table, max_len: int) -> pa.Table:
-    """Splits rows for a batch of users (pure; Ray Data maps it over shards of users)."""
-    split, user, hist, target = [], [], [], []
-    for uid, seq in zip(sequences.column("user_id").to_pylist(), sequences.column("history").to_pylist()):
-        n = len(seq)
-        for i in range(1, train_end(n)):
-            split.append("train"); user.append(uid); hist.append(seq[max(0, i - max_len):i]); target.append(seq[i])
-        if n >= 3:
-            split.append("valid"); user.append(uid); hist.append(seq[max(0, n - 2 - max_len):n - 2]); target.append(seq[n - 2])
-            split.append("test"); user.append(uid); hist.append(seq[max(0, n - 1 - max_len):n - 1]); target.append(seq[n - 1])
-    return pa.table({"split": split, "user_id": pa.array(user, pa.int64()),
-                     "history": pa.array(hist, pa.list_(pa.int64())), "target": pa.array(target, pa.int64())},
-                    schema=SPLITS_SCHEMA)
-
-
 STATS_ORDER = ["users", "items", "interactions", "avg_history_len"]
 
 
 def dataset_stats(items: pa.Table, sequences: pa.Table, long_history: int) -> dict[str, float]:
-    lens = pc.list_value_length(sequences.column("history")).to_numpy()
+    return length_stats(items.num_rows, pc.list_value_length(sequences.column("history")).to_numpy(), long_history)
+
+
+def length_stats(n_items: int, lens: np.ndarray, long_history: int) -> dict[str, float]:
+    """The dataset's stats from its item count and every user's history length."""
     return {
-        "users": int(sequences.num_rows),
-        "items": int(items.num_rows),
+        "users": int(len(lens)),
+        "items": int(n_items),
         "interactions": int(lens.sum()),
         "avg_history_len": float(lens.mean()) if len(lens) else 0.0,
         f"share_history_gt_{long_history}": float((lens > long_history).mean()) if len(lens) else 0.0,
@@ -165,11 +148,11 @@ def dataset_stats(items: pa.Table, sequences: pa.Table, long_history: int) -> di
 
 
 def format_stats(stats: dict[str, float], skipped: dict[str, int]) -> str:
+    """The stage's one-line result: each stat, then each count of skipped rows."""
     order = sorted(stats, key=lambda k: (STATS_ORDER.index(k) if k in STATS_ORDER else len(STATS_ORDER), k))
     rows = [(k, f"{stats[k]:,}" if isinstance(stats[k], int) else f"{stats[k]:.4f}") for k in order]
     rows += [(f"skipped_{k}", f"{v:,}") for k, v in sorted(skipped.items())]
-    w = max(len(k) for k, _ in rows)
-    return "\n".join([f"{'stat':<{w}}  value", f"{'-' * w}  -----"] + [f"{k:<{w}}  {v}" for k, v in rows])
+    return "prepare: " + ", ".join(f"{k} {v}" for k, v in rows)
 
 
 def _splits(sequences: pa.Table, max_len: int) -> pa.Table:
@@ -202,7 +185,9 @@ def run_prepare(cfg) -> dict[str, str]:
     pc_cfg: PrepareConfig = cfg.prepare
     run = stage_run(cfg, "prepare")
     names = ("items", "sequences", "splits")
-    if not all(run.is_complete(n) for n in ("items", "sequences")):
+    if not all(run.is_complete(n) for n in names) and use_sharded(pc_cfg, run):
+        prepare_sharded(cfg, run)  # large inputs: Ray Data, no process holds the rows
+    elif not all(run.is_complete(n) for n in ("items", "sequences")):
         inter, items, report, isrc, msrc = read_raw(pc_cfg)
         inter, items = clean(inter, items, pc_cfg, report, isrc, msrc)
         items_t, seqs_t = build_tables(inter, items)

@@ -67,6 +67,11 @@ def _open_text(uri: str) -> str:
         raise DataError(f"{uri}: not UTF-8 text ({err})") from None
 
 
+def has_text(s: str) -> bool:
+    """Whether a title or description says anything (an item needs one to get text-aligned codes)."""
+    return bool(s.strip().strip(".").strip())
+
+
 def bad_row(uri: str, row: int, msg: str, on_bad_rows: str, report: ReadReport, reason: str) -> None:
     """Raise a :class:`DataError` naming the file and row, or (``on_bad_rows="skip"``) count it."""
     if on_bad_rows == "skip":
@@ -140,32 +145,45 @@ def _with_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
     return table.append_column(ROW, pa.array(rows, pa.int64()))
 
 
-def _read_csv(uri: str, on_bad_rows: str, report: ReadReport) -> pa.Table:
-    bad: list[tuple[int, int, int]] = []
-
-    def invalid(row) -> str:  # an exception raised here would be swallowed: collect, raise after
-        bad.append((row.number, row.expected_columns, row.actual_columns))
-        return "skip"
-
+def csv_header(uri: str) -> list[str]:
+    """The column names on a CSV file's first line (a UTF-8 byte-order mark skipped)."""
     with _stream(uri) as f:
         head = f.read(1 << 16).decode("utf-8", errors="replace").lstrip("\ufeff")
     if not head.strip():
         raise DataError(f"{uri}: empty file (no header row)")
-    header = next(csv.reader(io.StringIO(head.splitlines()[0])))
+    return next(csv.reader(io.StringIO(head.splitlines()[0])))
+
+
+def parse_csv(source: Any, uri: str, header: list[str], skip_rows: int, row_base: int, on_bad_rows: str,
+              report: ReadReport) -> pa.Table:
+    """CSV records of ``source`` (a stream or buffer: a whole file, ``skip_rows=1`` for its header,
+    or a piece of one) as text columns plus ``row``: ``row_base`` + the record's number among
+    the non-empty lines of ``source`` (Arrow's numbering, also of the rows it reports bad)."""
+    bad: list[tuple[int, int, int]] = []
+
+    def invalid(row) -> str:  # an exception raised here would be swallowed: collect, raise after
+        bad.append((row_base + row.number, row.expected_columns, row.actual_columns))
+        return "skip"
+
     try:
-        with _stream(uri) as f:
-            table = pcsv.read_csv(
-                f, read_options=pcsv.ReadOptions(use_threads=False),  # row numbers of bad rows
-                parse_options=pcsv.ParseOptions(invalid_row_handler=invalid),
-                convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in header},
-                                                    strings_can_be_null=False))
+        table = pcsv.read_csv(
+            source, read_options=pcsv.ReadOptions(use_threads=False, column_names=header, skip_rows=skip_rows),
+            parse_options=pcsv.ParseOptions(invalid_row_handler=invalid),  # row numbers of bad rows
+            convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in header},
+                                                strings_can_be_null=False))
     except pa.ArrowInvalid as err:
         raise DataError(f"{uri}: not readable as CSV ({err})") from None
     for number, expected, actual in bad[:1]:
         bad_row(uri, number, f"expected {expected} fields, found {actual}", on_bad_rows, report, "unparseable")
         report.skip("unparseable", len(bad) - 1)
-    rows = np.arange(2, table.num_rows + len(bad) + 2)
+    rows = np.arange(row_base + skip_rows + 1, row_base + skip_rows + table.num_rows + len(bad) + 1)
     return _with_rows(table, rows[~np.isin(rows, [b[0] for b in bad])] if bad else rows)
+
+
+def _read_csv(uri: str, on_bad_rows: str, report: ReadReport) -> pa.Table:
+    header = csv_header(uri)
+    with _stream(uri) as f:
+        return parse_csv(f, uri, header, 1, 0, on_bad_rows, report)
 
 
 def _scalar_text(v: Any) -> Any:
@@ -185,8 +203,10 @@ def _column(values: list) -> pa.Array:
                         pa.string())
 
 
-def _read_jsonl_lines(uri: str, on_bad_rows: str, report: ReadReport) -> pa.Table:
-    """The fallback pass: one line at a time (split at ``\n`` only), chunked into Arrow tables."""
+def _read_jsonl_lines(uri: str, on_bad_rows: str, report: ReadReport, raw: Any = None,
+                      first_line: int = 1) -> pa.Table:
+    """The fallback pass: one line at a time (split at ``\n`` only), chunked into Arrow tables;
+    ``raw``: a stream of a piece of the file whose first line is line ``first_line``."""
     parts, recs, rows = [], [], []
 
     def flush():
@@ -197,10 +217,10 @@ def _read_jsonl_lines(uri: str, on_bad_rows: str, report: ReadReport) -> pa.Tabl
             recs.clear()
             rows.clear()
 
-    with _stream(uri) as raw:
+    with raw if raw is not None else _stream(uri) as raw:
         text = io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8-sig", newline="\n")
         try:
-            for n, line in enumerate(text, start=1):
+            for n, line in enumerate(text, start=first_line):
                 if not line.strip():
                     continue
                 try:
@@ -308,7 +328,11 @@ def read_interactions(uri: str, on_bad_rows: str = "error", report: ReadReport |
     """Interactions (``user_id``, ``item_id``, optional ``timestamp``/``rating``/``review``) in the
     canonical shape (module docstring), validated column-wise."""
     report = report if report is not None else ReadReport()
-    t = read_table(uri, on_bad_rows, report)
+    return canonical_interactions(read_table(uri, on_bad_rows, report), uri, on_bad_rows, report)
+
+
+def canonical_interactions(t: pa.Table, uri: str, on_bad_rows: str, report: ReadReport) -> pa.Table:
+    """Read columns (all of a file, or a piece of one) validated into the canonical shape."""
     _require(uri, t.column_names, ("user_id", "item_id"))
     t = t.set_column(t.column_names.index("user_id"), "user_id", _text(t.column("user_id")))
     t = t.set_column(t.column_names.index("item_id"), "item_id", _text(t.column("item_id")))
@@ -334,7 +358,12 @@ def read_items(uri: str, on_bad_rows: str = "error", report: ReadReport | None =
     ``row``, and the columns in ``keep_raw`` as read, aligned with the kept rows (e.g. a
     refresh's ``embedding``, validated by its caller)."""
     report = report if report is not None else ReadReport()
-    t = read_table(uri, on_bad_rows, report)
+    return canonical_items(read_table(uri, on_bad_rows, report), uri, on_bad_rows, report, keep_raw)
+
+
+def canonical_items(t: pa.Table, uri: str, on_bad_rows: str, report: ReadReport,
+                    keep_raw: tuple[str, ...] = ()) -> tuple[pa.Table, dict[str, pa.ChunkedArray]]:
+    """Read columns (all of a file, or a piece of one) validated into the canonical shape."""
     _require(uri, t.column_names, ("item_id", "title"))
     t = t.set_column(t.column_names.index("item_id"), "item_id", _text(t.column("item_id")))
     t = _drop(t, _empty(t.column("item_id")), uri, "field 'item_id' is empty", on_bad_rows, report, "missing_field")
