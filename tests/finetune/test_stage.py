@@ -71,6 +71,7 @@ def test_codes_outside_the_configured_vocabulary_are_rejected(tmp_path, tiny_lm_
         run_finetune(cfg)
 
 
+@pytest.mark.slow  # a second fine-tune on Ray Train: ~30 s on 2 cores
 def test_a_time_budget_stops_training_and_still_publishes_the_model(ray_local, planted_run_dir, tiny_lm_dir):
     # 50 steps allowed, but a budget (0.006 s) that the first step already uses up
     cfg = tiny_config(planted_run_dir, tiny_lm_dir, max_steps=50, max_minutes=1e-4, eval_every=25)

@@ -84,6 +84,7 @@ def test_cpu_actors_must_leave_a_cpu_for_reading_users():
     check_actor_budget(load_config(None, ["precache.num_actors=8", "precache.use_gpu=true"]).precache, 2.0)
 
 
+@pytest.mark.slow  # a second precache run and an evaluate: ~40 s on 2 cores
 def test_max_users_precaches_a_seeded_sample_and_evaluate_scores_that_sample(ray_local, tiny_lm_dir, tmp_path):
     from semconv.evaluate.stage import evaluate_systems
 
