@@ -76,6 +76,8 @@ def test_each_changed_key_and_ignored_key_is_declared_where_the_tests_say():
     for name, (key, _, ignored, _) in CHANGES.items():
         values = config_values(default, stage(name))
         assert key in values and ignored not in values, name
+    prepare = config_values(default, stage("prepare"))  # the sharded path writes the same tables
+    assert not {"prepare.ray_data", "prepare.ray_min_mb", "prepare.num_blocks"} & set(prepare)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -37,7 +37,7 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", "semconv.data.prepare:run_prepare", (), ("items", "sequences", "splits"),
-          ("prepare",), ("prepare.num_shards",),
+          ("prepare",), ("prepare.num_shards", "prepare.ray_data", "prepare.ray_min_mb", "prepare.num_blocks"),
           "`items/`, `sequences/`, `splits/`"),
     Stage("embed", "semconv.embed.stage:run_embed", ("items", "splits"), ("item_emb", "item_text_emb"),
           ("embed", "seed"),

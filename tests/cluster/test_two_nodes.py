@@ -39,3 +39,21 @@ def test_prepare_spreads_over_two_nodes(two_node_cluster, tmp_path):
     nodes = {t.node_id for t in list_tasks(detail=True, limit=10_000)
              if t.name == "MapBatches(leave_last_out)" and t.state == "FINISHED"}
     assert len(nodes) == 2, nodes
+
+
+@pytest.mark.slow
+def test_sharded_prepare_spreads_over_two_nodes(two_node_cluster, tmp_path):
+    """The sharded path's own tasks run on both nodes and its tables are the in-memory path's (the
+    driver writes; workers never need the driver's disk)."""
+    from ray.util.state import list_tasks
+
+    from semconv.data.prepare import run_prepare
+
+    for path in ("off", "on"):  # the demo dataset: 8,317 users
+        run_prepare(load_config(None, [f"run_dir={tmp_path / path}", f"prepare.ray_data={path}",
+                                       "prepare.num_blocks=4"]))
+    for name in ("items", "sequences", "splits"):
+        assert RunDir(tmp_path / "off").read_table(name).equals(RunDir(tmp_path / "on").read_table(name)), name
+    tasks = list_tasks(detail=True, limit=10_000)
+    for op in ("MapBatches(_scan)", "MapBatches(_sequences)"):
+        assert len({t.node_id for t in tasks if t.name == op and t.state == "FINISHED"}) == 2, op

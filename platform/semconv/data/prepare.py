@@ -163,9 +163,16 @@ def _splits(sequences: pa.Table, max_len: int) -> pa.Table:
     # one block per ~2k users, so the work spreads over the cluster's nodes
     step = 2048
     blocks = [sequences.slice(i, step) for i in range(0, sequences.num_rows, step)] or [sequences]
-    ds = ray.data.from_arrow(blocks).map_batches(
-        leave_last_out, fn_kwargs={"max_len": max_len}, batch_format="pyarrow", batch_size=None)
-    return pa.concat_tables([ray.get(r) for r in ds.to_arrow_refs()]).cast(SPLITS_SCHEMA)
+    ctx = ray.data.DataContext.get_current()
+    previous = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True  # users' rows in user order, as without Ray
+    try:
+        ds = ray.data.from_arrow(blocks).map_batches(
+            leave_last_out, fn_kwargs={"max_len": max_len}, batch_format="pyarrow", batch_size=None)
+        parts = [ray.get(r) for r in ds.to_arrow_refs()]
+    finally:
+        ctx.execution_options.preserve_order = previous
+    return pa.concat_tables(parts).cast(SPLITS_SCHEMA)
 
 
 def read_raw(cfg: PrepareConfig) -> tuple[pa.Table, pa.Table, ReadReport, str, str]:

@@ -1,10 +1,13 @@
 """``prepare`` on Ray Data: the in-memory path's tables, with no process holding all the rows.
 
 Why: in one process ``prepare`` needs ~0.3 GB per million interactions (10M: 3 GB; 100M would
-need ~30 GB). Here a task holds one piece of input, one hash partition of users or one block of
-them; the driver holds compact arrays only -- the catalogue's keys, per-item alive flags and
-degrees, each user's first position and history length -- and streams the output tables to
-Parquet a block at a time.
+need ~30 GB). Here a task holds one piece of input (about ``BLOCK_BYTES`` on disk), one hash
+partition of users (about ``1/num_blocks`` of them; a reducer may draw two or three partitions,
+Ray hashing the partition numbers) or one block of them; the driver holds compact arrays only --
+the catalogue's keys, per-item alive flags and degrees, each user's first position and history
+length -- and streams the output tables to Parquet a block at a time. ``bench/prepare_scale.py``,
+30M interactions on 2 cores: driver 0.3 GB private memory (in memory: 7.7 GB), largest worker
+0.6 GB, 186 s (in memory: 263 s).
 
 1. Read (:mod:`semconv.data.sources`): both tables in pieces, validated as the whole-file
    readers validate; the first error in file order is raised (then, as in memory: interactions,
@@ -277,7 +280,7 @@ def _build(cfg: PrepareConfig, run: RunDir, parts: int, block_bytes: int, tally:
     if not items.lcrec:
         reports(entries, "items", report)
 
-    keys = pa.concat_tables(list(_blocks(items_ds.select_columns(["item", "row", "pos", "text"]))))
+    keys = pa.concat_tables([b.select(["item", "row", "pos", "text"]) for b in _blocks(items_ds)])
     keep = catalogue(items, keys, skip, report)
     kept_keys = keys.column("item").filter(pa.array(keep)).combine_chunks()
     n_items = len(kept_keys)
