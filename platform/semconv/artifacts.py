@@ -89,6 +89,24 @@ def list_files(root: Path) -> dict[str, dict[str, int]]:
     return out
 
 
+def build_root(path: str, meta: dict[str, Any]) -> str:
+    """Where the files of the build that the manifest ``meta`` of the artifact at ``path`` names
+    live: ``<path>/_builds/<build>`` on an object store, ``path`` itself locally."""
+    return f"{path}/{meta['root']}" if meta.get("root") else path
+
+
+def build_files(fs: pafs.FileSystem, path: str, meta: dict[str, Any]) -> tuple[str, list[str]]:
+    """``(files root, relative paths)`` of the build ``meta`` names, as the manifest lists them;
+    listed from storage (temporaries left out) for a manifest written before manifests listed
+    files."""
+    root = build_root(path, meta)
+    if "files" in meta:
+        return root, sorted(meta["files"])
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    rels = [i.path[len(root) + 1:] for i in infos if i.type == pafs.FileType.File]
+    return root, sorted(r for r in rels if r != SUCCESS and not (Path(r).name.startswith(".") and ".tmp-" in r))
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write JSON to a temp file beside ``path`` and rename it over (local files)."""
     path = Path(path)
@@ -149,24 +167,16 @@ class RunDir:
     def files_path(self, name: str, manifest: dict[str, Any] | None = None) -> str:
         """Where the files of the artifact's committed build live (``manifest``: one already read,
         so that a caller reads the very build it resolved)."""
-        root = (manifest if manifest is not None else self.manifest(name)).get("root")
-        return f"{self.path(name)}/{root}" if root else self.path(name)
+        return build_root(self.path(name), manifest if manifest is not None else self.manifest(name))
 
     def file(self, name: str, rel: str, manifest: dict[str, Any] | None = None) -> str:
         """The path of file ``rel`` of the artifact's committed build."""
         return f"{self.files_path(name, manifest)}/{rel}"
 
     def files(self, name: str, manifest: dict[str, Any] | None = None) -> list[str]:
-        """The committed build's files (filesystem paths), as its manifest lists them; listed from
-        storage for a manifest written before manifests listed files."""
-        meta = manifest if manifest is not None else self.manifest(name)
-        base = self.files_path(name, meta)
-        if "files" in meta:
-            return [f"{base}/{rel}" for rel in sorted(meta["files"])]
-        return sorted(
-            f.path for f in self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
-            if f.type == pafs.FileType.File and f.path != f"{base}/{SUCCESS}"
-        )
+        """The committed build's files (filesystem paths), as :func:`build_files` finds them."""
+        root, rels = build_files(self.fs, self.path(name), manifest if manifest is not None else self.manifest(name))
+        return [f"{root}/{rel}" for rel in rels]
 
     def require(self, *names: str) -> None:
         for name in names:

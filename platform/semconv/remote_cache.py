@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-SUCCESS = "_SUCCESS"  # the manifest file name (semconv.artifacts.SUCCESS; no import cycle)
+from semconv.artifacts import SUCCESS, build_files
+
 KEEP = 2  # local copies kept per artifact URI: the newest build and the one before it
 
 
@@ -65,17 +66,6 @@ def cache_key(uri: str, manifest: bytes) -> str:
     return hashlib.sha256(uri.encode() + b"\0" + manifest).hexdigest()[:24]
 
 
-def _listed(fs: pafs.FileSystem, path: str, meta: dict) -> tuple[str, list[str]]:
-    """``(files root, relative paths)`` of the build the manifest names; listed from storage for
-    a manifest that lists no files (written before manifests did)."""
-    root = f"{path}/{meta['root']}" if meta.get("root") else path
-    if "files" in meta:
-        return root, sorted(meta["files"])
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    rels = [i.path[len(root) + 1:] for i in infos if i.type == pafs.FileType.File]
-    return root, sorted(r for r in rels if r != SUCCESS and not (Path(r).name.startswith(".") and ".tmp-" in r))
-
-
 def _evict(root: Path, prefix: str, keep: Path) -> None:
     """Delete older copies of one URI (``prefix``), keeping ``keep`` and the newest others."""
     copies = sorted((p for p in root.glob(f"{prefix}*") if p.is_dir() and p != keep),
@@ -101,7 +91,7 @@ def fetch_artifact(fs: pafs.FileSystem, path: str, uri: str | None = None,
     meta = json.loads(manifest.decode())
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
     try:
-        src_root, rels = _listed(fs, path, meta)
+        src_root, rels = build_files(fs, path, meta)
         for rel in rels:
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
