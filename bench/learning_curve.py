@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
 
 from semconv.artifacts import RunDir
@@ -48,6 +47,7 @@ from semconv.hardware import cpu_bf16_supported, machine_info
 from semconv.inference.ranker import GenerativeRanker
 from semconv.metrics import ranking_metrics
 from semconv.pipeline import run_pipeline
+from semconv.protocol import split_rows
 from semconv.tasks.build import build_sft
 from semconv.tasks.inputs import load_inputs
 from semconv.training import Session
@@ -57,8 +57,8 @@ OBJECTIVES = {"prompt": "instruction", "history": "history"}  # objective -> inf
 
 def valid_sample(run: RunDir, n: int, seed: int) -> tuple[list[list[int]], list[int]]:
     """A seeded sample of valid rows: (histories, targets)."""
-    splits = run.read_table("splits", columns=["split", "history", "target"])
-    valid = splits.filter(pc.equal(splits["split"], "valid"))
+    valid = split_rows(run.read_table("sequences", columns=["user_id", "history"]), run.read_table("splits"),
+                       run.manifest("splits")["max_len"], ("valid",))
     pick = np.sort(np.random.default_rng(seed).permutation(valid.num_rows)[:n])
     valid = valid.take(pick)
     return valid["history"].to_pylist(), valid["target"].to_pylist()

@@ -36,7 +36,8 @@ def precached(run: RunDir, n: int, seed: int) -> list[tuple[int, list[int], list
     rng = np.random.default_rng(seed)
     rows = sorted(rng.choice(cache.num_rows, size=min(n, cache.num_rows), replace=False).tolist())
     picked = cache.take(rows).to_pylist()
-    test = history_before(run.read_table("sequences", columns=["user_id", "history"]), "test")
+    sequences = run.read_table("sequences", columns=["user_id", "history"])
+    test = history_before(sequences, run.read_table("splits"), "test")
     hist = dict(zip(test["user_id"].to_pylist(), test["history"].to_pylist()))
     return [(r["user_id"], hist[r["user_id"]], r["items"], r["scores"]) for r in picked]
 

@@ -42,13 +42,10 @@ NUM_ITEMS, LEVELS, CODES, DIM = 4344, 4, 256, 32
 
 def build_run(work: Path, users: int, seed: int = 0) -> Path:
     """A finished run directory up to ``model/`` (no precache yet)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from precache import tiny_tokenizer
+    from common import save_tiny_llama
     from semconv.artifacts import RunDir
     from semconv.data.prepare import ITEMS_SCHEMA
-    from semconv.protocol import leave_last_out
+    from semconv.protocol import split_bounds
     from semconv.embed.supplied import embedding_table
     from semconv.finetune.model import build_finetune_model
     from semconv.refresh.codes import codes_table
@@ -56,12 +53,7 @@ def build_run(work: Path, users: int, seed: int = 0) -> Path:
     from semconv.tokenize.codebook import CodebookConfig, ResidualCodebook
     from semconv.tokenize.collisions import resolve_collisions
 
-    tok = tiny_tokenizer()
-    torch.manual_seed(seed)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                 tie_word_embeddings=True)).save_pretrained(work / "tiny")
-    tok.save_pretrained(work / "tiny")
+    save_tiny_llama(work / "tiny", seed)
     run = RunDir(work / "run")
     rng = np.random.default_rng(seed)
     n = NUM_ITEMS
@@ -75,7 +67,7 @@ def build_run(work: Path, users: int, seed: int = 0) -> Path:
                      "source_user_id": [f"u{u}" for u in range(users)],
                      "history": pa.array(hist, pa.list_(pa.int64()))})
     run.write_table("sequences", seqs)
-    run.write_table("splits", leave_last_out(seqs, 20))
+    run.write_table("splits", split_bounds(seqs), manifest={"max_len": 20})
     emb = rng.normal(size=(n, DIM)).astype(np.float32)
     run.write_table("item_emb", embedding_table(emb))
     book = ResidualCodebook(CodebookConfig(dim=DIM, levels=LEVELS, codes_per_level=CODES))

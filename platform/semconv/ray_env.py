@@ -1,10 +1,11 @@
 """Starting or joining Ray from a job (the one place that calls ``ray.init``), and the run
-configuration every Ray Train trainer here shares."""
+configuration every Ray Train trainer here shares, and how a Ray Data task reads a shared argument."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import semconv
 
@@ -35,6 +36,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     from semconv.console import capture_worker_output
 
     capture_worker_output()
+
+
+def resolve(x: Any) -> Any:
+    """A Ray Data task's keyword argument: put once in the object store by the driver (an
+    ``ObjectRef``: shared by every task without a copy per task) or passed as is."""
+    import ray
+
+    return ray.get(x) if isinstance(x, ray.ObjectRef) else x
 
 
 def train_run_config(name: str, storage_path: str, max_failures: int):

@@ -39,7 +39,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("prepare", "semconv.data.prepare:run_prepare", (), ("items", "sequences", "splits"),
           ("prepare",), ("prepare.num_shards", "prepare.ray_data", "prepare.ray_min_mb", "prepare.num_blocks"),
           "`items/`, `sequences/`, `splits/`"),
-    Stage("embed", "semconv.embed.stage:run_embed", ("items", "splits"), ("item_emb", "item_text_emb"),
+    Stage("embed", "semconv.embed.stage:run_embed", ("items", "sequences", "splits"), ("item_emb", "item_text_emb"),
           ("embed", "seed"),
           ("embed.cf.cpus_per_worker", "embed.cf.checkpoint_every", "embed.text_batch_size",
            "embed.text_actors"),
@@ -58,7 +58,7 @@ STAGES: tuple[Stage, ...] = (
            "finetune.cpus_per_worker"),
           "`model/` (LoRA adapter, or the whole model with `num_layers` / `method: full`; tokenizer with "
           "code tokens, `recommender.json`, `train_metrics.json`)"),
-    Stage("precache", "semconv.inference.stage:run_precache", ("sequences", "item_codes", "model"),
+    Stage("precache", "semconv.inference.stage:run_precache", ("sequences", "splits", "item_codes", "model"),
           ("precache",), ("precache", "prepare.max_len", "finetune.base_model", "seed"),
           ("precache.batch_size", "precache.sort_window", "precache.num_actors",
            "precache.cpus_per_actor", "precache.threads_per_actor", "precache.share_prefix",

@@ -27,21 +27,6 @@ def two_node_cluster():
 
 
 @pytest.mark.slow
-def test_prepare_spreads_over_two_nodes(two_node_cluster, tmp_path):
-    from ray.util.state import list_tasks
-
-    from semconv.data.prepare import run_prepare
-
-    cfg = load_config(None, [f"run_dir={tmp_path}"])  # the demo dataset: 8,317 users
-    run_prepare(cfg)
-    run = RunDir(tmp_path)
-    assert run.manifest("splits")["rows_per_split"]["test"] == 8317
-    nodes = {t.node_id for t in list_tasks(detail=True, limit=10_000)
-             if t.name == "MapBatches(leave_last_out)" and t.state == "FINISHED"}
-    assert len(nodes) == 2, nodes
-
-
-@pytest.mark.slow
 def test_sharded_prepare_spreads_over_two_nodes(two_node_cluster, tmp_path):
     """The sharded path's own tasks run on both nodes and its tables are the in-memory path's (the
     driver writes; workers never need the driver's disk)."""

@@ -14,6 +14,9 @@ from semconv.artifacts import RunDir
 from semconv.config import load_config
 from semconv.data import prepare as prep
 from semconv.data.readers import DataError
+from semconv.protocol import split_rows
+
+from ..test_protocol import _tuples, rows_by_hand
 
 DEMO_DATA = Path(__file__).resolve().parents[2] / "data" / "Scientific"
 
@@ -64,6 +67,10 @@ def test_demo_dataset_stats(tmp_path):
     assert seqs.column("history")[1].as_py() == [9, 10, 11, 12, 6]  # SOURCE.md: user 1
     counts = run.manifest("splits")["rows_per_split"]
     assert counts == {"train": 58492 - 3 * 8317, "valid": 8317, "test": 8317}
+    bounds = run.read_table("splits")  # one row per user: where the held-out targets are
+    assert bounds.num_rows == 8317 and bounds.column("user_id").equals(seqs.column("user_id"))
+    rows = split_rows(seqs, bounds, 20)  # the paper's rows, exactly the per-user loop's
+    assert _tuples(rows) == rows_by_hand(seqs, 20) and rows.num_rows == sum(counts.values())
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])

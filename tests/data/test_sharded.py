@@ -180,14 +180,3 @@ def test_raw_files_and_run_dir_on_s3(tmp_path, ray_local, s3_server):
     mem, ray_ = _tables(tmp_path / "off" / "run"), _tables(cfg.run_dir)
     for name in mem:
         assert mem[name].equals(ray_[name]), name
-
-
-@pytest.mark.slow
-def test_in_memory_splits_on_ray_keep_user_order(ray_local):
-    from semconv.protocol import leave_last_out
-
-    rng = np.random.default_rng(0)
-    lens = rng.integers(1, 30, 40_000)  # 20 blocks of 2,048 users
-    seqs = pa.table({"user_id": pa.array(np.arange(len(lens))),
-                     "history": pa.array([list(range(n)) for n in lens], pa.list_(pa.int64()))})
-    assert prep._splits(seqs, 20).equals(leave_last_out(seqs, 20))

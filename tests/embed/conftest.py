@@ -1,4 +1,4 @@
-"""Fixtures for the embed stage: small hand-made items/ and splits/ with a planted structure."""
+"""Fixtures for the embed stage: small hand-made items/, sequences/, splits/ with a planted structure."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ import pyarrow as pa
 import pytest
 
 from semconv.artifacts import RunDir
+from semconv.protocol import split_bounds
 
 
 def planted_tables(
     communities: int = 4, users_per: int = 50, items_per: int = 25, seq_len: int = 8, seed: int = 0
-) -> tuple[pa.Table, pa.Table]:
+) -> tuple[pa.Table, pa.Table, pa.Table]:
     """Users of community c interact only with items of community c (random order, no repeats).
 
-    Splits are leave-last-out as the prepare stage writes them: test = last item, valid = the one
-    before, train = every prefix -> next item of the rest.
+    Returns ``items/``, ``sequences/`` and ``splits/`` as the prepare stage writes them (test =
+    last item, valid = the one before).
     """
     rng = np.random.default_rng(seed)
     n_items = communities * items_per
@@ -28,28 +29,11 @@ def planted_tables(
         "brand": ["acme"] * n_items,
         "categories": ["lab"] * n_items,
     })
-    rows: dict[str, list] = {"split": [], "user_id": [], "history": [], "target": []}
-
-    def add(split: str, user: int, hist: list[int], target: int) -> None:
-        rows["split"].append(split)
-        rows["user_id"].append(user)
-        rows["history"].append(hist)
-        rows["target"].append(target)
-
-    for u in range(communities * users_per):
-        c = u // users_per
-        seq = (c * items_per + rng.permutation(items_per)[:seq_len]).tolist()
-        for j in range(1, len(seq) - 2):
-            add("train", u, seq[:j], seq[j])
-        add("valid", u, seq[:-2], seq[-2])
-        add("test", u, seq[:-1], seq[-1])
-    splits = pa.table({
-        "split": rows["split"],
-        "user_id": pa.array(rows["user_id"], pa.int64()),
-        "history": pa.array(rows["history"], pa.list_(pa.int64())),
-        "target": pa.array(rows["target"], pa.int64()),
-    })
-    return items, splits
+    seqs = [(c * items_per + rng.permutation(items_per)[:seq_len]).tolist()
+            for c in np.arange(communities * users_per) // users_per]
+    sequences = pa.table({"user_id": pa.array(np.arange(len(seqs)), pa.int64()),
+                          "history": pa.array(seqs, pa.list_(pa.int64()))})
+    return items, sequences, split_bounds(sequences)
 
 
 @pytest.fixture(autouse=True)
@@ -58,16 +42,19 @@ def _one_thread(one_thread):
 
 
 @pytest.fixture(scope="session")
-def planted() -> tuple[pa.Table, pa.Table]:
+def planted() -> tuple[pa.Table, pa.Table, pa.Table]:
     return planted_tables()
 
 
 @pytest.fixture
 def planted_run(tmp_path, planted) -> RunDir:
-    """A run directory holding the planted ``items/`` and ``splits/``."""
-    run = RunDir(tmp_path / "run")
-    run.write_table("items", planted[0])
-    run.write_table("splits", planted[1])
+    """A run directory holding the planted ``items/``, ``sequences/`` and ``splits/``."""
+    return write_planted(RunDir(tmp_path / "run"), planted)
+
+
+def write_planted(run: RunDir, planted: tuple[pa.Table, pa.Table, pa.Table]) -> RunDir:
+    for name, table in zip(("items", "sequences", "splits"), planted):
+        run.write_table(name, table)
     return run
 
 

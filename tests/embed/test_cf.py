@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 import torch
 
@@ -19,36 +18,33 @@ from semconv.embed.cf import (
 from semconv import training
 from semconv.embed.train import train_func
 from semconv.metrics import ranking_metrics
-from semconv.protocol import popularity, popularity_topk
+from semconv.protocol import popularity, popularity_topk, split_bounds, split_rows
 from semconv.training import Session
 
 
 @pytest.fixture
 def trained(cf_train_config):
-    return lambda splits, num_items, **over: _trained(cf_train_config, splits, num_items, **over)
+    return lambda planted, **over: _trained(cf_train_config, planted, **over)
 
 
-def _trained(cf_train_config, splits: pa.Table, num_items: int, **over) -> tuple[CFRecommender, np.ndarray]:
-    user_ids, users, items = train_pairs(splits)
+def _trained(cf_train_config, planted, **over) -> tuple[CFRecommender, np.ndarray]:
+    num_items = planted[0].num_rows
+    user_ids, users, items = train_pairs(*planted[1:])
     model, _ = train_func(cf_train_config(users, items, len(user_ids), num_items, **over))
     with torch.no_grad():
         ue, ie = model(normalized_adjacency(users, items, len(user_ids), num_items))
     return CFRecommender(user_ids, ue.numpy(), ie.numpy()), items
 
 
-def split(splits: pa.Table, name: str) -> pa.Table:
-    return splits.filter(pc.equal(splits.column("split"), name))
+def held_out_rows(planted) -> pa.Table:
+    return split_rows(planted[1], planted[2], 100, ("test",))
 
 
 def test_train_pairs_are_the_train_interactions_and_index_every_user():
-    splits = pa.table({
-        "split": ["train", "train", "valid", "test", "valid", "test"],
-        "user_id": pa.array([10, 10, 10, 10, 30, 30], pa.int64()),
-        "history": pa.array([[5], [5, 6], [5, 6, 7], [5, 6, 7, 8], [1], [1, 2]], pa.list_(pa.int64())),
-        "target": pa.array([6, 7, 8, 9, 2, 3], pa.int64()),
-    })
-    user_ids, users, items = train_pairs(splits)
-    assert user_ids.tolist() == [10, 30]  # user 30 has no train row but keeps a row
+    sequences = pa.table({"user_id": pa.array([10, 20, 30], pa.int64()),
+                          "history": pa.array([[5, 6, 7, 8, 9], [4], [1, 2, 3]], pa.list_(pa.int64()))})
+    user_ids, users, items = train_pairs(sequences, split_bounds(sequences))
+    assert user_ids.tolist() == [10, 30]  # user 30 has no train row but keeps a row; 20 has no row
     # 8, 9 and 2, 3 are held out; user 30's train part is its valid history
     assert sorted(zip(users.tolist(), items.tolist())) == [(0, 5), (0, 6), (0, 7), (1, 1)]
 
@@ -63,13 +59,13 @@ def test_normalized_adjacency_is_symmetric_d_half_a_d_half():
 
 
 def test_lightgcn_learns_planted_communities_far_above_popularity(planted, trained):
-    items_table, splits = planted
-    rec, _ = trained(splits, items_table.num_rows)
-    test = split(splits, "test")
+    items_table = planted[0]
+    rec, _ = trained(planted)
+    test = held_out_rows(planted)
     hist = [np.asarray(h) for h in test.column("history").to_pylist()]
     targets = test.column("target").to_numpy()
     got = ranking_metrics(rec.recommend(test.column("user_id").to_numpy(), 10, hist), targets, (10,))
-    counts = popularity(splits, items_table.num_rows)
+    counts = popularity(*planted[1:], items_table.num_rows)
     pop = ranking_metrics(popularity_topk(counts, test.num_rows, 10, hist), targets, (10,))
     # Knowing only the community gives 10/18 ~ 0.56 (18 unseen items of 25); random over all
     # 93 unseen items gives ~0.11.
@@ -83,16 +79,15 @@ def test_lightgcn_learns_planted_communities_far_above_popularity(planted, train
 
 
 def test_training_is_deterministic_given_the_seed(planted, trained):
-    items_table, splits = planted
-    a, _ = trained(splits, items_table.num_rows, epochs=3)
-    b, _ = trained(splits, items_table.num_rows, epochs=3)
-    c, _ = trained(splits, items_table.num_rows, epochs=3, seed=1)
+    a, _ = trained(planted, epochs=3)
+    b, _ = trained(planted, epochs=3)
+    c, _ = trained(planted, epochs=3, seed=1)
     np.testing.assert_array_equal(a.item_embedding, b.item_embedding)
     assert not np.allclose(a.item_embedding, c.item_embedding)
 
 
 def test_checkpoints_go_through_the_harness_and_resume_where_they_stopped(planted, tmp_path, cf_train_config):
-    user_ids, users, items = train_pairs(planted[1])
+    user_ids, users, items = train_pairs(*planted[1:])
     config = cf_train_config(users, items, len(user_ids), planted[0].num_rows, epochs=2)
     full, full_losses = train_func(config, Session(checkpoint_dir=tmp_path))
     assert {p.name for p in (tmp_path / "checkpoint_000002").iterdir()} == {
@@ -104,14 +99,13 @@ def test_checkpoints_go_through_the_harness_and_resume_where_they_stopped(plante
 
 
 def test_saved_model_recommends_the_same_top_k_and_excludes_history(planted, tmp_path, trained):
-    items_table, splits = planted
-    rec, _ = trained(splits, items_table.num_rows, epochs=5)
+    rec, _ = trained(planted, epochs=5)
     rec.config = {"dim": 16, "exclude_history": True}
     rec.save_pretrained(tmp_path / "cf")
     loaded = CFRecommender.from_pretrained(tmp_path / "cf")
     assert loaded.config == rec.config
     users = np.array([3, 120, 0])
-    hist = [np.array(h) for h in split(splits, "test").column("history").to_pylist()]
+    hist = [np.array(h) for h in held_out_rows(planted).column("history").to_pylist()]
     hist = [hist[3], hist[120], hist[0]]
     top = recommend_topk(tmp_path / "cf", users, k=5, histories=hist)
     assert top.shape == (3, 5)

@@ -20,6 +20,8 @@ from semconv.embed.supplied import ItemEmbeddingError
 from semconv.embed.text import TextEmbedder
 from semconv.embed.train import train_func
 
+from .conftest import write_planted
+
 CF = {"dim": 16, "layers": 2, "epochs": 30, "batch_size": 256, "lr": 1e-2, "weight_decay": 1e-4,
       "checkpoint_every": 10}
 
@@ -34,9 +36,7 @@ def config(run_dir: Path, tiny_lm_dir: Path, **embed) -> PipelineConfig:
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory, planted, tiny_lm_dir, ray_local) -> tuple[PipelineConfig, dict[str, str]]:
-    run = RunDir(tmp_path_factory.mktemp("embed") / "run")
-    run.write_table("items", planted[0])
-    run.write_table("splits", planted[1])
+    run = write_planted(RunDir(tmp_path_factory.mktemp("embed") / "run"), planted)
     cfg = config(Path(run.root), tiny_lm_dir)
     return cfg, run_embed(cfg)
 
@@ -58,7 +58,7 @@ def test_item_emb_has_one_vector_per_item_and_the_cf_training_log(embedded, plan
 @pytest.mark.slow  # Ray Train + Ray Data start-up: 1-3 min on the shared 2-core box
 def test_two_ray_train_workers_follow_the_single_process_trajectory(embedded, planted, cf_train_config):
     cfg, _ = embedded
-    user_ids, users, items = train_pairs(planted[1])
+    user_ids, users, items = train_pairs(*planted[1:])
     model, _ = train_func(cf_train_config(users, items, len(user_ids), planted[0].num_rows,
                                           **CF, seed=cfg.seed))
     with torch.no_grad():

@@ -10,7 +10,8 @@ import pytest
 import pyarrow as pa
 
 from semconv.artifacts import RunDir
-from semconv.protocol import leave_last_out
+from semconv.evaluate.protocol import SplitRows, read_split
+from semconv.protocol import split_bounds
 
 
 def sequences_table(sequences: dict[int, Sequence[int]]) -> pa.Table:
@@ -19,15 +20,20 @@ def sequences_table(sequences: dict[int, Sequence[int]]) -> pa.Table:
                      "history": pa.array([list(s) for s in sequences.values()], pa.list_(pa.int64()))})
 
 
-def splits_table(sequences: dict[int, Sequence[int]], max_len: int = 20) -> pa.Table:
-    """``splits/`` rows of the protocol (test = last, valid = second-to-last, cut to ``max_len``)."""
-    return leave_last_out(sequences_table(sequences), max_len)
+def splits_table(sequences: dict[int, Sequence[int]]) -> pa.Table:
+    """``splits/`` of the protocol: each user's valid / test positions (second-to-last, last)."""
+    return split_bounds(sequences_table(sequences))
+
+
+def split(sequences: dict[int, Sequence[int]], name: str, max_len: int = 20) -> SplitRows:
+    """The ``valid`` or ``test`` rows of ``sequences``, histories cut to ``max_len``."""
+    return read_split(sequences_table(sequences), splits_table(sequences), name, max_len)
 
 
 def write_histories(run: RunDir, sequences: dict[int, Sequence[int]], max_len: int = 20) -> None:
     """``sequences/`` and ``splits/`` of a run, as ``prepare`` writes them."""
     run.write_table("sequences", sequences_table(sequences))
-    run.write_table("splits", splits_table(sequences, max_len), manifest={"max_len": max_len})
+    run.write_table("splits", splits_table(sequences), manifest={"max_len": max_len})
 
 
 def write_items(run: RunDir, num_items: int) -> None:
@@ -60,6 +66,6 @@ def random_sequences(n_users: int, n_items: int, seed: int, min_len: int = 3, ma
 @pytest.fixture
 def build() -> SimpleNamespace:
     """The builders above, for tests (test modules do not import conftest directly)."""
-    return SimpleNamespace(splits_table=splits_table, sequences_table=sequences_table,
+    return SimpleNamespace(splits_table=splits_table, sequences_table=sequences_table, split=split,
                            write_histories=write_histories, write_items=write_items,
                            write_precache=write_precache, random_sequences=random_sequences)

@@ -10,9 +10,10 @@ import pytest
 
 from semconv.artifacts import RunDir
 from semconv.config import load_config
-from semconv.evaluate.protocol import EvaluationError, rankings_from_precache, split_rows
+from semconv.evaluate.protocol import EvaluationError, rankings_from_precache, read_split
 from semconv.evaluate.stage import run_evaluate
 from semconv.metrics import ranking_metrics, topk_from_scores
+from semconv.protocol import split_bounds
 
 N_USERS, N_ITEMS = 40, 30
 
@@ -92,18 +93,21 @@ def test_duplicate_users_are_errors_naming_the_user(build):
                       "items": pa.array([[1], [2]], pa.list_(pa.int64()))})
     with pytest.raises(EvaluationError, match="user_id 1"):
         rankings_from_precache(table, [1], min_k=1)
-    splits = build.splits_table({4: [1, 2, 3]})
-    doubled = pa.concat_tables([splits, splits])
-    with pytest.raises(EvaluationError, match="2 test rows for user_id 4"):
-        split_rows(doubled, "test")
+    seqs = build.sequences_table({4: [1, 2, 3]})
+    doubled = pa.concat_tables([seqs, seqs])
+    with pytest.raises(EvaluationError, match="2 rows for user_id 4"):
+        read_split(doubled, split_bounds(doubled), "test", 20)
 
 
-def test_split_rows_follow_leave_last_out(build):
-    splits = build.splits_table({7: [5, 6, 8, 9, 3]}, max_len=2)
-    test, valid, train = (split_rows(splits, s) for s in ("test", "valid", "train"))
+def test_held_out_rows_follow_leave_last_out_and_see_the_whole_history(build):
+    seqs = {7: [5, 6, 8, 9, 3], 8: [1, 2]}
+    test, valid = (build.split(seqs, s, max_len=2) for s in ("test", "valid"))
+    assert test.user_ids.tolist() == [7] and valid.user_ids.tolist() == [7]  # 8 holds nothing out
     assert test.targets.tolist() == [3] and test.histories[0].tolist() == [8, 9]
     assert valid.targets.tolist() == [9] and valid.histories[0].tolist() == [6, 8]
-    assert train.targets.tolist() == [6, 8] and [h.tolist() for h in train.histories] == [[5], [5, 6]]
+    assert test.seen[0].tolist() == [5, 6, 8, 9] and valid.seen[0].tolist() == [5, 6, 8]
+    with pytest.raises(EvaluationError, match="'valid' or 'test'"):
+        build.split(seqs, "train")
 
 
 def test_complete_report_is_not_recomputed(tmp_path, build):

@@ -11,6 +11,7 @@ import pytest
 
 from semconv.artifacts import RunDir
 from semconv.config import load_config
+from semconv.evaluate.protocol import read_split
 from semconv.evaluate.report import fmt, metric_columns
 from semconv.evaluate.stage import run_evaluate
 
@@ -127,8 +128,8 @@ def test_cf_baseline_ranks_with_the_saved_stage1_model(tmp_path, build):
     cfg = load_config(None, [f"run_dir={run.root}", "evaluate.baselines=[cf]", "evaluate.plots=false"])
     run_evaluate(cfg)
     metrics = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
-    test = run.read_table("splits").filter(pa.compute.equal(run.read_table("splits")["split"], "test"))
-    expected = ranking_metrics(rec.recommend(test["user_id"].to_numpy(), 10), test["target"].to_pylist())
+    test = read_split(run.read_table("sequences"), run.read_table("splits"), "test", 20)
+    expected = ranking_metrics(rec.recommend(test.user_ids, 10), test.targets.tolist())
     assert metrics["systems"]["cf"] == pytest.approx(expected)
     assert metrics["valid"]["systems"]["cf"].keys() == expected.keys()
     md = (tmp_path / "run" / "report" / "report.md").read_text()

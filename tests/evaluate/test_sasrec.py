@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from semconv.config import load_config
-from semconv.evaluate.protocol import evaluate_rankings, split_rows
+from semconv.evaluate.protocol import evaluate_rankings
 from semconv.evaluate.sasrec import SASRec, sasrec_topk, shifted_ids, train_sasrec, training_pairs
 from semconv.protocol import popularity, popularity_topk
 
@@ -26,15 +26,16 @@ def planted_cycle(n_users: int, n_items: int, seed: int) -> dict[int, list[int]]
 
 def test_sasrec_learns_a_planted_sequential_pattern(build):
     n_items = 40
-    splits = build.splits_table(planted_cycle(300, n_items, seed=0), max_len=10)
-    rows = {s: split_rows(splits, s) for s in ("train", "valid", "test")}
+    seqs = planted_cycle(300, n_items, seed=0)
+    rows = {s: build.split(seqs, s, max_len=10) for s in ("valid", "test")}
     cfg = load_config(None, ["evaluate.sasrec.dropout=0.2", "evaluate.sasrec.epochs=12",
                              "evaluate.sasrec.batch_size=64", "evaluate.sasrec.lr=0.005",
                              "evaluate.sasrec.patience=2"]).evaluate.sasrec
     model, log = train_sasrec(rows["valid"].histories, rows["valid"], n_items, cfg, max_len=10, seed=0)
     test = rows["test"]
     sasrec = evaluate_rankings(sasrec_topk(model, test.histories, 10), test, [1, 10])
-    popular = evaluate_rankings(popularity_topk(popularity(splits, n_items), len(test), 10), test, [1, 10])
+    counts = popularity(build.sequences_table(seqs), build.splits_table(seqs), n_items)
+    popular = evaluate_rankings(popularity_topk(counts, len(test), 10), test, [1, 10])
     assert sasrec["HR@10"] > 0.9 and sasrec["HR@1"] > 0.5
     assert sasrec["HR@10"] > popular["HR@10"] + 0.5
     assert log["best_epoch"] >= 1 and log["valid"] and log["train_loss"][-1] < log["train_loss"][0]
@@ -42,8 +43,7 @@ def test_sasrec_learns_a_planted_sequential_pattern(build):
 
 @pytest.mark.parametrize("loss", ["ce", "bce"])
 def test_both_objectives_reduce_the_loss(build, loss):
-    splits = build.splits_table(planted_cycle(100, 20, seed=1), max_len=10)
-    valid = split_rows(splits, "valid")
+    valid = build.split(planted_cycle(100, 20, seed=1), "valid", max_len=10)
     cfg = load_config(None, [f"evaluate.sasrec.loss={loss}", "evaluate.sasrec.epochs=6",
                              "evaluate.sasrec.eval_every=3", "evaluate.sasrec.lr=0.005"]).evaluate.sasrec
     _, log = train_sasrec(valid.histories, valid, 20, cfg, max_len=10, seed=0)
@@ -100,15 +100,15 @@ def test_baselines_scored_on_a_user_sample_learn_from_every_user(build):
 
     seqs = planted_cycle(60, 20, seed=2)
     seqs.update({100 + u: [19, 18, 19, 18, 19] for u in range(40)})  # 40 users outside the sample
-    splits = build.splits_table(seqs, max_len=10)
-    full = {s: split_rows(splits, s) for s in ("train", "valid", "test")}
+    sequences, bounds = build.sequences_table(seqs), build.splits_table(seqs)
+    full = {s: build.split(seqs, s, max_len=10) for s in ("valid", "test")}
     sample_ids = full["test"].user_ids[full["test"].user_ids < 10]
-    sample = {s: (r.restrict(sample_ids) if s != "train" else r) for s, r in full.items()}
+    sample = {s: r.restrict(sample_ids) for s, r in full.items()}
 
-    ranked, info = rank_popularity(sample, splits, 20, 5, False)
+    ranked, info = rank_popularity(sample, sequences, bounds, 20, 5, False)
     assert len(ranked["test"]) == len(sample_ids)
     assert sorted(ranked["test"][0][:2].tolist()) == [18, 19]  # outside users dominate the counts
-    assert info["train_interactions"] == int(popularity(splits, 20).sum())
+    assert info["train_interactions"] == int(popularity(sequences, bounds, 20).sum())
 
     cfg = load_config(None, ["evaluate.sasrec.epochs=1"]).evaluate.sasrec
     ranked, log = rank_sasrec(sample, 20, 5, False, cfg, max_len=10, seed=0, train_rows=full)

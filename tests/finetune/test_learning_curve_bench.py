@@ -10,6 +10,7 @@ import torch
 from bench import learning_curve
 from semconv.artifacts import RunDir
 from semconv.finetune.model import build_finetune_model
+from semconv.protocol import split_bounds
 
 from .conftest import K, LEVELS, item_codes, next_item
 
@@ -36,9 +37,10 @@ def test_a_variant_changes_only_its_keys_and_is_validated_like_the_config_file(t
 
 
 def test_valid_sample_is_seeded_and_at_picks_the_nearest_point(tmp_path):
-    splits = pa.table({"split": ["train", "valid", "valid", "test", "valid"], "user_id": [0, 0, 1, 0, 2],
-                       "history": [[1], [1, 2], [3], [1, 2, 4], [5, 6]], "target": [2, 4, 7, 8, 9]})
-    RunDir(tmp_path).write_table("splits", splits)
+    seqs = pa.table({"user_id": pa.array([0, 1, 2, 3], pa.int64()),
+                     "history": pa.array([[1, 2, 4, 8], [3, 7, 5], [5, 6, 9, 1], [2, 3]], pa.list_(pa.int64()))})
+    RunDir(tmp_path).write_table("sequences", seqs)
+    RunDir(tmp_path).write_table("splits", split_bounds(seqs), manifest={"max_len": 20})
     a = learning_curve.valid_sample(RunDir(tmp_path), 2, seed=0)
     assert a == learning_curve.valid_sample(RunDir(tmp_path), 2, seed=0)
     assert len(a[0]) == 2 and set(a[1]) <= {4, 7, 9}

@@ -10,7 +10,7 @@ import pytest
 from semconv.artifacts import ArtifactError, RunDir
 from semconv.config import PipelineConfig
 from semconv.inference.stage import PARTIAL, PRECACHE, run_precache
-from semconv.protocol import leave_last_out
+from semconv.protocol import split_bounds
 
 from .conftest import CODES, LEVELS, random_item_codes
 
@@ -31,7 +31,7 @@ def _make_run_dir(path, base_dir) -> RunDir:
                      "history": [rng.choice(NUM_ITEMS, size=rng.integers(3, 12), replace=False).tolist()
                                  for _ in range(NUM_USERS)]})
     run.write_table("sequences", seqs, num_shards=3)
-    run.write_table("splits", leave_last_out(seqs, MAX_LEN), num_shards=3, manifest={"max_len": MAX_LEN})
+    run.write_table("splits", split_bounds(seqs), num_shards=3, manifest={"max_len": MAX_LEN})
     model, tok, _ = build_finetune_model(base_dir, LEVELS, CODES, lora={"r": 2, "target_modules": ["q_proj"]})
     with run.writing("model", {"base_model": str(base_dir)}) as tmp:
         model.save_pretrained(tmp)

@@ -29,7 +29,7 @@ def _behaviour(n: int, seed: int) -> np.ndarray:
 
 def build_run(path: Path, lm_dir: Path, max_len: int = 20) -> None:
     from semconv.data.prepare import ITEMS_SCHEMA
-    from semconv.protocol import leave_last_out
+    from semconv.protocol import split_bounds
     from semconv.embed.supplied import embedding_table
     from semconv.embed.text import TextEmbedder
     from semconv.finetune.model import build_finetune_model
@@ -54,7 +54,7 @@ def build_run(path: Path, lm_dir: Path, max_len: int = 20) -> None:
                      "source_user_id": [f"u{u}" for u in range(NUM_USERS)],
                      "history": pa.array(hist, pa.list_(pa.int64()))})
     run.write_table("sequences", seqs)
-    run.write_table("splits", leave_last_out(seqs, max_len), num_shards=2, manifest={"max_len": max_len})
+    run.write_table("splits", split_bounds(seqs), num_shards=2, manifest={"max_len": max_len})
     emb = _behaviour(NUM_ITEMS, 1)
     run.write_table("item_emb", embedding_table(emb))
     text = TextEmbedder(str(lm_dir), 32)(items.select(["item_id", "title", "description"]))

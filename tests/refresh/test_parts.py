@@ -11,6 +11,7 @@ from semconv.refresh.decode import plan_refresh
 from semconv.refresh.embeddings import (
     apply_ridge, fit_ridge, fold_in_features, learn_map, neighbour_map, ridge_map, user_profiles,
 )
+from semconv.protocol import split_bounds
 from semconv.refresh.histories import extend_sequences, refresh_splits
 
 
@@ -69,11 +70,13 @@ def test_extend_sequences_touches_only_delta_users_and_drops_repeats():
     assert rows[1]["history"] == [3, 7] and rows[1]["timestamps"] == [3, 10]
     assert rows[3] == {"user_id": 3, "source_user_id": "d", "history": [8], "timestamps": [None]}
     assert touched.tolist() == [1, 3] and dropped == 1
-    splits = refresh_splits(pa.table({"split": ["train", "test"], "user_id": pa.array([0, 1], pa.int64()),
-                                      "history": pa.array([[1], [3]], pa.list_(pa.int64())),
-                                      "target": pa.array([2, 3], pa.int64())}), seqs, touched, 20)
-    assert [r["user_id"] for r in splits.to_pylist()] == [0, 1]  # a 1-item history has no rows
-    assert splits.to_pylist()[1] == {"split": "train", "user_id": 1, "history": [3], "target": 7}
+    old = split_bounds(_seqs())
+    splits = refresh_splits(old, seqs, touched)
+    assert splits.column("user_id").equals(seqs.column("user_id"))  # sequences/' order
+    assert splits.slice(0, 1).equals(old.slice(0, 1)) and splits.slice(2, 1).equals(old.slice(2, 1))  # kept
+    assert splits.to_pylist()[1] == {"user_id": 1, "valid": None, "test": None}  # [3, 7]: train only
+    assert splits.to_pylist()[3] == {"user_id": 3, "valid": None, "test": None}
+    assert split_bounds(seqs).equals(splits)  # as prepare would split the new histories
 
 
 def test_plan_sends_users_to_the_shard_holding_their_id_and_new_users_to_new_shards(tmp_path):

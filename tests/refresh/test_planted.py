@@ -19,7 +19,7 @@ from semconv.artifacts import RunDir
 from semconv.codes import item_codes_table, item_tokens
 from semconv.config import PipelineConfig
 from semconv.data.prepare import ITEMS_SCHEMA
-from semconv.protocol import leave_last_out
+from semconv.protocol import split_bounds
 from semconv.decoding import Decoding
 from semconv.prompts import history_prompt
 from tests.conftest import build_tiny_lm
@@ -69,7 +69,7 @@ def _build(run_dir, lm_dir) -> None:
     seqs = pa.table({"user_id": pa.array(range(len(hist)), pa.int64()),
                      "source_user_id": [f"u{s}" for s in starts], "history": pa.array(hist, pa.list_(pa.int64()))})
     run.write_table("sequences", seqs)
-    run.write_table("splits", leave_last_out(seqs, 20))
+    run.write_table("splits", split_bounds(seqs), manifest={"max_len": 20})
     run.write_table("item_emb", embedding_table(np.stack([_vector(i) for i in old])))
     book = ResidualCodebook(CodebookConfig(dim=LEVELS * K, levels=LEVELS, codes_per_level=K))
     with torch.no_grad():

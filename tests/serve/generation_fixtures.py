@@ -51,16 +51,6 @@ def write_model(rd: RunDir, base_dir: Path, prompt_format: str = "history", seed
         Decoding(prompt_format, "vocabulary").save(tmp)
 
 
-def write_splits(rd: RunDir, histories: dict[int, list[int]]) -> None:
-    rows = [("train", u, h[:1], h[-1]) for u, h in histories.items()]
-    rows += [("test", u, h, (h[-1] + 1) % N_ITEMS) for u, h in histories.items()]
-    rd.write_table("splits", pa.table({
-        "split": [r[0] for r in rows], "user_id": pa.array([r[1] for r in rows], pa.int64()),
-        "history": pa.array([r[2] for r in rows], pa.list_(pa.int64())),
-        "target": pa.array([r[3] for r in rows], pa.int64()),
-    }), manifest={"max_len": MAX_LEN})
-
-
 def write_model_precache(rd: RunDir, histories: dict[int, list[int]], dtype: str = "float32",
                          version: str = "p1") -> None:
     """``precache/`` from the precache's own row function (:func:`rank_batch`) over the test
@@ -84,9 +74,8 @@ def make_generation_run(root: Path, base_dir: Path, dtype: str = "float32", cata
                         seed: int = 1, version: str = "p1") -> RunDir:
     """serve_fixtures' run directory of ``catalogue`` + varied test histories, a tiny model/
     (LoRA weights from ``seed``) and its precache ``version`` (ranked in ``dtype``)."""
-    rd = make_run_dir(root, catalogue)
+    rd = make_run_dir(root, catalogue, max_len=MAX_LEN)
     histories = {u: [catalogue.item_ids[x] for x in h] for u, h in user_histories().items()}
-    write_splits(rd, histories)
     write_model(rd, base_dir, seed=seed)
     write_model_precache(rd, histories, dtype, version)
     return rd

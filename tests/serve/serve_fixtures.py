@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from semconv.artifacts import RunDir
+from semconv.protocol import split_bounds
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # `serve_app` is a top-level package beside platform/
@@ -70,9 +71,10 @@ def write_precache(rd: RunDir, name: str, offset: int, version: str, k: int = K,
     return Path(rd.path(name))
 
 
-def make_run_dir(root: Path, catalogue: Catalogue = V1) -> RunDir:
+def make_run_dir(root: Path, catalogue: Catalogue = V1, max_len: int = 20) -> RunDir:
     """The serving tests' run directory: :data:`V1` unless ``catalogue`` says otherwise (its
-    precache is named after the catalogue: ``v1``, ``v2``)."""
+    precache is named after the catalogue: ``v1``, ``v2``); ``splits/`` records ``max_len``, the
+    prompt's cut."""
     rd = RunDir(root)
     ids = np.asarray(catalogue.item_ids)
     item = catalogue.item_ids  # item x of the fixtures' rows below
@@ -89,26 +91,16 @@ def make_run_dir(root: Path, catalogue: Catalogue = V1) -> RunDir:
         "item_id": pa.array(ids, pa.int64()),
         "codes": pa.FixedSizeListArray.from_arrays(pa.array(catalogue.codes().ravel(), pa.int16()), LEVELS),
     }))
-    rd.write_table("sequences", pa.table({
+    # Train parts: item 7 for every user, item 3 for every third user, items 8..37 once; then
+    # valid 38 and test 39 for everyone: the most common held-out items, which must not leak.
+    histories = [[u + 8, 7] + ([3] if u % 3 == 0 else []) + [38, 39] for u in range(N_USERS)]
+    sequences = pa.table({
         "user_id": pa.array(np.arange(N_USERS), pa.int64()),
         "source_user_id": [f"U{u}" for u in range(N_USERS)],
-        "history": [[item[u % N_ITEMS], item[(u + 1) % N_ITEMS], item[7]] for u in range(N_USERS)],
-    }))
-    # Train targets: item 7 for every user, item 3 for every third user, items 10..39 once.
-    rows = []
-    for u in range(N_USERS):
-        rows.append(("train", u, [u % N_ITEMS], (u + 10) % N_ITEMS))
-        rows.append(("train", u, [u % N_ITEMS, (u + 10) % N_ITEMS], 7))
-        if u % 3 == 0:
-            rows.append(("train", u, [u % N_ITEMS, 7], 3))
-        rows.append(("valid", u, [7], (u + 1) % N_ITEMS))
-        rows.append(("test", u, [7], 39))  # 39 is the most common *test* target: must not leak
-    rd.write_table("splits", pa.table({
-        "split": [r[0] for r in rows],
-        "user_id": pa.array([r[1] for r in rows], pa.int64()),
-        "history": pa.array([[item[x] for x in r[2]] for r in rows], pa.list_(pa.int64())),
-        "target": pa.array([item[r[3]] for r in rows], pa.int64()),
-    }))
+        "history": [[item[x] for x in h] for h in histories],
+    })
+    rd.write_table("sequences", sequences)
+    rd.write_table("splits", split_bounds(sequences), manifest={"max_len": max_len})
     write_precache(rd, "precache", offset=0, version=catalogue.name, catalogue=catalogue)
     return rd
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 from semconv.artifacts import RunDir
+from semconv.protocol import split_bounds
 
 CODES = {0: (0, 0, 0), 1: (0, 1, 0), 2: (1, 0, 0), 3: (1, 0, 1), 4: (2, 1, 0), 5: (2, 2, 1)}
 HISTORIES = {0: [0, 1, 2, 3], 1: [3, 4, 5, 0, 2], 2: [5, 4, 1, 3]}
@@ -59,11 +60,7 @@ def make_tables(reviews: bool = False, codes: dict | None = None) -> dict[str, p
     }
     if reviews:
         seq["reviews"] = pa.array([REVIEWS[u] for u in users], pa.list_(pa.string()))
-    splits = pa.table({
-        "split": [s[0] for s in SPLITS], "user_id": pa.array([s[1] for s in SPLITS], pa.int64()),
-        "history": pa.array([s[2] for s in SPLITS], pa.list_(pa.int64())),
-        "target": pa.array([s[3] for s in SPLITS], pa.int64()),
-    })
+    splits = split_bounds(pa.table(seq))  # whose rows are SPLITS
     ids = sorted(codes)
     width = len(codes[ids[0]])
     item_codes = pa.table({

@@ -13,6 +13,7 @@ import pytest
 
 from semconv.codes import item_tokens
 from semconv.prompts import PREAMBLE, sequential_prompt, wrap
+from semconv.protocol import split_bounds
 from semconv.tasks.build import build_sft
 from semconv.tasks.config import TasksConfig
 from semconv.tasks.inputs import validate_inputs
@@ -103,22 +104,18 @@ def test_negatives_are_distinct_when_the_catalogue_allows_and_deterministic(toy)
     codes = {i: (i // 10, i % 10) for i in range(n_items)}
     base = toy.make_tables(codes=codes)
     histories = [rng.choice(n_items, size=6, replace=False).tolist() for _ in range(n_users)]
-    split_rows = [("train", u, h[:j], h[j]) for u, h in enumerate(histories) for j in range(1, 4)]
-    split_rows += [("valid", u, h[:4], h[4]) for u, h in enumerate(histories)]
+    train_rows = [("train", u, h[:j], h[j]) for u, h in enumerate(histories) for j in range(1, 4)]
     items = base["items"].take(pa.array(np.arange(n_items) % 6)).set_column(
         0, "item_id", pa.array(range(n_items), pa.int64()))
     tables = {
         "items": items, "item_codes": base["item_codes"],
         "sequences": pa.table({"user_id": pa.array(range(n_users), pa.int64()),
                                "history": pa.array(histories, pa.list_(pa.int64()))}),
-        "splits": pa.table({"split": [s[0] for s in split_rows],
-                            "user_id": pa.array([s[1] for s in split_rows], pa.int64()),
-                            "history": pa.array([s[2] for s in split_rows], pa.list_(pa.int64())),
-                            "target": pa.array([s[3] for s in split_rows], pa.int64())}),
     }
+    tables["splits"] = split_bounds(tables["sequences"])  # whose train rows are train_rows
     a = build(tables, seed=1, templates={"negative": ["Unlikely after {history}?"]}, **BEHAVIOUR_ONLY)
     negatives = rows(a, "negative")
-    assert len(negatives) == 3 * len(split_rows[: 3 * n_users])
+    assert len(negatives) == 3 * len(train_rows)
     groups: dict = {}
     for r in negatives:
         groups.setdefault((r["user_id"], r["prompt"]), []).append(r["item_id"])
@@ -173,3 +170,16 @@ def test_ray_data_path_gives_the_same_rows_as_the_local_path(tables, ray_local):
     assert (local.summary["ray_data"], on_ray.summary["ray_data"]) == (False, True)
     assert on_ray.table.num_rows == 4 + 12 + 3
     assert on_ray.table.equals(local.table)
+
+
+def test_train_rows_a_weight_never_draws_are_never_derived(tables):
+    from semconv.tasks.build import behaviour_input
+
+    inputs = validate_inputs(**tables)
+    cfg = TasksConfig(sequential_objective="history", weights={"negative": 0.5})
+    batch = behaviour_input(inputs, cfg, seed=0)
+    n = inputs.num_train_rows()
+    drawn = np.flatnonzero(repeat_counts(n, 0.5, 0, "negative"))
+    assert batch["row"].to_pylist() == drawn.tolist() and batch.num_rows == round(0.5 * n) < n
+    train = inputs.rows("train").take(pa.array(drawn))  # each kept row is the protocol's row
+    assert batch["target"].equals(train["target"]) and batch["history"].equals(train["history"])

@@ -101,14 +101,14 @@ def test_history_referencing_an_unknown_item_is_a_clear_error(tmp_path, toy):
         run_tasks(config(tmp_path))
 
 
-def test_split_target_referencing_an_unknown_item_is_a_clear_error(tmp_path, toy):
+def test_split_bounds_that_do_not_fit_a_history_are_a_clear_error(tmp_path, toy):
     tables = toy.make_tables()
     splits = tables["splits"]
-    targets = splits["target"].to_pylist()
-    targets[3] = -1
-    tables["splits"] = splits.set_column(3, "target", pa.array(targets, pa.int64()))
+    tests = splits["test"].to_pylist()
+    tests[1] = 9  # user 1 has 5 items
+    tables["splits"] = splits.set_column(2, "test", pa.array(tests, pa.int32()))
     toy.write_run(tmp_path, tables)
-    with pytest.raises(TaskInputError, match=r"splits/ row 3 \(user_id 1\): target references item_id -1"):
+    with pytest.raises(TaskInputError, match=r"splits/ user_id 1: valid 3 / test 9 do not fit their history of 5"):
         run_tasks(config(tmp_path))
 
 

@@ -2,10 +2,11 @@
 
 Steps: validate, drop duplicate (user, item) pairs keeping the earliest, optional iterative
 k-core, dense int ids (items in catalogue order, users in order of first appearance; source ids
-kept), chronological histories, leave-last-out splits by the rules of :mod:`semconv.protocol`
-(test = last item, valid = second-to-last, train = every prefix -> next item of the rest, each
-row's history truncated to its last ``max_len`` items; users with fewer than 3 interactions have
-only train rows). ``sequences/`` keeps the full history.
+kept), chronological histories, and the leave-last-out split by the rules of
+:mod:`semconv.protocol` (test = last item, valid = second-to-last; users with fewer than 3
+interactions are train only), stored as each user's valid and test positions (``splits/``, one
+row per user; the per-prefix rows are derived by whoever needs them). ``sequences/`` keeps the
+full history.
 
 Here every table is in one process (~0.3 GB per million interactions). Large inputs
 (``prepare.ray_data``) run the same steps sharded on Ray Data (:mod:`semconv.data.sharded`),
@@ -23,7 +24,7 @@ from semconv.lineage import stage_run
 from semconv.data.config import PrepareConfig
 from semconv.data.readers import DataError, ReadReport, has_text, read_generic, read_lcrec
 from semconv.data.sharded import prepare_sharded, use_sharded
-from semconv.protocol import SPLITS_SCHEMA, leave_last_out
+from semconv.protocol import row_counts, split_bounds, train_rows
 
 log = logging.getLogger(__name__)
 
@@ -155,26 +156,6 @@ def format_stats(stats: dict[str, float], skipped: dict[str, int]) -> str:
     return "prepare: " + ", ".join(f"{k} {v}" for k, v in rows)
 
 
-def _splits(sequences: pa.Table, max_len: int) -> pa.Table:
-    import ray
-
-    if not ray.is_initialized():
-        return leave_last_out(sequences, max_len)
-    # one block per ~2k users, so the work spreads over the cluster's nodes
-    step = 2048
-    blocks = [sequences.slice(i, step) for i in range(0, sequences.num_rows, step)] or [sequences]
-    ctx = ray.data.DataContext.get_current()
-    previous = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True  # users' rows in user order, as without Ray
-    try:
-        ds = ray.data.from_arrow(blocks).map_batches(
-            leave_last_out, fn_kwargs={"max_len": max_len}, batch_format="pyarrow", batch_size=None)
-        parts = [ray.get(r) for r in ds.to_arrow_refs()]
-    finally:
-        ctx.execution_options.preserve_order = previous
-    return pa.concat_tables(parts).cast(SPLITS_SCHEMA)
-
-
 def read_raw(cfg: PrepareConfig) -> tuple[pa.Table, pa.Table, ReadReport, str, str]:
     if cfg.format == "lcrec":
         name = cfg.name or cfg.dataset.rstrip("/").split("/")[-1]
@@ -208,9 +189,9 @@ def run_prepare(cfg) -> dict[str, str]:
         seqs_t = None
     if not run.is_complete("splits"):
         seqs_t = seqs_t if seqs_t is not None else run.read_table("sequences")
-        splits = _splits(seqs_t, pc_cfg.max_len)
-        counts = {s: int(pc.sum(pc.equal(splits.column("split"), s)).as_py() or 0) for s in ("train", "valid", "test")}
-        run.write_table("splits", splits, pc_cfg.num_shards, {"rows_per_split": counts, "max_len": pc_cfg.max_len})
+        bounds = split_bounds(seqs_t)
+        counts = row_counts(bounds, int(train_rows(seqs_t, bounds).sum()))
+        run.write_table("splits", bounds, pc_cfg.num_shards, {"rows_per_split": counts, "max_len": pc_cfg.max_len})
     meta = run.manifest("sequences")
     print(format_stats(meta["stats"], meta.get("skipped", {})), flush=True)
     return {n: run.path(n) for n in names}

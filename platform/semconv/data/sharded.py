@@ -22,7 +22,7 @@ length -- and streams the output tables to Parquet a block at a time. ``bench/pr
    items are alive). The last pass gives the kept users' first positions: their ranks are the
    dense user ids (users in order of first appearance).
 5. ``sequences/`` rows sorted by ``user_id`` (Ray Data ``sort``), ``splits/`` by
-   :func:`~semconv.protocol.leave_last_out` over them, ``items/`` from the catalogue blocks, each
+   :func:`~semconv.protocol.split_bounds` over them (one row per user), ``items/`` from the catalogue blocks, each
    cut into ``num_shards`` files at the rows ``RunDir.write_table`` would cut.
 """
 
@@ -43,12 +43,13 @@ from semconv.data.chunks import raw_bytes
 from semconv.data.config import PrepareConfig
 from semconv.data.readers import DataError, ReadReport
 from semconv.data.sources import OPTIONAL, Source, file_of, new_tally, open_sources, reports
-from semconv.protocol import SPLITS_SCHEMA, leave_last_out
+from semconv.protocol import BOUNDS_SCHEMA, row_counts, split_bounds, train_rows
+from semconv.ray_env import resolve
 
 log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 16 << 20  # raw input per read piece and per user partition (auto num_blocks)
-SPLIT_USERS = 2048  # users per leave-last-out batch
+SPLIT_USERS = 1 << 16  # users per split_bounds batch
 SHUFFLE_BATCH_BYTES = 64 << 20  # input one shuffle map task partitions at a time
 
 
@@ -74,18 +75,12 @@ def use_sharded(cfg: PrepareConfig, run: RunDir) -> bool:
     return size is not None and size >= cfg.ray_min_mb << 20
 
 
-def _get(x: Any) -> Any:
-    import ray
-
-    return ray.get(x) if isinstance(x, ray.ObjectRef) else x
-
-
 # ---- Ray Data tasks ---------------------------------------------------------------------------
 def _lookup(t: pa.Table, keys: Any, parts: int, columns: list[str], tally: Any) -> pa.Table:
     """Ray Data task: :func:`~semconv.data.users.lookup`, filing the unknown items it dropped."""
     import ray
 
-    out, unknown = U.lookup(t, _get(keys), parts, columns)
+    out, unknown = U.lookup(t, resolve(keys), parts, columns)
     if unknown.num_rows:  # keyed by the block's first position: a retried task overwrites itself
         at = int(pc.index(unknown.column("pos"), pc.min(unknown.column("pos"))).as_py())
         first = {c: unknown.column(c)[at].as_py() for c in ("pos", "row", "item")}
@@ -98,11 +93,11 @@ def _user_rows(t: pa.Table) -> pa.Table:
 
 
 def _scan(users: pa.Table, alive: Any, k: int) -> pa.Table:
-    return U.scan(users, _get(alive), k)
+    return U.scan(users, resolve(alive), k)
 
 
 def _sequences(users: pa.Table, alive: Any, k: int, firsts: Any) -> pa.Table:
-    return U.sequences(users, _get(alive), k, _get(firsts))
+    return U.sequences(users, resolve(alive), k, resolve(firsts))
 
 
 def _blocks(ds: Any) -> Iterable[pa.Table]:
@@ -206,19 +201,25 @@ def sequences_schema(columns: set[str]) -> pa.Schema:
     return pa.schema(fields)
 
 
-def write_splits(run: RunDir, sequences: Any, rows: int, cfg: PrepareConfig) -> None:
+def _bounds(batch: pa.Table) -> pa.Table:
+    bounds = split_bounds(batch)
+    return bounds.append_column("train_rows", pa.array(train_rows(batch, bounds)))
+
+
+def write_splits(run: RunDir, sequences: Any, users: int, cfg: PrepareConfig) -> None:
     counts = {s: 0 for s in ("train", "valid", "test")}
 
     def blocks() -> Iterable[pa.Table]:
-        ds = sequences.select_columns(["user_id", "history"]).repartition(  # spread over every CPU
-            target_num_rows_per_block=SPLIT_USERS * 8).map_batches(
-            leave_last_out, fn_kwargs={"max_len": cfg.max_len}, batch_format="pyarrow", batch_size=SPLIT_USERS)
+        ds = sequences.select_columns(["user_id", "history"]).map_batches(
+            _bounds, batch_format="pyarrow", batch_size=SPLIT_USERS)
         for b in _blocks(ds):
-            for row in pc.value_counts(b.column("split")).to_pylist():
-                counts[row["values"]] += row["counts"]
+            train = int(pc.sum(b.column("train_rows")).as_py() or 0)
+            b = b.drop_columns(["train_rows"])
+            for name, n in row_counts(b, train).items():
+                counts[name] += n
             yield b
 
-    write_stream(run, "splits", blocks(), SPLITS_SCHEMA, rows, cfg.num_shards,
+    write_stream(run, "splits", blocks(), BOUNDS_SCHEMA, users, cfg.num_shards,
                  {"rows_per_split": counts, "max_len": cfg.max_len})
 
 
@@ -243,7 +244,7 @@ def prepare_sharded(cfg: Any, run: RunDir) -> None:
             stats = run.manifest("sequences")["stats"]
             sequences = ray.data.read_parquet(run.parquet_files("sequences"), filesystem=run.fs,
                                               columns=["user_id", "history"])
-            rows = stats["interactions"] - stats["users"]
+            rows = stats["users"]
         if not run.is_complete("splits"):
             write_splits(run, sequences, rows, pcfg)
     finally:
@@ -254,7 +255,7 @@ def prepare_sharded(cfg: Any, run: RunDir) -> None:
 
 def build(cfg: PrepareConfig, run: RunDir) -> tuple[Any, int]:
     """Steps 1-5 of the module docstring for ``items/`` and ``sequences/``; returns the sorted
-    sequences (for ``splits/``) and the number of splits rows."""
+    sequences (for ``splits/``) and the number of users."""
     import ray
 
     size = input_bytes(cfg) or 0
@@ -316,7 +317,7 @@ def _build(cfg: PrepareConfig, run: RunDir, parts: int, block_bytes: int, tally:
     if not run.is_complete("sequences"):
         write_stream(run, "sequences", _blocks(seqs), sequences_schema(columns), len(firsts),
                      cfg.num_shards, dict(meta))
-    return seqs, int(lens.sum()) - len(firsts)
+    return seqs, len(firsts)
 
 
 def _catalogue_blocks(items_ds: Any, schema: pa.Schema) -> Iterable[pa.Table]:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -48,16 +49,18 @@ class UnknownUserError(ValueError):
     """A user id the CF model was not trained with."""
 
 
-def train_pairs(splits: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def train_pairs(sequences: pa.Table, bounds: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The graph's edges: the train interactions (:func:`semconv.protocol.train_interactions`).
 
-    Returns ``(user_ids, users, items)``: ``user_ids`` are the sorted distinct users of *every*
-    split (so valid/test users without train rows still get a row), ``users`` index into it.
+    Returns ``(user_ids, users, items)``: ``user_ids`` are the sorted distinct users with any
+    split row (two or more items, so valid/test users without train rows still get a row),
+    ``users`` index into it.
     """
-    user_ids = np.unique(splits.column("user_id").to_numpy()).astype(np.int64)
-    pair_users, items = train_interactions(splits)
+    lengths = pc.list_value_length(sequences.column("history")).fill_null(0).to_numpy(zero_copy_only=False)
+    user_ids = np.unique(sequences.column("user_id").to_numpy()[lengths >= 2]).astype(np.int64)
+    pair_users, items = train_interactions(sequences, bounds)
     if len(items) == 0:
-        raise ValueError("splits/: no train interactions to train the CF model on")
+        raise ValueError("sequences/: no train interactions to train the CF model on")
     return user_ids, np.searchsorted(user_ids, pair_users).astype(np.int64), items
 
 

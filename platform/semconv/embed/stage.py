@@ -1,4 +1,4 @@
-"""The ``embed`` stage: ``items/`` + ``splits/`` -> ``item_emb/`` (behaviour) + ``item_text_emb/``.
+"""The ``embed`` stage: ``items/`` + ``sequences/`` + ``splits/`` -> ``item_emb/`` (behaviour) + ``item_text_emb/``.
 
 ``item_emb/`` holds the user's own recommender's vectors when ``embed.item_embeddings`` is set;
 otherwise LightGCN is trained on the train split (Ray Train) and the artifact also carries the
@@ -43,11 +43,11 @@ def train_cf_model(cfg: PipelineConfig, run: RunDir, num_items: int) -> tuple[CF
     Checkpoints are keyed by the stage's lineage fingerprint (``run`` from
     :func:`semconv.lineage.stage_run`), so a rerun after a crash resumes and a changed one never does.
     """
-    splits = run.read_table("splits")
-    user_ids, users, items = train_pairs(splits)
+    sequences = run.read_table("sequences", columns=["user_id", "history"])
+    user_ids, users, items = train_pairs(sequences, run.read_table("splits"))
     bad = (items < 0) | (items >= num_items)
     if bad.any():
-        raise ValueError(f"splits/: item id {int(items[bad][0])} (train history/target) is not in "
+        raise ValueError(f"sequences/: item id {int(items[bad][0])} (train history/target) is not in "
                          f"items/ (ids 0..{num_items - 1})")
     c = cfg.embed.cf
     config = {"users": users, "items": items, "num_users": len(user_ids), "num_items": num_items,

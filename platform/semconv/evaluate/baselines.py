@@ -2,7 +2,7 @@
 
 Every function returns ``(rankings per split, info)``: rankings are ``(users, k)`` item ids,
 best first, aligned with that split's rows, so the stage scores them with the same code as ours.
-What a baseline learns from holds every user (``train_rows``, or the whole ``splits/``); ``rows`` may be
+What a baseline learns from holds every user (``train_rows``, or all of ``sequences/``); ``rows`` may be
 a user sample (a demo precache scores a sample): restricting what baselines *learn* to the sample
 would weaken them (SASRec trained on 2,000 instead of 8,317 sequences). Every baseline masks the
 same items as ours (:func:`~semconv.evaluate.protocol.history_exclusions`).
@@ -32,14 +32,15 @@ class BaselineUnavailable(RuntimeError):
 
 
 def rank_popularity(
-    rows: dict[str, SplitRows], splits: pa.Table, num_items: int, k: int, exclude_history: bool,
+    rows: dict[str, SplitRows], sequences: pa.Table, bounds: pa.Table, num_items: int, k: int,
+    exclude_history: bool,
 ) -> tuple[Rankings, dict[str, Any]]:
-    """Most-popular items of the train interactions of ``splits`` (every user, whatever sample
-    ``rows`` holds) for every row."""
-    counts = popularity(splits, num_items)
+    """Most-popular items of the train interactions of ``sequences`` under ``splits/`` ``bounds``
+    (every user, whatever sample ``rows`` holds) for every row."""
+    counts = popularity(sequences, bounds, num_items)
     out = {
         name: popularity_topk(counts, len(r), k, history_exclusions(r, exclude_history))
-        for name, r in rows.items() if name != "train"
+        for name, r in rows.items()
     }
     top = np.argsort(-counts, kind="stable")[:k]
     return out, {"train_interactions": int(counts.sum()), "top_items": top.tolist(),
@@ -59,7 +60,7 @@ def rank_sasrec(
     with torch_threads(cfg.num_threads):
         out = {
             name: sasrec_topk(model, r.histories, k, history_exclusions(r, exclude_history))
-            for name, r in rows.items() if name != "train"
+            for name, r in rows.items()
         }
     log["parameters"] = sum(p.numel() for p in model.parameters())
     log["max_len"] = max_len
@@ -84,7 +85,7 @@ def rank_cf(
     start = time.perf_counter()
     out = {
         name: np.asarray(recommend_topk(model_dir, r.user_ids, k, history_exclusions(r, exclude_history)))
-        for name, r in rows.items() if name != "train"
+        for name, r in rows.items()
     }
     info: dict[str, Any] = {"model_dir": str(model_dir), "rank_seconds": time.perf_counter() - start}
     manifest = run.manifest("item_emb")

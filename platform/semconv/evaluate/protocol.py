@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from semconv.metrics import ranking_metrics
-from semconv.protocol import SPLITS, history_before
+from semconv.protocol import history_before, split_rows
 
 
 class EvaluationError(ValueError):
@@ -26,9 +25,9 @@ class EvaluationError(ValueError):
 
 @dataclass(frozen=True)
 class SplitRows:
-    """The rows of one split: user ``i`` has ``histories[i]`` (oldest first, cut to ``max_len``:
-    a model's input) and ``targets[i]``; ``seen[i]`` is everything before the target (uncut: what
-    history exclusion masks; None when read without ``sequences/``)."""
+    """The rows of one held-out split: user ``i`` has ``histories[i]`` (oldest first, cut to
+    ``max_len``: a model's input) and ``targets[i]``; ``seen[i]`` is everything before the target
+    (uncut: what history exclusion masks; None where a caller built rows without it)."""
 
     split: str
     user_ids: np.ndarray
@@ -47,38 +46,33 @@ class SplitRows:
                          [h for h, k in zip(self.histories, keep) if k], self.targets[keep], seen)
 
 
-def split_rows(splits: pa.Table, split: str, sequences: pa.Table | None = None) -> SplitRows:
-    """The ``split`` rows of a ``splits/`` table; valid and test must have one row per user.
-
-    With ``sequences`` (``sequences/``: ``user_id``, ``history``) valid and test rows also get
-    ``seen``, each user's whole history before the target (:func:`semconv.protocol.history_before`).
-    """
-    if split not in SPLITS:
-        raise EvaluationError(f"split must be one of {SPLITS}, got {split!r}")
-    missing = {"split", "user_id", "history", "target"} - set(splits.column_names)
+def read_split(sequences: pa.Table, bounds: pa.Table, split: str, max_len: int) -> SplitRows:
+    """The ``valid`` or ``test`` rows of ``sequences/`` under ``splits/`` (one per user holding
+    that target), each with ``seen``: the whole history before the target."""
+    if split not in ("valid", "test"):
+        raise EvaluationError(f"split must be 'valid' or 'test', got {split!r}")
+    missing = {"user_id", "history"} - set(sequences.column_names)
     if missing:
-        raise EvaluationError(f"splits/ table lacks column(s) {sorted(missing)}")
-    rows = splits.filter(pc.equal(splits.column("split"), split))
-    user_ids = np.asarray(rows.column("user_id").to_pylist(), dtype=np.int64)
-    targets = rows.column("target").to_pylist()
-    if any(t is None for t in targets):
-        raise EvaluationError(f"splits/ {split} row {targets.index(None)} has a null target")
-    histories = [np.asarray(h or [], dtype=np.int64) for h in rows.column("history").to_pylist()]
-    if split != "train":
-        uniq, counts = np.unique(user_ids, return_counts=True)
-        if len(uniq) != len(user_ids):
-            dup = int(uniq[counts > 1][0])
-            raise EvaluationError(f"splits/ has {counts.max()} {split} rows for user_id {dup}; expected one")
-    seen = None
-    if sequences is not None and split != "train":
-        before = history_before(sequences, split)
-        by_user = dict(zip(before.column("user_id").to_pylist(), before.column("history").to_pylist()))
-        lost = [int(u) for u in user_ids if int(u) not in by_user]
-        if lost:
-            raise EvaluationError(f"sequences/ has no {split} target for user_id {lost[0]} of splits/ "
-                                  f"({len(lost)} such users): rerun the prepare stage")
-        seen = [np.asarray(by_user[int(u)], dtype=np.int64) for u in user_ids]
-    return SplitRows(split, user_ids, histories, np.asarray(targets, dtype=np.int64), seen)
+        raise EvaluationError(f"sequences/ table lacks column(s) {sorted(missing)}")
+    try:
+        rows = split_rows(sequences, bounds, max_len, (split,))
+        before = history_before(sequences, bounds, split)  # the same users, in the same order
+    except ValueError as err:
+        raise EvaluationError(str(err)) from err
+    user_ids = rows.column("user_id").to_numpy()
+    uniq, counts = np.unique(user_ids, return_counts=True)
+    if len(uniq) != len(user_ids):
+        raise EvaluationError(f"sequences/ has {counts.max()} rows for user_id {int(uniq[counts > 1][0])}; "
+                              "expected one")
+    return SplitRows(split, user_ids.astype(np.int64), _arrays(rows.column("history")),
+                     rows.column("target").to_numpy().astype(np.int64), _arrays(before.column("history")))
+
+
+def _arrays(lists: pa.ChunkedArray | pa.ListArray) -> list[np.ndarray]:
+    lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
+    values = lists.values.to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = lists.offsets.to_numpy()
+    return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
 def rankings_from_precache(
@@ -129,6 +123,5 @@ def history_exclusions(rows: SplitRows, exclude_history: bool) -> list[np.ndarra
     if not exclude_history:
         return None
     if rows.seen is None:
-        raise EvaluationError(f"{rows.split} rows were read without sequences/, so their whole histories "
-                              "are unknown: pass sequences to split_rows")
+        raise EvaluationError(f"{rows.split} rows carry no whole histories (seen): read them with read_split")
     return list(rows.seen)

@@ -109,6 +109,6 @@ def rank_scratch(
     # the whole history before the target, as the precache ranks: the prompt keeps its last
     # max_len items, exclusion masks all of it (semconv.protocol)
     out = {name: ranker.rank([list(h) for h in r.seen], exclude_history)[0]
-           for name, r in rows.items() if name != "train" and len(r)}
+           for name, r in rows.items() if len(r)}
     info["rank_seconds"] = round(time.perf_counter() - start, 1)
     return out, info

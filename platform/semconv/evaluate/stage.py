@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from semconv.artifacts import RunDir
 from semconv.console import progress
 from semconv.evaluate.baselines import BaselineUnavailable, rank_cf, rank_popularity, rank_sasrec
-from semconv.evaluate.protocol import evaluate_rankings, rankings_from_precache, split_rows
+from semconv.evaluate.protocol import evaluate_rankings, rankings_from_precache, read_split
 from semconv.evaluate.report import write_report
 from semconv.lineage import stage_run
 
@@ -67,9 +67,10 @@ def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = T
     ev = cfg.evaluate
     ks = sorted(set(ev.ks))
     num_items = _num_items(run)
-    splits = run.read_table("splits")
-    sequences = run.read_table("sequences", columns=["user_id", "history"])  # what exclusion masks
-    rows = {s: split_rows(splits, s, sequences) for s in ("train", "valid", "test")}
+    bounds = run.read_table("splits")
+    sequences = run.read_table("sequences", columns=["user_id", "history"])
+    max_len = run.manifest("splits").get("max_len", cfg.prepare.max_len)
+    rows = {s: read_split(sequences, bounds, s, max_len) for s in ("valid", "test")}
     if len(rows["test"]) == 0:
         raise ValueError(f"{run.path('splits')}: no test rows to evaluate")
     precache = run.manifest(PRECACHE) if include_semconv else {}
@@ -78,7 +79,7 @@ def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = T
     train_rows = rows  # baselines learn from every user, whatever sample is scored
     if sampled:  # a demo precache of a user sample: score every system on the same users
         cached = run.read_table(PRECACHE, columns=["user_id"]).column("user_id").to_numpy()
-        rows = {s: (r.restrict(cached) if s != "train" else r) for s, r in rows.items()}
+        rows = {s: r.restrict(cached) for s, r in rows.items()}
     out: dict[str, Any] = {
         split: {"users": len(rows[split]), "systems": {}, "missing_users": {}}
         for split in ("test", "valid")
@@ -94,7 +95,7 @@ def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = T
         start = time.perf_counter()
         try:
             if name == "popularity":
-                ranked, info = rank_popularity(rows, splits, num_items, max(ks), exclude)
+                ranked, info = rank_popularity(rows, sequences, bounds, num_items, max(ks), exclude)
             elif name == "scratch":
                 from semconv.evaluate.scratch import rank_scratch
 

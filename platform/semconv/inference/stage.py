@@ -1,4 +1,4 @@
-"""The ``precache`` stage: ``sequences/``, ``item_codes/``, ``model/`` -> ``precache/``.
+"""The ``precache`` stage: ``sequences/``, ``splits/``, ``item_codes/``, ``model/`` -> ``precache/``.
 
 Each test user is ranked from everything before their held-out last item
 (:func:`semconv.protocol.history_before`), so the evaluate stage can score ``precache/`` against
@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from semconv.artifacts import RunDir, link_or_copy
 from semconv.codes import read_item_codes
 from semconv.inference.run_ranker import resolve_settings
 from semconv.lineage import stage_run
 from semconv.protocol import history_before
+from semconv.ray_env import resolve
 from semconv.inference.precache import (
     LIGHT_CPU,
     PrecacheError,
@@ -45,22 +45,19 @@ log = logging.getLogger(__name__)
 
 PRECACHE = "precache"
 PARTIAL = "precache.partial"
-INPUTS = ("sequences", "item_codes", "model")
+INPUTS = ("sequences", "splits", "item_codes", "model")
 
 
-def test_user_ids(run: RunDir) -> tuple[np.ndarray, bool]:
-    """User ids of the test users in file order, and whether they are already sorted."""
-    ids = []
-    for path in run.parquet_files("sequences"):
-        t = pq.read_table(path, columns=["user_id", "history"], filesystem=run.fs)
-        ids.append(history_before(t, "test")["user_id"].to_numpy())
-    ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+def test_user_ids(bounds: pa.Table) -> tuple[np.ndarray, bool]:
+    """User ids of the test users (``splits/`` rows with a test target) in file order, and
+    whether they are already sorted."""
+    ids = bounds.filter(pc.is_valid(bounds.column("test"))).column("user_id").to_numpy().astype(np.int64)
     return ids, bool((np.diff(ids) > 0).all())
 
 
-def _test_rows(batch, keep: np.ndarray | None = None):
+def _test_rows(batch, bounds, keep: np.ndarray | None = None):
     """Test users' whole histories before their target, restricted to ``keep`` when sampling."""
-    rows = history_before(batch, "test")
+    rows = history_before(batch, resolve(bounds), "test")
     if keep is not None:
         rows = rows.filter(pc.is_in(rows["user_id"], value_set=pa.array(keep)))
     return rows
@@ -90,11 +87,11 @@ def run_precache(cfg: PipelineConfig) -> dict[str, str]:
         return {PRECACHE: run.path(PRECACHE)}
     run.require(*INPUTS)
     # the builds this run reads, recorded now (not at publish): serving refuses a precache whose
-    # inputs are not the run dir's (splits/ is the same prepare build as sequences/, and holds the
-    # targets it is scored against)
-    inputs = {name: run.manifest(name)["build"] for name in (*INPUTS, "splits") if run.is_complete(name)}
+    # inputs are not the run dir's (splits/ holds the targets it is scored against)
+    inputs = {name: run.manifest(name)["build"] for name in INPUTS}
     item_ids, codes = read_item_codes(run)
-    user_ids, presorted = test_user_ids(run)
+    bounds = run.read_table("splits")
+    user_ids, presorted = test_user_ids(bounds)
     if len(user_ids) == 0:
         raise ValueError(f"{run.path('sequences')} has no user with a held-out test item: nothing to precache")
     total_users = len(user_ids)
@@ -117,7 +114,8 @@ def run_precache(cfg: PipelineConfig) -> dict[str, str]:
     users = ray.data.read_parquet(run.parquet_files("sequences"), filesystem=run.fs,
                                   columns=["user_id", "history"], num_cpus=LIGHT_CPU)
     users = users.map_batches(_test_rows, batch_format="pyarrow", num_cpus=LIGHT_CPU,
-                              fn_kwargs={"keep": user_ids if len(user_ids) < total_users else None})
+                              fn_kwargs={"bounds": ray.put(bounds),
+                                         "keep": user_ids if len(user_ids) < total_users else None})
     stats = precache_users(
         users, plan, run.fs, partial, spec, codes, item_ids, done=done, batch_size=pc_cfg.batch_size,
         sort_window=pc_cfg.sort_window, num_actors=pc_cfg.num_actors, use_gpu=pc_cfg.use_gpu,

@@ -133,7 +133,7 @@ def build_version(cfg, run: RunDir, base: RunDir) -> NewVersion:
         item_emb=embedding_table(np.concatenate([emb, vecs])),
         item_text_emb=None if text_emb is None else embedding_table(np.concatenate([text_emb, new_text])),
         sequences=new_seqs,
-        splits=refresh_splits(base.read_table("splits"), new_seqs, touched, cfg.prepare.max_len),
+        splits=refresh_splits(base.read_table("splits"), new_seqs, touched),
         touched=touched, new_users=delta.new_users.column("user_id").to_numpy(),
         new_items=info, skipped=skipped,
     )

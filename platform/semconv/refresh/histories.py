@@ -3,7 +3,7 @@
 Columnar: the untouched users' rows are filtered through unchanged; only the touched users' rows
 are rebuilt (old history, then their delta items in order). A delta pair the user already has in
 their history is dropped, as ``prepare`` drops repeats. ``splits/`` keeps every untouched user's
-rows and recomputes the touched users' leave-last-out rows from their new history.
+bounds and recomputes the touched users' from their new history.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from semconv.protocol import SPLITS_SCHEMA, leave_last_out
+from semconv.protocol import BOUNDS_SCHEMA, split_bounds
 
 
 def extend_sequences(sequences: pa.Table, user_ids: np.ndarray, item_ids: np.ndarray,
@@ -51,9 +51,10 @@ def extend_sequences(sequences: pa.Table, user_ids: np.ndarray, item_ids: np.nda
     return pa.concat_tables([keep, rebuilt]).sort_by("user_id"), touched, dropped
 
 
-def refresh_splits(splits: pa.Table, sequences: pa.Table, touched: np.ndarray, max_len: int) -> pa.Table:
-    """Old splits minus the touched users' rows, plus leave-last-out rows of their new histories."""
+def refresh_splits(splits: pa.Table, sequences: pa.Table, touched: np.ndarray) -> pa.Table:
+    """Old ``splits/`` minus the touched users, plus the bounds of their new histories, in
+    ``sequences``' user order."""
     t = pa.array(touched, pa.int64())
-    keep = splits.filter(pc.invert(pc.is_in(splits.column("user_id"), value_set=t)))
-    rows = leave_last_out(sequences.filter(pc.is_in(sequences.column("user_id"), value_set=t)), max_len)
-    return pa.concat_tables([keep.cast(SPLITS_SCHEMA), rows])
+    keep = splits.filter(pc.invert(pc.is_in(splits.column("user_id"), value_set=t))).cast(BOUNDS_SCHEMA)
+    rebuilt = split_bounds(sequences.filter(pc.is_in(sequences.column("user_id"), value_set=t)))
+    return pa.concat_tables([keep, rebuilt]).sort_by("user_id")

@@ -153,8 +153,9 @@ def publish(run: RunDir, base: RunDir, name: str, new: NewVersion, plan, partial
                   "sequences": new.sequences, "splits": new.splits}
         if new.item_text_emb is not None:
             tables["item_text_emb"] = new.item_text_emb
+        cut = {"max_len": base.manifest("splits").get("max_len")}  # the prompts' cut, as the base's
         for art, table in tables.items():
-            view.write_table(art, table, manifest={"version": name})
+            view.write_table(art, table, manifest={"version": name, **(cut if art == "splits" else {})})
         for art in ("codebook", "model"):  # the version serves lookups and online generation alone
             _carry_over(run, art, view)
         pmeta = {"model": old_precache.get("model"), "codebook": old_precache.get("codebook"), **spec.record()}

@@ -3,7 +3,7 @@
 A replica serves a :class:`ServingState` per version, built whole on the side, so a request
 (which reads one state) sees one whole version: never a mix of two precaches, never a
 half-loaded one. A version (:class:`semconv.serving.version.Target`) is a run directory's
-catalogue (``items/``, ``item_codes/``, ``sequences/``), its fallback (``splits/``) and one
+catalogue (``items/``, ``item_codes/``, ``sequences/``), its fallback (``sequences/`` under ``splits/``) and one
 precache built from them: a precache whose manifest records other inputs than the run
 directory holds is refused, so the catalogue and the lists can never disagree. What is reused
 from the state served before is decided by the artifacts' ``build`` ids, nothing else.
@@ -119,10 +119,10 @@ def load_state(
     catalog, users = (reuse.catalog, reuse.source_users) if same(*CATALOG_INPUTS) else load_catalog(run_dir)
     fb_items = fb_scores = None
     if fallback:
-        if same("splits") and reuse.fallback_items is not None and reuse.store.k == store.k:
+        if same("sequences", "splits") and reuse.fallback_items is not None and reuse.store.k == store.k:
             fb_items, fb_scores = reuse.fallback_items, reuse.fallback_scores
         else:
-            splits = rd.read_table("splits", columns=["split", "user_id", "history", "target"])
-            fb_items, fb_scores = popularity_top_k(splits, store.k)
+            fb_items, fb_scores = popularity_top_k(rd.read_table("sequences", columns=["user_id", "history"]),
+                                                   rd.read_table("splits"), store.k)
     return ServingState(store, catalog, fb_items, fb_scores, users, time.perf_counter() - t0,
                         version_id(target, builds), builds)

@@ -1,6 +1,6 @@
 """Behaviour tasks: sequential alignment and negative-behaviour prompts, one batch at a time.
 
-Sequential alignment: for a train row of ``splits/`` (history -> target), the prompt lists the
+Sequential alignment: for a train row of the protocol (history -> target), the prompt lists the
 history's item codes exactly as ``prompts.sequential_prompt`` spells them (with one of the
 configured paraphrases) and the label is the target's codes.
 

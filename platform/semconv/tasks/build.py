@@ -1,14 +1,14 @@
 """Assemble every enabled Alignment Task into one ``sft/`` table (plus SA-Init keywords).
 
 Behaviour rows (sequential + negative) scale with the number of users, so they are built by
-:func:`behaviour.behaviour_rows` over batches of ``splits/`` train rows: in process for small
+:func:`behaviour.behaviour_rows` over batches of the protocol's train rows: in process for small
 data, with Ray Data ``map_batches`` for large tables (``tasks.ray_data``). Both paths give the
 same rows in the same order. History-level rows (``tasks.sequential_objective: history``, the
 default; :mod:`semconv.tasks.history`) are one per user (or per window of a long history), built
 from ``sequences/`` by the same local / Ray Data path. Item- and token-level tasks scale with the
 catalogue and run in process.
 
-Task weights apply to train rows only; held-out rows are the ``valid`` rows of ``splits/`` in the
+Task weights apply to train rows only; held-out rows are the protocol's ``valid`` rows in the
 inference prompt of the chosen objective (a seeded subset of ``max_valid_rows``), for the fine-tune stage's eval loss.
 """
 
@@ -49,24 +49,26 @@ def prompt_objective(cfg: TasksConfig) -> bool:
 
 
 def behaviour_input(inputs: TaskInputs, cfg: TasksConfig, seed: int) -> pa.Table:
-    """``splits/`` train rows with the columns :func:`behaviour_rows` reads."""
-    splits = inputs.splits
-    train = splits.filter(pc.equal(splits.column("split"), "train"))
-    n = train.num_rows
+    """The protocol's train rows that the task weights use, with the columns
+    :func:`behaviour_rows` reads; rows drawn zero times are never derived (at a weight of 0.01
+    the others would be 99% of the memory), and each row keeps its global ``row`` number."""
+    n = inputs.num_train_rows()
     zeros = np.zeros(n, dtype=np.int64)
     seq = repeat_counts(n, cfg.weight("sequential"), seed, "sequential") if prompt_objective(cfg) else zeros
     use_neg = cfg.negative and cfg.negative_ratio > 0
     neg = repeat_counts(n, cfg.weight("negative"), seed, "negative") if use_neg else zeros
+    keep = (seq > 0) | (neg > 0)
+    train = inputs.rows("train", keep)
     users = train.column("user_id").to_numpy().astype(np.int64)
     return pa.table(
         {
-            "row": np.arange(n, dtype=np.int64),
+            "row": np.flatnonzero(keep).astype(np.int64),
             "user_id": users,
             "history": train.column("history"),
             "target": train.column("target"),
             "full_history": full_histories(inputs, users),
-            "seq_repeats": seq,
-            "neg_repeats": neg,
+            "seq_repeats": seq[keep],
+            "neg_repeats": neg[keep],
         }
     ).select(list(BATCH_COLUMNS))
 
@@ -111,8 +113,7 @@ def use_ray_data(cfg: TasksConfig, train_rows: int) -> bool:
 
 
 def _valid_subset(inputs: TaskInputs, cfg: TasksConfig, seed: int) -> pa.Table:
-    splits = inputs.splits
-    valid = splits.filter(pc.equal(splits.column("split"), "valid"))
+    valid = inputs.rows("valid")
     if cfg.max_valid_rows is not None and valid.num_rows > cfg.max_valid_rows:
         pick = np.random.default_rng([seed & 0xFFFFFFFF, 7]).permutation(valid.num_rows)
         valid = valid.take(pa.array(np.sort(pick[: cfg.max_valid_rows])))
@@ -124,7 +125,7 @@ def history_task(inputs: TaskInputs, cfg: TasksConfig, seed: int, ray_cfg: Any =
     in the history format; and whether Ray Data ran."""
     seqs = inputs.sequences
     histories = seqs.column("history")
-    max_len = inputs.max_len or int(pc.max(pc.list_value_length(histories)).as_py() or 1)
+    max_len = inputs.context
     batches = pa.table({
         "user_id": seqs.column("user_id").cast(pa.int64()), "history": histories,
         "repeats": repeat_counts(seqs.num_rows, cfg.weight("history"), seed, "history"),

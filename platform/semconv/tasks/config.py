@@ -12,7 +12,7 @@ Task groups switch on and off with booleans (``sequential``, ``negative``, ``tex
 - ``weights``: a non-negative multiplier on a task's *train* rows (default 1). A task with ``n``
   base rows gets exactly ``round(w * n)`` rows: every base row ``floor(w)`` times, each copy
   with the next paraphrase, plus a seeded subset for the fractional part; 0 removes the task.
-  For ``negative`` the base is ``negative_ratio`` rows per sequential train row of ``splits/``.
+  For ``negative`` the base is ``negative_ratio`` rows per sequential train row of the protocol.
 - ``templates``: replaces a task's list of instruction paraphrases (placeholders checked).
 """
 
@@ -63,7 +63,7 @@ class TasksConfig(Section):
         "auto", description="behaviour rows via Ray Data map_batches (auto: when large)"
     )
     ray_min_rows: int = Field(100_000, ge=0, description="auto uses Ray Data from this many train rows")
-    batch_size: int = Field(4096, ge=1, description="splits/ rows per map_batches batch")
+    batch_size: int = Field(4096, ge=1, description="train rows per map_batches batch")
 
     @field_validator("weights")
     @classmethod

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from semconv.artifacts import RunDir
 from semconv.codes import code_arrays
+from semconv.protocol import split_rows, train_rows
 
 INPUTS = ("items", "sequences", "splits", "item_codes")
 
@@ -28,12 +29,26 @@ class TaskInputs:
     items: pa.Table  # sorted by item_id, ids dense 0..N-1
     codes: np.ndarray  # (N, L) int64; row i = codes of item i
     sequences: pa.Table
-    splits: pa.Table
+    splits: pa.Table  # splits/: each user's valid / test positions
     max_len: int | None = None  # prepare.max_len: the longest history a prompt lists
 
     @property
     def num_items(self) -> int:
         return self.items.num_rows
+
+    @property
+    def context(self) -> int:
+        """The longest history a prompt lists (``max_len``, else the longest history)."""
+        lengths = pc.list_value_length(self.sequences.column("history"))
+        return self.max_len or int(pc.max(lengths).as_py() or 1)
+
+    def rows(self, split: str, keep: np.ndarray | None = None) -> pa.Table:
+        """The protocol's ``split`` rows (:func:`semconv.protocol.split_rows`; ``keep``: a mask
+        over them), derived here."""
+        return split_rows(self.sequences, self.splits, self.context, (split,), keep)
+
+    def num_train_rows(self) -> int:
+        return int(train_rows(self.sequences, self.splits).sum())
 
 
 def _require_columns(table: pa.Table, name: str, columns: tuple[str, ...]) -> None:
@@ -111,7 +126,7 @@ def validate_inputs(
     """Check the four tables against each other and return them ready for the task builders."""
     _require_columns(items, "items", ("item_id", "title", "description"))
     _require_columns(sequences, "sequences", ("user_id", "history"))
-    _require_columns(splits, "splits", ("split", "user_id", "history", "target"))
+    _require_columns(splits, "splits", ("user_id", "valid", "test"))
     items = items.sort_by("item_id")
     ids = items.column("item_id").to_numpy().astype(np.int64)
     if not np.array_equal(ids, np.arange(len(ids))):
@@ -119,8 +134,6 @@ def validate_inputs(
     n = len(ids)
     codes = code_matrix(item_codes, n)
     check_item_refs(sequences, "sequences", "history", n)
-    check_item_refs(splits, "splits", "history", n)
-    check_item_refs(splits, "splits", "target", n)
     if "reviews" in sequences.column_names:
         h = pc.list_value_length(sequences.column("history").combine_chunks())
         r = pc.list_value_length(sequences.column("reviews").combine_chunks())
@@ -140,6 +153,10 @@ def validate_inputs(
         raise TaskInputError(
             f"splits/ has user_id(s) {missing[:5].tolist()} that are not in sequences/"
         )
+    try:
+        train_rows(sequences, splits)  # the held-out positions fit every history
+    except ValueError as err:
+        raise TaskInputError(str(err)) from None
     return TaskInputs(items=items, codes=codes, sequences=sequences, splits=splits)
 
 
