@@ -273,3 +273,29 @@ def test_a_key_set_inside_a_mapping_is_named_alone(tmp_path, fake):
     with pytest.raises(StaleArtifactError, match=r"stage tasks is stale: tasks.weights.history was unset "
                                                  r"when sft/ was built, now 2.0\. Rerun"):
         run_pipeline(load_config(None, base + ["tasks.weights={history: 2}"]), on_change="error")
+
+
+def test_a_stage_whose_format_changed_rebuilds_older_builds_and_says_why(tmp_path, fake, monkeypatch, capsys):
+    import dataclasses
+    import hashlib
+
+    from semconv import stages
+    from semconv.lineage import record
+
+    calls, _ = fake
+    base = [f"run_dir={tmp_path}"]
+    run_pipeline(load_config(None, base))
+    cfg = load_config(None, base)
+    want = record(cfg, "tokenize")  # format 1 stays out of the hash: older run dirs stay current
+    blob = json.dumps({k: want[k] for k in ("stage", "config", "inputs")}, sort_keys=True)
+    assert want["format"] == 1 and want["fingerprint"] == hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    newer = dataclasses.replace(stage("prepare"), format=stage("prepare").format + 1)
+    monkeypatch.setitem(stages._BY_NAME, "prepare", newer)
+    monkeypatch.setattr(stages, "STAGES", tuple(newer if s.name == "prepare" else s for s in STAGES))
+    calls.clear()
+    capsys.readouterr()
+    run_pipeline(load_config(None, base))
+    assert calls == list(NAMES)  # prepare and everything downstream
+    assert (f"items/ was written in format {newer.format - 1}, the stage now writes format {newer.format}"
+            in capsys.readouterr().out)

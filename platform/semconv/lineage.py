@@ -78,9 +78,12 @@ def record(cfg: PipelineConfig, name: str, run: RunDir | None = None) -> dict[st
     run = run or RunDir(cfg.run_dir)
     config = config_values(cfg, s)
     inputs = {a: artifact_build(run, a) for a in s.reads}
-    blob = json.dumps({"stage": name, "config": config, "inputs": inputs}, sort_keys=True)
+    payload: dict[str, Any] = {"stage": name, "config": config, "inputs": inputs}
+    if s.format != 1:  # format 1 stays out of the hash: builds from before formats stay current
+        payload["format"] = s.format
+    blob = json.dumps(payload, sort_keys=True)
     return {"stage": name, "fingerprint": hashlib.sha256(blob.encode()).hexdigest()[:16],
-            "config": config, "inputs": inputs}
+            "config": config, "inputs": inputs, "format": s.format}
 
 
 def stage_run(cfg: PipelineConfig, name: str) -> RunDir:
@@ -112,10 +115,14 @@ class Change:
     keys: list[tuple[str, Any, Any]] = field(default_factory=list)  # (key, old, new)
     inputs: list[str] = field(default_factory=list)
     legacy: bool = False  # built before manifests carried lineage
+    formats: tuple[int, int] | None = None  # (written, now) when the stage's format changed
 
     def describe(self) -> str:
         if self.legacy:
             return f"{self.artifact}/ was built before manifests recorded lineage"
+        if self.formats:
+            return f"{self.artifact}/ was written in format {self.formats[0]}, the stage now writes format " \
+                   f"{self.formats[1]}"
         parts = [f"{k} was {_show(old)} when {self.artifact}/ was built, now {_show(new)}"
                  for k, old, new in self.keys]
         parts += [f"its input {a}/ was rebuilt since" for a in self.inputs]
@@ -129,6 +136,8 @@ def _show(value: Any) -> str:
 def _diff(stage_name: str, artifact: str, old: dict[str, Any] | None, new: dict[str, Any]) -> Change:
     if not old:
         return Change(stage_name, artifact, legacy=True)
+    if old.get("format", 1) != new["format"]:
+        return Change(stage_name, artifact, formats=(old.get("format", 1), new["format"]))
     before, now = old.get("config", {}), new["config"]
     keys = [(k, before.get(k, UNSET), now.get(k, UNSET)) for k in sorted(set(before) | set(now))
             if before.get(k, UNSET) != now.get(k, UNSET)]

@@ -25,6 +25,7 @@ class Stage:
     config: tuple[str, ...]
     ignore: tuple[str, ...] = ()
     output: str = ""  # docs/pipeline.md's description of what it writes
+    format: int = 1  # bumped when what it writes changes shape for the same config: older builds rebuild
 
     @property
     def job(self) -> str:
@@ -38,7 +39,7 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", "semconv.data.prepare:run_prepare", (), ("items", "sequences", "splits"),
           ("prepare",), ("prepare.num_shards", "prepare.ray_data", "prepare.ray_min_mb", "prepare.num_blocks"),
-          "`items/`, `sequences/`, `splits/`"),
+          "`items/`, `sequences/`, `splits/`", format=2),  # 2: splits/ holds bounds, not prefix rows
     Stage("embed", "semconv.embed.stage:run_embed", ("items", "sequences", "splits"), ("item_emb", "item_text_emb"),
           ("embed", "seed"),
           ("embed.cf.cpus_per_worker", "embed.cf.checkpoint_every", "embed.text_batch_size",
