@@ -35,10 +35,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "platform"))
+sys.path.insert(0, str(REPO / "bench"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from common import save_tiny_llama  # noqa: E402
 
 from semconv.inference.beam_search import encode_prefix  # noqa: E402
 from semconv.inference.loading import ModelSpec, load_with_random_code_tokens  # noqa: E402
@@ -222,44 +224,17 @@ def _synthetic_users(batch, num_items: int):
     return {"user_id": ids, "history": [rng.integers(0, num_items, size=n) for n in lens]}
 
 
-def tiny_tokenizer(vocab_size: int = 400):
-    """A byte-level BPE tokenizer trained on our prompt template (about 400 tokens).
-
-    With SmolLM2's 49k-token vocabulary a 64-wide model spends ~90% of its time on the
-    full-vocabulary logits and their log-normaliser (measured: 43 users/s per thread against
-    ~420 with this one), which would make the scale run measure the softmax instead of the
-    platform (streaming, shards, memory)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from semconv.prompts import sequential_prompt
-
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator([sequential_prompt([[1, 2, 3, 4], [5, 6, 7, 8]])] * 10, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-
-
 def main_synthetic(args) -> dict:
     import pyarrow.fs as pafs
     import ray
     import ray.data
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from semconv.inference.precache import ShardPlan, open_partial, precache_users
 
     n = args.synthetic_users
     codes, codes_src = item_codes()
     work = Path(tempfile.mkdtemp(prefix="semconv-bench-"))
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                 tie_word_embeddings=True)).save_pretrained(work / "tiny")
-    tok.save_pretrained(work / "tiny")
+    tok = save_tiny_llama(work / "tiny")
     spec = ModelSpec(base_model=str(work / "tiny"), dtype="float32", code_levels=LEVELS, codes_per_level=CODES)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray.init(address="local", num_cpus=args.actors + 1, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -1,16 +1,17 @@
-"""The synthetic-scale piece of ``bench/precache.py``: its tiny prompt tokenizer."""
+"""The synthetic-scale piece of ``bench/precache.py``: its tiny prompt tokenizer (``bench/common.py``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from bench import precache as precache_bench
+from bench.common import tiny_tokenizer
 from semconv.finetune.tokenizer import add_code_tokens
 from semconv.prompts import sequential_prompt
 
 
 def test_tiny_tokenizer_encodes_prompts_compactly_and_code_tokens_whole(tmp_path):
-    tok = precache_bench.tiny_tokenizer()
+    tok = tiny_tokenizer()
     assert 256 < len(tok) <= 400
     prompt = sequential_prompt([[3, 1, 4, 1], [5, 9, 2, 6]])
     ids = tok(prompt, add_special_tokens=False)["input_ids"]

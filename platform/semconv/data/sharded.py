@@ -5,9 +5,9 @@ need ~30 GB). Here a task holds one piece of input (about ``BLOCK_BYTES`` on dis
 partition of users (about ``1/num_blocks`` of them; a reducer may draw two or three partitions,
 Ray hashing the partition numbers) or one block of them; the driver holds compact arrays only --
 the catalogue's keys, per-item alive flags and degrees, each user's first position and history
-length -- and streams the output tables to Parquet a block at a time. ``bench/prepare_scale.py``,
-30M interactions on 2 cores: driver 0.3 GB private memory (in memory: 7.7 GB), largest worker
-0.6 GB, 186 s (in memory: 263 s).
+length -- and streams the output tables to Parquet a block at a time. ``bench/scale.py
+--prepare-only``, 2 cores: 100M interactions in 302 s with 0.46 GB private memory in the driver
+and 0.63 GB in the largest worker (in memory, 10M already needs 2.5 GB in the driver).
 
 1. Read (:mod:`semconv.data.sources`): both tables in pieces, validated as the whole-file
    readers validate; the first error in file order is raised (then, as in memory: interactions,

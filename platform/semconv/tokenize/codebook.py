@@ -216,20 +216,22 @@ class ResidualCodebook(nn.Module):
         """Set each level's codes to faiss k-means centroids of that level's inputs.
 
         Level ``l`` runs ``faiss.Kmeans(niter=iters, seed=seed + l)`` from k-means++ seeds
-        (:func:`kmeans_plus_plus` with the same seed) on the residuals left by levels ``< l``.
+        (:func:`kmeans_plus_plus` with the same seed) on the residuals left by levels ``< l``, on
+        a seeded sample of ``max_points`` items when there are more (so the init costs the same
+        for a million items as for ``max_points``).
         """
         import faiss
 
-        z = self.embed(x)
         k = self.config.codes_per_level
-        if len(z) < k:
+        if len(x) < k:
             raise ValueError(
-                f"k-means init needs at least codes_per_level={k} items, got {len(z)}; "
+                f"k-means init needs at least codes_per_level={k} items, got {len(x)}; "
                 "lower tokenize.codes_per_level"
             )
-        if max_points is not None and len(z) > max_points:
-            idx = np.random.default_rng(seed).choice(len(z), max_points, replace=False)
-            z = z[np.sort(idx)]
+        if max_points is not None and len(x) > max_points:  # sample first: embed only the sample
+            idx = np.random.default_rng(seed).choice(len(x), max_points, replace=False)
+            x = np.asarray(x)[np.sort(idx)]
+        z = self.embed(x)
         gpu = bool(use_gpu and hasattr(faiss, "StandardGpuResources"))
         r = np.ascontiguousarray(z, dtype=np.float32)
         self.input_scale.fill_(max(float((r.astype(np.float64) ** 2).sum(1).mean()), 1e-12))

@@ -15,6 +15,13 @@ Reference procedure (``resolve_collisions``):
 
 Everything is ordered by item index and ties go to the lower index, so the result is a pure
 function of (embeddings, codebooks).
+
+Scale (a million items and more): tuples are compared as one fixed-width key per row
+(``tuple_keys``), items are sorted by prefix once and the groups with a collision visited as
+contiguous runs of that order, the last-level residual is computed for the colliding items only,
+and the fallback's "taken" set is a sorted key array searched by bisection (``TakenTuples``)
+rather than a Python set of every item's tuple. Each step is ``O(n log n)`` time and ``O(n)``
+small integers of memory; each group's assignment is at most ``K x K``.
 """
 
 from __future__ import annotations
@@ -30,7 +37,11 @@ def min_cost_assignment(cost: np.ndarray) -> np.ndarray:
     """Columns (distinct) for each row of an ``(n, m)`` cost matrix, ``n <= m``, minimising the sum.
 
     Shortest-augmenting-path Hungarian algorithm with potentials, ``O(n^2 m)``, vectorised over
-    columns; deterministic (first minimum wins).
+    columns; deterministic (first minimum wins). Two shortcuts return the only optimum at once
+    when there is exactly one (so the result is the algorithm's): every row's strict cheapest
+    column when no two rows share it, and for two rows that share it, the better of "row 0 keeps
+    it, row 1 takes its second" and the converse. Most prefix groups of a large catalogue are two
+    items on one tuple: ~0.6 ms of Python saved each (tested against the full algorithm).
     """
     cost = np.asarray(cost, dtype=np.float64)
     n, m = cost.shape
@@ -38,6 +49,17 @@ def min_cost_assignment(cost: np.ndarray) -> np.ndarray:
         raise ValueError(f"min_cost_assignment needs rows <= columns, got {cost.shape}")
     if not np.isfinite(cost).all():
         raise ValueError("cost matrix has NaN or infinite entries")
+    if n and m > 1:
+        best = cost.argmin(1)
+        two = np.partition(cost, 1, axis=1)
+        if (two[:, 0] < two[:, 1]).all() and len(np.unique(best)) == n:
+            return best.astype(np.int64)
+        if n == 2 and best[0] == best[1] and (two[:, 0] < two[:, 1]).all():
+            second = np.where(np.arange(m) == best[0], np.inf, cost).argmin(1)
+            third = np.partition(cost, 2, axis=1)[:, 2] if m > 2 else np.full(2, np.inf)
+            keep0, keep1 = two[0, 0] + two[1, 1], two[0, 1] + two[1, 0]  # who keeps the shared column
+            if (two[:, 1] < third).all() and keep0 != keep1:
+                return np.array([best[0], second[1]] if keep0 < keep1 else [second[0], best[1]], np.int64)
     u = np.zeros(n + 1)
     v = np.zeros(m + 1)
     p = np.zeros(m + 1, dtype=np.int64)  # p[j]: row (1-based) matched to column j; 0 = free
@@ -96,7 +118,8 @@ def _beam(z: np.ndarray, books: np.ndarray, width: int) -> np.ndarray:
 
 
 def nearest_free_tuple(
-    z: np.ndarray, codebooks: np.ndarray, taken: set[tuple[int, ...]], widths=(8, 64, 512, 4096)
+    z: np.ndarray, codebooks: np.ndarray, taken: set[tuple[int, ...]] | TakenTuples,
+    widths=(8, 64, 512, 4096),
 ) -> tuple[int, ...]:
     """The lowest-error full code tuple not in ``taken``, by beam search widened until one is free.
 
@@ -127,8 +150,30 @@ class Resolution:
     fallback: np.ndarray
 
 
-def _tuples(codes: np.ndarray) -> list[tuple[int, ...]]:
-    return [tuple(int(c) for c in row) for row in codes]
+def tuple_keys(codes: np.ndarray) -> np.ndarray:
+    """One fixed-width key per row of ``codes`` ``(n, L)``: equal keys <=> equal tuples, sortable
+    (byte order, not numeric order) and about 2.5x faster to ``np.unique`` than ``axis=0``."""
+    c = np.ascontiguousarray(codes, dtype=np.int64)
+    return c.view(np.dtype((np.void, 8 * c.shape[1]))).ravel()
+
+
+class TakenTuples:
+    """The code tuples already taken: a sorted key array (searched by bisection) plus the tuples
+    added since. ``t in taken`` and ``taken.add(t)`` take tuples, like a set."""
+
+    def __init__(self, codes: np.ndarray):
+        self.keys = np.sort(tuple_keys(codes))
+        self.added: set[tuple[int, ...]] = set()
+
+    def __contains__(self, t: tuple[int, ...]) -> bool:
+        if t in self.added:
+            return True
+        key = tuple_keys(np.asarray([t]))[0]
+        i = int(np.searchsorted(self.keys, key))
+        return i < len(self.keys) and self.keys[i] == key
+
+    def add(self, t: tuple[int, ...]) -> None:
+        self.added.add(t)
 
 
 def resolve_collisions(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray) -> Resolution:
@@ -139,23 +184,34 @@ def resolve_collisions(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray) 
     if n > K**L:
         raise ValueError(f"{n} items cannot have unique codes with only K^L = {K}^{L} tuples")
     out = codes.copy()
-    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
-    colliding = counts[inverse.ravel()] > 1
+    _, inverse, counts = np.unique(tuple_keys(codes), return_inverse=True, return_counts=True)
+    colliding = counts[inverse] > 1
+    del inverse, counts
     if not colliding.any():
         return Resolution(out, np.empty(0, np.int64), np.empty(0, np.int64))
-    r_last = level_inputs(z, codebooks, codes, L - 1).astype(np.float64)
+    # the last-level residual of the colliding items only (the only ones that move)
+    movers_all = np.flatnonzero(colliding)
+    r_last = level_inputs(z[movers_all], codebooks, codes[movers_all], L - 1).astype(np.float64)
+    row_of = np.full(n, -1, dtype=np.int64)
+    row_of[movers_all] = np.arange(len(movers_all))
     book = codebooks[L - 1].astype(np.float64)
     if L > 1:
-        group = np.unique(codes[:, : L - 1], axis=0, return_inverse=True)[1].ravel()
+        group = np.unique(tuple_keys(codes[:, : L - 1]), return_inverse=True)[1]
     else:
         group = np.zeros(n, dtype=np.int64)
+    hot = np.zeros(int(group.max()) + 1, dtype=bool)
+    hot[group[colliding]] = True
+    members_all = np.flatnonzero(hot[group])  # items of groups with a collision, by item index
+    members_all = members_all[np.argsort(group[members_all], kind="stable")]  # grouped, item order kept
+    bounds = np.flatnonzero(np.diff(group[members_all])) + 1
+    del group, hot
     overflow: list[int] = []
-    for g in np.unique(group[colliding]):
-        members = np.flatnonzero(group == g)
+    for members in np.split(members_all, bounds):
         movers = members[colliding[members]]
-        kept = set(int(c) for c in codes[members[~colliding[members]], L - 1])
-        free = np.array([k for k in range(K) if k not in kept], dtype=np.int64)
-        cost = ((r_last[movers][:, None, :] - book[free][None, :, :]) ** 2).sum(-1)
+        free_mask = np.ones(K, dtype=bool)
+        free_mask[codes[members[~colliding[members]], L - 1]] = False
+        free = np.flatnonzero(free_mask)
+        cost = ((r_last[row_of[movers]][:, None, :] - book[free][None, :, :]) ** 2).sum(-1)
         if len(movers) <= len(free):
             out[movers, L - 1] = free[min_cost_assignment(cost)]
         else:  # more movers than codes: the cheapest set of movers gets the codes
@@ -166,7 +222,9 @@ def resolve_collisions(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray) 
             overflow.extend(int(i) for i in movers[~placed])
     overflow.sort()
     if overflow:
-        taken = set(_tuples(np.delete(out, overflow, axis=0)))
+        keep = np.ones(n, dtype=bool)
+        keep[overflow] = False
+        taken = TakenTuples(out[keep])
         for i in overflow:
             t = nearest_free_tuple(z[i], codebooks, taken)
             out[i] = t

@@ -1,15 +1,34 @@
-"""Codebook quality figures recorded in ``codebook/metrics.json``."""
+"""Codebook quality figures recorded in ``codebook/metrics.json``.
+
+Every figure is computed over chunks of items, so its temporaries are bounded whatever the
+catalogue's size (a million items with 576-wide text embeddings would otherwise take ~20 GB in
+``text_alignment_distance``); sums are combined over chunks, and a catalogue that fits one chunk
+(the demo's 4,344 items) gets bit-identical figures to the one-shot formulas.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+
+from semconv.tokenize.collisions import tuple_keys
+
+ROWS = 65_536  # items per chunk of the per-item figures
+
+
+def _chunks(n: int, rows: int) -> list[slice]:
+    return [slice(s, s + rows) for s in range(0, n, max(1, rows))]
+
+
+def unique_tuples(codes: np.ndarray) -> int:
+    """How many distinct code tuples (rows) ``codes`` holds."""
+    return len(np.unique(tuple_keys(codes))) if len(codes) else 0
 
 
 def collision_rate(codes: np.ndarray) -> float:
     """``1 - unique tuples / items``: the share of items that need another code (0 = all unique)."""
     if len(codes) == 0:
         return 0.0
-    return 1.0 - len(np.unique(codes, axis=0)) / len(codes)
+    return 1.0 - unique_tuples(codes) / len(codes)
 
 
 def usage_perplexity(codes: np.ndarray, K: int) -> float:
@@ -21,10 +40,13 @@ def usage_perplexity(codes: np.ndarray, K: int) -> float:
 
 def quantization_error(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray) -> float:
     """Mean ``||z - z_hat||`` (L2 norm, not squared) with ``z_hat = sum_l C_l[codes_l]``."""
-    z_hat = np.zeros_like(z, dtype=np.float64)
-    for level in range(codes.shape[1]):
-        z_hat += codebooks[level][codes[:, level]]
-    return float(np.linalg.norm(z.astype(np.float64) - z_hat, axis=1).mean())
+    total = 0.0
+    for s in _chunks(len(z), ROWS):
+        z_hat = np.zeros_like(z[s], dtype=np.float64)
+        for level in range(codes.shape[1]):
+            z_hat += codebooks[level][codes[s, level]]
+        total += np.linalg.norm(z[s].astype(np.float64) - z_hat, axis=1).sum()
+    return float(total / len(z)) if len(z) else float("nan")
 
 
 def codebook_metrics(
@@ -33,7 +55,7 @@ def codebook_metrics(
     """Collision, utilisation, perplexity and error figures before and after resolution."""
     n, L = raw_codes.shape
     K = codebooks.shape[1]
-    _, inv, counts = np.unique(raw_codes, axis=0, return_inverse=True, return_counts=True)
+    _, inv, counts = np.unique(tuple_keys(raw_codes), return_inverse=True, return_counts=True)
     return {
         "items": int(n),
         "levels": int(L),
@@ -47,30 +69,46 @@ def codebook_metrics(
         "quantization_error_resolved": quantization_error(z, codebooks, codes),
         "input_norm": float(np.linalg.norm(z, axis=1).mean()) if n else 0.0,
         "reassigned_items": int((raw_codes != codes).any(1).sum()),
-        "duplicates_after_resolution": int(n - len(np.unique(codes, axis=0))),
+        "duplicates_after_resolution": int(n - unique_tuples(codes)),
     }
 
 
 def text_alignment_distance(
-    codebooks: np.ndarray, codes: np.ndarray, text: np.ndarray, ridge: float = 1e-3
+    codebooks: np.ndarray, codes: np.ndarray, text: np.ndarray, ridge: float = 1e-3,
+    floats: int = 1 << 24,
 ) -> float:
     """How close the codes can get to the text: mean ``1 - cos(P [zhat_l, 1], t)`` over items and
     levels, where ``P`` is a fresh linear map fitted here in closed form (ridge least squares onto
     the unit-normalised text embeddings) from every code prefix sum ``zhat_l``.
 
     The same probe for every codebook, so runs with and without LLM alignment compare fairly.
+    The normal equations are summed over chunks of items (``floats`` float64s of tiled text a
+    chunk: 128 MB), then a second pass scores every chunk with the fitted ``P``.
     """
-    L = codes.shape[1]
-    prefix = np.zeros((len(codes), codebooks.shape[2]), dtype=np.float64)
-    feats = []
-    for level in range(L):
-        prefix = prefix + codebooks[level][codes[:, level]]
-        feats.append(np.concatenate([prefix, np.ones((len(codes), 1))], 1))
-    X = np.concatenate(feats)  # (n L, d + 1)
-    t = text.astype(np.float64)
-    t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
-    T = np.tile(t, (L, 1))
-    P = np.linalg.solve(X.T @ X + ridge * len(X) * np.eye(X.shape[1]), X.T @ T)
-    pred = X @ P
-    cos = (pred * T).sum(1) / np.maximum(np.linalg.norm(pred, axis=1), 1e-12)
-    return float((1 - cos).mean())
+    n, L = codes.shape
+    rows = max(1, floats // (L * text.shape[1]))
+
+    def design(s: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Features ``(m L, d + 1)``, level-major, and the matching unit text ``(m L, d_llm)``."""
+        c = codes[s]
+        prefix = np.zeros((len(c), codebooks.shape[2]), dtype=np.float64)
+        feats = []
+        for level in range(L):
+            prefix = prefix + codebooks[level][c[:, level]]
+            feats.append(np.concatenate([prefix, np.ones((len(c), 1))], 1))
+        t = text[s].astype(np.float64)
+        t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+        return np.concatenate(feats), np.tile(t, (L, 1))
+
+    xtx = xtt = 0
+    for s in _chunks(n, rows):
+        X, T = design(s)
+        xtx, xtt = xtx + X.T @ X, xtt + X.T @ T
+    P = np.linalg.solve(xtx + ridge * (n * L) * np.eye(codebooks.shape[2] + 1), xtt)
+    total = 0.0
+    for s in _chunks(n, rows):
+        X, T = design(s)
+        pred = X @ P
+        cos = (pred * T).sum(1) / np.maximum(np.linalg.norm(pred, axis=1), 1e-12)
+        total += (1 - cos).sum()
+    return float(total / (n * L))

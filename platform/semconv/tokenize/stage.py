@@ -31,14 +31,23 @@ from semconv.training import Session
 
 
 @torch.no_grad()
-def _projection_distance(model: ResidualCodebook, codes: np.ndarray, text: np.ndarray) -> float:
-    """Mean ``1 - cos(W zhat_l + b, t)`` over items and levels with the learned projection."""
+def _projection_distance(
+    model: ResidualCodebook, codes: np.ndarray, text: np.ndarray, floats: int = 1 << 24
+) -> float:
+    """Mean ``1 - cos(W zhat_l + b, t)`` over items and levels with the learned projection, over
+    chunks of items (``floats`` projected floats a chunk, 64 MB; the demo is one chunk)."""
     books = torch.as_tensor(model.codebook_vectors())
-    idx = torch.as_tensor(codes)
-    selected = torch.stack([books[l][idx[:, l]] for l in range(codes.shape[1])], 1)
-    proj = model.llm_projection(selected.cumsum(1))
-    t = torch.as_tensor(text)[:, None, :].expand_as(proj)
-    return float((1 - torch.nn.functional.cosine_similarity(proj, t, dim=-1)).mean())
+    L = codes.shape[1]
+    rows = max(1, floats // (L * text.shape[1]))
+    total = 0.0
+    for s in range(0, len(codes), rows):
+        idx = torch.as_tensor(codes[s : s + rows])
+        selected = torch.stack([books[l][idx[:, l]] for l in range(L)], 1)
+        proj = model.llm_projection(selected.cumsum(1))
+        t = torch.as_tensor(text[s : s + rows])[:, None, :].expand_as(proj)
+        mean = float((1 - torch.nn.functional.cosine_similarity(proj, t, dim=-1)).mean())
+        total += mean * (len(idx) / len(codes))  # one chunk: exactly its mean
+    return total
 
 
 def _check_sizes(cfg: PipelineConfig, inputs: TokenizeInputs) -> None:
