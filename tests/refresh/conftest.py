@@ -84,16 +84,20 @@ def config(run_dir: Path, lm_dir: Path, max_len: int = 20, **refresh) -> Pipelin
         "refresh": refresh})
 
 
-@pytest.fixture(scope="session")
-def finished_run(tmp_path_factory, tiny_lm_dir, _ray_session_teardown):
+def finished_run_at(path: Path, lm_dir: Path, max_len: int = 20) -> Path:
+    """:func:`build_run` on the test session's local Ray (started here if none runs yet)."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
-    path = tmp_path_factory.mktemp("refresh") / "run"
-    build_run(path, tiny_lm_dir)
+    build_run(path, lm_dir, max_len=max_len)
     return path
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_lm_dir, _ray_session_teardown):
+    return finished_run_at(tmp_path_factory.mktemp("refresh") / "run", tiny_lm_dir)
 
 
 @pytest.fixture

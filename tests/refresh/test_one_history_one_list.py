@@ -17,7 +17,7 @@ from semconv.refresh.stage import run_refresh
 from semconv.serving.generation import Query, rank_queries
 
 from ..dtypes import assert_same_ranking
-from .conftest import build_run, config, write_jsonl
+from .conftest import config, finished_run_at, write_jsonl
 
 MAX_LEN = 3  # the run's histories hold 3..8 items, so most are longer than the prompt
 
@@ -29,14 +29,7 @@ def _lists(run: RunDir) -> dict[int, tuple[list[int], list[float]]]:
 
 @pytest.fixture(scope="module")
 def short_prompt_run(tmp_path_factory, tiny_lm_dir, _ray_session_teardown):
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    path = tmp_path_factory.mktemp("one_list") / "run"
-    build_run(path, tiny_lm_dir, max_len=MAX_LEN)
-    return path
+    return finished_run_at(tmp_path_factory.mktemp("one_list") / "run", tiny_lm_dir, max_len=MAX_LEN)
 
 
 @pytest.mark.slow  # a finished run, a precache and a refresh on Ray: ~1-2 min on 2 cores
