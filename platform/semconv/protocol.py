@@ -66,7 +66,7 @@ def split_bounds(sequences: pa.Table) -> pa.Table:
                     schema=BOUNDS_SCHEMA)
 
 
-def _positions(sequences: pa.Table, bounds: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+def _positions(sequences: pa.Table, bounds: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``bounds``' valid / test positions per row of ``sequences`` (-1: none), checked against
     each history's length; a user of ``sequences`` that ``bounds`` lacks has no held-out target."""
     seq_users = sequences.column("user_id").to_numpy().astype(np.int64)
@@ -89,7 +89,7 @@ def _positions(sequences: pa.Table, bounds: pa.Table) -> tuple[np.ndarray, np.nd
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"splits/ user_id {int(seq_users[i])}: valid {int(valid[i])} / test {int(test[i])} do "
                          f"not fit their history of {int(n[i])} items (0 < valid < test < length)")
-    return valid, test
+    return valid, test, n
 
 
 def split_rows(sequences: pa.Table, bounds: pa.Table, max_len: int,
@@ -103,11 +103,11 @@ def split_rows(sequences: pa.Table, bounds: pa.Table, max_len: int,
     unknown = set(splits) - set(SPLITS)
     if unknown:
         raise ValueError(f"splits must be among {SPLITS}, got {sorted(unknown)}")
-    valid, test = _positions(sequences, bounds)
+    valid, test, n = _positions(sequences, bounds)
     hist = _histories(sequences)
     starts = hist.offsets.to_numpy()[:-1].astype(np.int64)
     values = hist.values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    n_train = _train_rows(_lengths(hist), valid, test)
+    n_train = _train_rows(n, valid, test)
     has_v, has_t = valid >= 0, test >= 0
     count = n_train + has_v + has_t
     user = np.repeat(np.arange(len(count)), count)
@@ -135,8 +135,8 @@ def split_rows(sequences: pa.Table, bounds: pa.Table, max_len: int,
 
 def train_rows(sequences: pa.Table, bounds: pa.Table) -> np.ndarray:
     """Per user of ``sequences``, how many ``train`` rows :func:`split_rows` derives."""
-    valid, test = _positions(sequences, bounds)
-    return _train_rows(_lengths(_histories(sequences)), valid, test)
+    valid, test, n = _positions(sequences, bounds)
+    return _train_rows(n, valid, test)
 
 
 def _train_rows(n: np.ndarray, valid: np.ndarray, test: np.ndarray) -> np.ndarray:
@@ -159,7 +159,7 @@ def history_before(sequences: pa.Table, bounds: pa.Table, split: str) -> pa.Tabl
     before that target, oldest first and uncut: what they are ranked from and what is excluded."""
     if split not in _TARGET_FROM_END:
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-    valid, test = _positions(sequences, bounds)
+    valid, test, _ = _positions(sequences, bounds)
     take = valid if split == "valid" else test
     keep = take >= 0
     hist = _histories(sequences)
@@ -181,9 +181,8 @@ def train_interactions(sequences: pa.Table, bounds: pa.Table) -> tuple[np.ndarra
     train-only history), the items of their train rows and of their valid row's history,
     whatever ``max_len`` cuts; a user of one item has none (no next item to learn from it).
     """
-    valid, test = _positions(sequences, bounds)
+    valid, test, n = _positions(sequences, bounds)
     hist = _histories(sequences)
-    n = _lengths(hist)
     take = np.where(n >= 2, _train_end(n, valid, test), 0)
     starts = hist.offsets.to_numpy()[:-1].astype(np.int64)
     offsets = np.r_[0, np.cumsum(take)]
