@@ -1,5 +1,5 @@
-"""A tiny finished run (30 items, 120 users, L=3 x K=4 codes, tiny LM, 3 precache shards) built
-once per session, copied per test, and helpers to write a delta."""
+"""A tiny finished run (30 items, 120 users in 4 sequence files, L=3 x K=4 codes, tiny LM, 3
+precache shards) built once per session, copied per test, and helpers to write a delta."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def build_run(path: Path, lm_dir: Path, max_len: int = 20) -> None:
     seqs = pa.table({"user_id": pa.array(np.arange(NUM_USERS), pa.int64()),
                      "source_user_id": [f"u{u}" for u in range(NUM_USERS)],
                      "history": pa.array(hist, pa.list_(pa.int64()))})
-    run.write_table("sequences", seqs)
+    run.write_table("sequences", seqs, num_shards=4)  # users 0-29, 30-59, 60-89, 90-119
     run.write_table("splits", split_bounds(seqs), num_shards=2, manifest={"max_len": max_len})
     emb = _behaviour(NUM_ITEMS, 1)
     run.write_table("item_emb", embedding_table(emb))

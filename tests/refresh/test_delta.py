@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from semconv.data.prepare import ITEMS_SCHEMA
 from semconv.data.readers import DataError
 from semconv.refresh.config import RefreshConfig
-from semconv.refresh.delta import read_delta
+from semconv.refresh.delta import KnownUsers, read_delta
 
 from .conftest import write_jsonl, write_parquet
 
 CATALOGUE = pa.table({"item_id": pa.array([0, 1, 2], pa.int64()), "source_id": ["a", "b", "c"],
                       "title": ["A"] * 3, "description": [""] * 3, "brand": [""] * 3,
                       "categories": [""] * 3}, schema=ITEMS_SCHEMA)
-SEQS = pa.table({"user_id": pa.array([0, 1], pa.int64()), "source_user_id": ["u0", "u1"],
-                 "history": pa.array([[0, 1], [2]], pa.list_(pa.int64()))})
+USERS = pa.table({"user_id": pa.array([0, 1], pa.int64()), "source_user_id": ["u0", "u1"]})
+SEQS = KnownUsers(lambda wanted: USERS.filter(pc.is_in(USERS["source_user_id"], value_set=wanted)), next_id=2)
 
 
 def _read(tmp, inter=None, items=None, **kw):

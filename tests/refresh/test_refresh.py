@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -9,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from semconv.artifacts import RunDir
+from semconv.protocol import split_bounds
 from semconv.refresh.stage import run_refresh
 
 from ..dtypes import score_atol
@@ -67,6 +69,11 @@ def test_new_items_and_touched_users_make_a_complete_new_version(refreshed):
             assert new_seq[u] == old_seq[u] + added
         else:
             assert new_seq[u] == old_seq[u]
+    # ... written file by file: the files of users 0-29 and 60-89 rewritten, the others the base's bytes
+    assert manifest["user_tables"]["sequences"] == {"files_carried_over": 2, "files_rewritten": 2, "files_added": 0}
+    for part in ("part-00001.parquet", "part-00003.parquet"):
+        assert os.stat(version.path(f"sequences/{part}")).st_ino == os.stat(RunDir(run_copy).path(f"sequences/{part}")).st_ino
+    assert version.read_table("splits").equals(split_bounds(version.read_table("sequences")))
     # precache: only touched users re-decoded, the rest byte-identical, shards 0 and 1 dirty
     assert manifest["users"]["ids"] == [3, 70, 71] and manifest["users"]["reasons"]["new_interactions"] == 3
     old = {}

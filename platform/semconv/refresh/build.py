@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -11,10 +12,12 @@ import pyarrow.compute as pc
 from semconv.artifacts import RunDir
 from semconv.codes import item_codes_table, read_item_codes
 from semconv.embed.supplied import embedding_table
+from semconv.protocol import split_bounds
 from semconv.refresh.codes import assign_new_codes, load_tokenizer
 from semconv.refresh.delta import Delta, read_delta
 from semconv.refresh.embeddings import fold_in_features, learn_map, neighbour_map, ridge_map, user_profiles
-from semconv.refresh.histories import extend_sequences, refresh_splits
+from semconv.refresh.histories import extend_sequences
+from semconv.refresh.user_files import UserFiles, known_users, read_users, user_files
 
 
 @dataclass
@@ -23,8 +26,8 @@ class NewVersion:
     item_codes: pa.Table
     item_emb: pa.Table
     item_text_emb: pa.Table | None
-    sequences: pa.Table
-    splits: pa.Table
+    sequences: pa.Table  # the touched users' rows of the new sequences/ (every other row is the base's)
+    splits: pa.Table  # ... and their split bounds
     touched: np.ndarray  # users named in the delta
     new_users: np.ndarray  # of those, the users new to the run
     new_items: dict = field(default_factory=dict)  # what the manifest says about the new items
@@ -55,10 +58,12 @@ def _text_embeddings(cfg, items: pa.Table) -> np.ndarray:
 
 
 def new_item_embeddings(cfg, delta: Delta, emb: np.ndarray, text_emb: np.ndarray | None,
-                        new_text: np.ndarray | None, sequences: pa.Table, new_sequences: pa.Table,
-                        first_code) -> tuple[np.ndarray, np.ndarray, dict]:
+                        new_text: np.ndarray | None, map_histories: Callable[[], pa.Table],
+                        new_sequences: pa.Table, first_code) -> tuple[np.ndarray, np.ndarray, dict]:
     """Behaviour vectors of the delta's items (module doc of ``refresh.embeddings``) and their
-    source per item (``supplied`` / ``fold_in`` / ``text``), with the maps' measured agreement."""
+    source per item (``supplied`` / ``fold_in`` / ``text``), with the maps' measured agreement.
+    ``map_histories()``: the existing users' histories the fold-in map learns from (read only
+    when some new item is folded in); ``new_sequences``: the delta users' new rows."""
     rc, m, n_old = cfg.refresh, delta.num_items, len(emb)
     out = delta.supplied.copy()
     source = np.where(delta.has_supplied, "supplied", "").astype(object)
@@ -74,7 +79,7 @@ def new_item_embeddings(cfg, delta: Delta, emb: np.ndarray, text_emb: np.ndarray
         feats, has = fold_in_features(rows, delta.item_ids[is_new] - n_old, sums, counts, m)
         fold = todo & has
         if fold.any():
-            o_off, o_flat = _list_parts(sequences.column("history"))
+            o_off, o_flat = _list_parts(map_histories().column("history"))
             o_sums, o_counts = user_profiles(o_off, o_flat, emb)
             owner = np.repeat(np.arange(len(o_off) - 1), np.diff(o_off))
             ok = o_flat < n_old
@@ -98,32 +103,48 @@ def new_item_embeddings(cfg, delta: Delta, emb: np.ndarray, text_emb: np.ndarray
     return out, source, {"embedding_source": counts, "maps": maps}
 
 
+def map_sample(files: UserFiles, limit: int, seed: int) -> np.ndarray:
+    """The user ids the fold-in map learns from: all of them up to ``limit``, else a seeded
+    sample of ``limit`` (the map has 2 x d numbers to fit; a bounded sample keeps a refresh's
+    memory independent of the number of users)."""
+    ids = np.arange(files.max_user + 1, dtype=np.int64)
+    if len(ids) <= limit:
+        return ids
+    return np.sort(np.random.default_rng(seed).choice(ids, size=limit, replace=False))
+
+
 def build_version(cfg, run: RunDir, base: RunDir) -> NewVersion:
-    """Read the delta against ``base`` and build every table of the new version."""
+    """Read the delta against ``base`` and build every table of the new version that changes
+    whole (catalogue, codes, embeddings) and the delta users' rows of the user tables."""
     items = base.read_table("items").sort_by("item_id")
-    sequences = base.read_table("sequences").sort_by("user_id")
+    seq_files = user_files(base, "sequences")
     emb = _matrix(base.read_table("item_emb", columns=["item_id", "embedding"]))
     old_ids, old_codes = read_item_codes(base)
     order = np.argsort(old_ids)
     old_ids, old_codes = old_ids[order], old_codes[order]
-    delta = read_delta(cfg.refresh, items, sequences, emb.shape[1])
+    delta = read_delta(cfg.refresh, items, known_users(seq_files), emb.shape[1])
     new_ids = delta.items.column("item_id").to_numpy()
 
-    new_seqs, touched, repeats = extend_sequences(sequences, delta.user_ids, delta.item_ids, delta.timestamps,
+    old_rows = read_users(seq_files, delta.user_ids)  # the known delta users' histories, nobody else's
+    new_seqs, touched, repeats = extend_sequences(old_rows, delta.user_ids, delta.item_ids, delta.timestamps,
                                                   delta.new_users)
     tokenizer = load_tokenizer(run.local("codebook"), old_ids, old_codes)
     text_emb = new_text = None
     if base.is_complete("item_text_emb"):
         text_emb = _matrix(base.read_table("item_text_emb", columns=["item_id", "embedding"]))
         new_text = _text_embeddings(cfg, delta.items) if delta.num_items else np.zeros((0, text_emb.shape[1]), np.float32)
+    sample = map_sample(seq_files, cfg.refresh.map_users, cfg.seed)
     vecs, source, info = new_item_embeddings(
-        cfg, delta, emb, text_emb, new_text, sequences, new_seqs, lambda e: tokenizer(e)[:, 0])
+        cfg, delta, emb, text_emb, new_text, lambda: read_users(seq_files, sample, ["user_id", "history"]),
+        new_seqs, lambda e: tokenizer(e)[:, 0])
     codes, clash = assign_new_codes(tokenizer, vecs)
     info.update(count=int(delta.num_items), item_ids=new_ids.tolist(),
                 source_ids=delta.items.column("source_id").to_pylist(), source_of=list(source),
                 codes=codes.tolist(), collided=int((clash >= 0).sum()),
                 collision_rule="raw nearest-code tuple when free, else the nearest free tuple (beam "
                                "search); existing codes never change; earlier delta rows win")
+    if "fold_in" in info["maps"]:
+        info["maps"]["fold_in"]["users"] = int(len(sample))
     skipped = dict(delta.skipped)
     if repeats:
         skipped["duplicate_interaction"] = skipped.get("duplicate_interaction", 0) + repeats
@@ -132,8 +153,7 @@ def build_version(cfg, run: RunDir, base: RunDir) -> NewVersion:
         item_codes=item_codes_table(np.r_[old_ids, new_ids], np.concatenate([old_codes, codes]).reshape(-1, old_codes.shape[1])),
         item_emb=embedding_table(np.concatenate([emb, vecs])),
         item_text_emb=None if text_emb is None else embedding_table(np.concatenate([text_emb, new_text])),
-        sequences=new_seqs,
-        splits=refresh_splits(base.read_table("splits"), new_seqs, touched),
+        sequences=new_seqs, splits=split_bounds(new_seqs),
         touched=touched, new_users=delta.new_users.column("user_id").to_numpy(),
         new_items=info, skipped=skipped,
     )

@@ -29,3 +29,5 @@ class RefreshConfig(Section):
                                                        "the text-to-behaviour map's code agreement")
     ridge: float = Field(1.0, gt=0, description="L2 weight of the fold-in map")
     text_neighbours: int = Field(5, ge=1, description="existing items averaged by the text map")
+    map_users: int = Field(100_000, ge=1, description="existing users (a seeded sample when there are "
+                                                      "more) whose histories teach the fold-in map")

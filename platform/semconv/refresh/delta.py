@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -106,19 +107,28 @@ def read_new_items(uri: str, catalogue: pa.Table, dim: int, on_bad_rows: str, re
     return table, supplied, has
 
 
-def _dense_users(users: pa.Array, sequences: pa.Table) -> tuple[np.ndarray, pa.Table]:
+@dataclass(frozen=True)
+class KnownUsers:
+    """The run's users as far as a delta needs them: the rows (``user_id``, ``source_user_id``)
+    of the source ids it names, and the first free dense id. A refresh looks them up in
+    ``sequences/`` file by file (:func:`semconv.refresh.user_files.known_users`)."""
+
+    lookup: Callable[[pa.Array], pa.Table]
+    next_id: int
+
+
+def _dense_users(users: pa.Array, known: KnownUsers) -> tuple[np.ndarray, pa.Table]:
     """Dense user ids of source ids; users new to the run get ids after the largest one."""
-    idx = pc.index_in(users, value_set=sequences.column("source_user_id")).to_numpy(zero_copy_only=False)
-    known = ~np.isnan(idx) if idx.dtype.kind == "f" else idx >= 0
+    rows = known.lookup(pc.unique(users))
+    idx = pc.index_in(users, value_set=rows.column("source_user_id")).to_numpy(zero_copy_only=False)
+    is_known = ~np.isnan(idx) if idx.dtype.kind == "f" else idx >= 0
     out = np.full(len(users), -1, dtype=np.int64)
-    seq_ids = sequences.column("user_id").to_numpy()
-    out[known] = seq_ids[idx[known].astype(np.int64)]
-    fresh = users.filter(pa.array(~known))
+    out[is_known] = rows.column("user_id").to_numpy()[idx[is_known].astype(np.int64)]
+    fresh = users.filter(pa.array(~is_known))
     uniq, first = np.unique(np.asarray(fresh.to_pylist(), dtype=object), return_index=True)
     order = uniq[np.argsort(first)]
-    base = int(seq_ids.max()) + 1 if len(seq_ids) else 0
-    new_ids = {u: base + i for i, u in enumerate(order.tolist())}
-    out[~known] = [new_ids[u] for u in fresh.to_pylist()]
+    new_ids = {u: known.next_id + i for i, u in enumerate(order.tolist())}
+    out[~is_known] = [new_ids[u] for u in fresh.to_pylist()]
     new_users = pa.table({"user_id": pa.array(list(new_ids.values()), pa.int64()),
                           "source_user_id": pa.array(list(new_ids), pa.string())})
     return out, new_users
@@ -130,8 +140,9 @@ def _index_in(values: pa.Array, keys: pa.Array) -> np.ndarray:
     return pc.fill_null(idx, -1).to_numpy().astype(np.int64)
 
 
-def read_delta(cfg, catalogue: pa.Table, sequences: pa.Table, dim: int) -> Delta:
-    """Read ``cfg.interactions`` / ``cfg.items`` (a ``RefreshConfig``) against the run's tables."""
+def read_delta(cfg, catalogue: pa.Table, known: KnownUsers, dim: int) -> Delta:
+    """Read ``cfg.interactions`` / ``cfg.items`` (a ``RefreshConfig``) against the run's catalogue
+    and users."""
     if not cfg.interactions and not cfg.items:
         raise DataError("refresh needs refresh.interactions and/or refresh.items (paths or URIs)")
     report = ReadReport(setting="refresh.on_bad_rows")
@@ -158,7 +169,7 @@ def read_delta(cfg, catalogue: pa.Table, sequences: pa.Table, dim: int) -> Delta
         report.skip("unknown_item", len(bad) - 1)
         keep = ids >= 0
         inter, ids = inter.filter(pa.array(keep)), ids[keep]
-    users, new_users = _dense_users(inter.column("user"), sequences)
+    users, new_users = _dense_users(inter.column("user"), known)
     ts = inter.column("timestamp").to_numpy(zero_copy_only=False) if "timestamp" in inter.column_names else None
     rows = inter.column("row").to_numpy()
     keys = [rows] + ([np.nan_to_num(ts.astype(np.float64), nan=np.inf)] if ts is not None else []) + [users]

@@ -1,9 +1,9 @@
-"""New interactions extend histories: the next version of ``sequences/`` and ``splits/``.
+"""New interactions extend histories: the delta users' rows of the next ``sequences/``.
 
-Columnar: the untouched users' rows are filtered through unchanged; only the touched users' rows
-are rebuilt (old history, then their delta items in order). A delta pair the user already has in
-their history is dropped, as ``prepare`` drops repeats. ``splits/`` keeps every untouched user's
-bounds and recomputes the touched users' from their new history.
+Only the touched users' rows are rebuilt (old history, then their delta items in order); rows of
+other users passed in go through unchanged. A delta pair the user already has in their history is
+dropped, as ``prepare`` drops repeats. Their ``splits/`` rows are :func:`split_bounds` of the new
+histories; :mod:`semconv.refresh.user_files` writes both tables with only these rows replaced.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from semconv.protocol import BOUNDS_SCHEMA, split_bounds
-
 
 def extend_sequences(sequences: pa.Table, user_ids: np.ndarray, item_ids: np.ndarray,
                      timestamps: np.ndarray | None, new_users: pa.Table) -> tuple[pa.Table, np.ndarray, int]:
-    """``(new sequences sorted by user_id, touched user ids, repeats dropped)``.
+    """``(the rows of ``sequences``, the touched users' extended, sorted by user_id; touched user
+    ids; repeats dropped)``. ``sequences`` holds at least the delta's known users.
 
     ``user_ids``/``item_ids`` come grouped by user, chronological inside a user (``Delta``).
     """
@@ -49,12 +48,3 @@ def extend_sequences(sequences: pa.Table, user_ids: np.ndarray, item_ids: np.nda
             cols["reviews"][r] = list(cols["reviews"][r] or []) + [""] * len(adds)
     rebuilt = pa.table(cols, schema=old.schema)
     return pa.concat_tables([keep, rebuilt]).sort_by("user_id"), touched, dropped
-
-
-def refresh_splits(splits: pa.Table, sequences: pa.Table, touched: np.ndarray) -> pa.Table:
-    """Old ``splits/`` minus the touched users, plus the bounds of their new histories, in
-    ``sequences``' user order."""
-    t = pa.array(touched, pa.int64())
-    keep = splits.filter(pc.invert(pc.is_in(splits.column("user_id"), value_set=t))).cast(BOUNDS_SCHEMA)
-    rebuilt = split_bounds(sequences.filter(pc.is_in(sequences.column("user_id"), value_set=t)))
-    return pa.concat_tables([keep, rebuilt]).sort_by("user_id")

@@ -32,6 +32,7 @@ from semconv.codes import code_arrays
 from semconv.inference.run_ranker import RankerSpec, resolve_settings
 from semconv.refresh.build import NewVersion, build_version
 from semconv.refresh.decode import merge_shards, plan_refresh, rank_users
+from semconv.refresh.user_files import read_users, user_files, write_replaced
 from semconv.refresh.version import VERSIONS, base_of, file_digest, find_applied, next_name
 
 INPUTS = ("items", "sequences", "splits", "item_emb", "item_codes", "precache")
@@ -44,6 +45,7 @@ def _fingerprint(cfg, run: RunDir, base: RunDir, base_name: str | None, spec: Ra
         "model": run.manifest("model").get("build"), "codebook": run.manifest("codebook").get("build"),
         "interactions": file_digest(rc.interactions), "items": file_digest(rc.items),
         "users": rc.users, "on_bad_rows": rc.on_bad_rows, "holdout": rc.holdout, "ridge": rc.ridge, "text_neighbours": rc.text_neighbours,
+        "map_users": rc.map_users,
         "max_len": cfg.prepare.max_len, "seed": cfg.seed, "top_k": spec.top_k, "num_beams": spec.num_beams,
         "prompt_max_len": spec.max_len, "exclude_history": spec.exclude_history,
     }
@@ -58,6 +60,16 @@ def redecode_users(new: NewVersion, base: RunDir, mode: str) -> tuple[np.ndarray
         users = np.union1d(users, cached)
         reasons["refresh.users=all"] = int(len(users) - len(new.touched))
     return np.asarray(users, np.int64), reasons
+
+
+def histories(new: NewVersion, base: RunDir, users: np.ndarray) -> pa.Table:
+    """``user_id``, ``history`` of ``users`` in the new version: the touched users' new rows, the
+    others' read from the base's files (only with ``refresh.users=all``)."""
+    rest = np.setdiff1d(users, new.touched)
+    parts = [new.sequences.select(["user_id", "history"])]
+    if len(rest):
+        parts.append(read_users(user_files(base, "sequences"), rest, ["user_id", "history"]))
+    return pa.concat_tables([p.cast(parts[0].schema) for p in parts]).sort_by("user_id")
 
 
 def _users_table(users: np.ndarray, new: NewVersion, mode: str) -> pa.Table:
@@ -107,7 +119,7 @@ def run_refresh(cfg) -> dict[str, str]:
         init_ray(cfg.ray.address, cfg.ray.num_cpus)
         check_actor_budget(pc_cfg, ray.cluster_resources().get("CPU", 0))  # else the reads never run
         stats = rank_users(
-            new.sequences, users, plan, run.fs, f"{partial}/rank", rank_fp, spec, codes, item_ids,
+            histories(new, base, users), users, plan, run.fs, f"{partial}/rank", rank_fp, spec, codes, item_ids,
             batch_size=pc_cfg.batch_size, sort_window=pc_cfg.sort_window, num_actors=pc_cfg.num_actors,
             use_gpu=pc_cfg.use_gpu, cpus_per_actor=pc_cfg.cpus_per_actor,
             threads_per_actor=pc_cfg.threads_per_actor, share_prefix=pc_cfg.share_prefix)
@@ -149,13 +161,19 @@ def publish(run: RunDir, base: RunDir, name: str, new: NewVersion, plan, partial
     manifest: dict = {"version": name}
     with run.writing(f"{VERSIONS}/{name}", manifest) as tmp:
         view = RunDir(tmp)
-        tables = {"items": new.items, "item_codes": new.item_codes, "item_emb": new.item_emb,
-                  "sequences": new.sequences, "splits": new.splits}
+        tables = {"items": new.items, "item_codes": new.item_codes, "item_emb": new.item_emb}
         if new.item_text_emb is not None:
             tables["item_text_emb"] = new.item_text_emb
-        cut = {"max_len": base.manifest("splits").get("max_len")}  # the prompts' cut, as the base's
         for art, table in tables.items():
-            view.write_table(art, table, manifest={"version": name, **(cut if art == "splits" else {})})
+            view.write_table(art, table, manifest={"version": name})
+        cut = {"max_len": base.manifest("splits").get("max_len")}  # the prompts' cut, as the base's
+        user_tables = {}
+        for art, rows in (("sequences", new.sequences), ("splits", new.splits)):
+            meta = {"version": name, "schema": str(rows.schema), **(cut if art == "splits" else {})}
+            with view.writing(art, meta) as utmp:
+                user_tables[art] = write_replaced(user_files(base, art), rows, utmp)
+                meta["rows"] = user_tables[art].pop("rows")
+        tables.update(dict.fromkeys(user_tables))
         for art in ("codebook", "model"):  # the version serves lookups and online generation alone
             _carry_over(run, art, view)
         pmeta = {"model": old_precache.get("model"), "codebook": old_precache.get("codebook"), **spec.record()}
@@ -180,6 +198,7 @@ def publish(run: RunDir, base: RunDir, name: str, new: NewVersion, plan, partial
                       "ids": users.tolist() if len(users) <= 10_000 else None,
                       "history": f"the whole updated history (prompt: its last {spec.max_len} items)"},
             "precache": {**merged, "users": pmeta["users"], "shards": plan.num_shards},
+            "user_tables": user_tables,
             "artifacts": {a: view.manifest(a).get("created_at") for a in (*tables, "codebook", "precache")},
             **timing, "seconds": round(time.perf_counter() - t0, 3),
         })
