@@ -30,7 +30,7 @@ CHANGES = {
     "prepare": ("prepare.max_len", 7, "prepare.num_shards", 3),
     "embed": ("embed.cf.dim", 16, "embed.text_actors", 2),
     "tokenize": ("tokenize.levels", 3, "tokenize.checkpoint_every", 2),
-    "tasks": ("tasks.negative_ratio", 1, "tasks.num_shards", 2),
+    "tasks": ("tasks.negative_ratio", 1, "tasks.rows_per_shard", 2),
     "finetune": ("finetune.lora_r", 4, "finetune.log_every", 1),
     "precache": ("precache.top_k", 5, "precache.num_actors", 2),
     "evaluate": ("evaluate.ks", [1, 5], "evaluate.sasrec.num_threads", 2),
@@ -244,7 +244,7 @@ def test_real_stages_rebuild_the_codebook_and_tasks_for_new_levels_and_keep_the_
     before = stamps(root)
     splits_mtime = (root / "splits" / "part-00000.parquet").stat().st_mtime_ns
 
-    run_pipeline(load_config(None, real_cfg + ["tokenize.checkpoint_every=1", "tasks.num_shards=2"]), stages)
+    run_pipeline(load_config(None, real_cfg + ["tokenize.checkpoint_every=1", "tasks.rows_per_shard=1000"]), stages)
     assert stamps(root) == before  # keys outside every fingerprint: nothing rebuilt
 
     run_pipeline(load_config(None, real_cfg + ["tokenize.levels=3"]), stages)

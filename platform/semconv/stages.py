@@ -51,7 +51,7 @@ STAGES: tuple[Stage, ...] = (
           "`codebook/` (+ `metrics.json`), `item_codes/`"),
     Stage("tasks", "semconv.tasks.stage:run_tasks", ("items", "sequences", "splits", "item_codes"),
           ("sft",), ("tasks", "seed"),
-          ("tasks.num_shards", "tasks.ray_data", "tasks.ray_min_rows", "tasks.batch_size"),
+          ("tasks.rows_per_shard", "tasks.ray_data", "tasks.ray_min_rows", "tasks.batch_size"),
           "`sft/`"),
     Stage("finetune", "semconv.finetune.stage:run_finetune", ("sft",), ("model",),
           ("finetune", "tokenize.levels", "tokenize.codes_per_level", "tasks.sa_init", "seed"),

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from semconv.artifacts import ArtifactError, RunDir
 from semconv.config import PipelineConfig
 from semconv.prompts import HISTORY_HEADER, PREAMBLE
-from semconv.tasks.inputs import TaskInputError
+from semconv.tasks.build import build_sft
+from semconv.tasks.config import TasksConfig
+from semconv.tasks.inputs import TaskInputError, load_inputs
 from semconv.tasks.rows import SFT_SCHEMA
 from semconv.tasks.stage import run_tasks
 
@@ -49,13 +52,17 @@ def test_run_tasks_writes_sft_with_counts_and_then_skips(tmp_path, toy):
     assert {p: p.stat().st_mtime_ns for p in Path(run.path("sft")).iterdir()} == files
 
 
-def test_no_sa_init_file_unless_asked_and_shards(tmp_path, toy):
+def test_rows_are_written_as_built_in_shards_of_bounded_size(tmp_path, toy):
     toy.write_run(tmp_path, toy.make_tables())
-    run_tasks(config(tmp_path, num_shards=3))
-    sft = Path(RunDir(tmp_path).path("sft"))
-    assert not (sft / "sa_init.json").exists()
-    assert len(list(sft.glob("part-*.parquet"))) == 3
-    assert RunDir(tmp_path).manifest("sft")["sa_init"] is None
+    run_tasks(config(tmp_path, rows_per_shard=7))
+    run = RunDir(tmp_path)
+    sft = Path(run.path("sft"))
+    assert not (sft / "sa_init.json").exists() and run.manifest("sft")["sa_init"] is None
+    sizes = [pq.ParquetFile(p).metadata.num_rows for p in sorted(sft.glob("part-*.parquet"))]
+    assert len(sizes) > 2 and all(n == 7 for n in sizes[:-1]) and 0 < sizes[-1] <= 7
+    # the same rows in the same order as the table built in one piece
+    whole = build_sft(load_inputs(run), TasksConfig(), 0).table
+    assert run.read_table("sft").equals(whole) and run.manifest("sft")["rows"] == whole.num_rows == sum(sizes)
 
 
 def test_switching_tasks_off_removes_their_rows(tmp_path, toy):

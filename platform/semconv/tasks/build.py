@@ -2,8 +2,9 @@
 
 Behaviour rows (sequential + negative) scale with the number of users, so they are built by
 :func:`behaviour.behaviour_rows` over batches of the protocol's train rows: in process for small
-data, with Ray Data ``map_batches`` for large tables (``tasks.ray_data``). Both paths give the
-same rows in the same order. History-level rows (``tasks.sequential_objective: history``, the
+data, with Ray Data ``map_batches`` for large tables (``tasks.ray_data``), and handed on block by
+block (:func:`sft_pieces`) so the stage writes them as they come. Both paths give the same rows
+in the same order. History-level rows (``tasks.sequential_objective: history``, the
 default; :mod:`semconv.tasks.history`) are one per user (or per window of a long history), built
 from ``sequences/`` by the same local / Ray Data path. Item- and token-level tasks scale with the
 catalogue and run in process.
@@ -14,7 +15,7 @@ inference prompt of the chosen objective (a seeded subset of ``max_valid_rows``)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,14 +74,18 @@ def behaviour_input(inputs: TaskInputs, cfg: TasksConfig, seed: int) -> pa.Table
     ).select(list(BATCH_COLUMNS))
 
 
-def _map_local(fn: Callable[..., pa.Table], batches: pa.Table, size: int, **kwargs: Any) -> pa.Table:
+Blocks = Callable[[], Iterator[pa.Table]]  # a re-iterable source of output blocks
+
+
+def _map_local(fn: Callable[..., pa.Table], batches: pa.Table, size: int, **kwargs: Any) -> Blocks:
     parts = [fn(batches.slice(i, size), **kwargs) for i in range(0, batches.num_rows, size)]
-    parts = [p.cast(SFT_SCHEMA) for p in parts if p.num_rows]
-    return pa.concat_tables(parts) if parts else empty_table()
+    return lambda: iter(parts)
 
 
-def _map_ray(fn: Callable[..., pa.Table], batches: pa.Table, size: int, ray_cfg: Any, **kwargs: Any) -> pa.Table:
-    """``fn`` over batches of ``size`` rows as Ray Data tasks, rows in the local path's order."""
+def _map_ray(fn: Callable[..., pa.Table], batches: pa.Table, size: int, ray_cfg: Any, **kwargs: Any) -> Blocks:
+    """``fn`` over batches of ``size`` rows as Ray Data tasks, blocks in the local path's order.
+    The blocks stay in the object store (spilled to disk when large); the driver fetches one at a
+    time as they are written."""
     import ray
 
     init_ray(getattr(ray_cfg, "address", None), getattr(ray_cfg, "num_cpus", None))  # no-op if running
@@ -92,20 +97,27 @@ def _map_ray(fn: Callable[..., pa.Table], batches: pa.Table, size: int, ray_cfg:
         ds = ray.data.from_arrow(blocks).map_batches(  # one block per batch: parallel tasks
             fn, batch_format="pyarrow", batch_size=size, fn_kwargs=kwargs,
         )
-        parts = [ray.get(ref) for ref in ds.to_arrow_refs()]
+        refs = ds.to_arrow_refs()
     finally:
         ctx.execution_options.preserve_order = previous
-    parts = [p.select(SFT_SCHEMA.names).cast(SFT_SCHEMA) for p in parts if p.num_rows]
-    return pa.concat_tables(parts) if parts else empty_table()
+    return lambda: (ray.get(ref) for ref in refs)
 
 
 def _map_rows(fn: Callable[..., pa.Table], batches: pa.Table, cfg: TasksConfig, ray_cfg: Any,
-              **kwargs: Any) -> tuple[pa.Table, bool]:
-    """``fn`` over ``tasks.batch_size`` batches, with Ray Data for large inputs; (rows, used Ray)."""
-    ray_on = use_ray_data(cfg, batches.num_rows)
-    if ray_on:
+              **kwargs: Any) -> tuple[Blocks, bool]:
+    """``fn`` over ``tasks.batch_size`` batches, with Ray Data for large inputs; (blocks, used Ray)."""
+    if use_ray_data(cfg, batches.num_rows):
         return _map_ray(fn, batches, cfg.batch_size, ray_cfg, **kwargs), True
     return _map_local(fn, batches, cfg.batch_size, **kwargs), False
+
+
+def _of_task(blocks: Blocks, task: str | None = None) -> Iterator[pa.Table]:
+    """The non-empty blocks in the ``sft/`` schema, only ``task``'s rows when given."""
+    for b in blocks():
+        if task is not None:
+            b = b.filter(pc.equal(b.column("task"), task))
+        if b.num_rows:
+            yield b.select(SFT_SCHEMA.names).cast(SFT_SCHEMA)
 
 
 def use_ray_data(cfg: TasksConfig, train_rows: int) -> bool:
@@ -120,9 +132,9 @@ def _valid_subset(inputs: TaskInputs, cfg: TasksConfig, seed: int) -> pa.Table:
     return valid
 
 
-def history_task(inputs: TaskInputs, cfg: TasksConfig, seed: int, ray_cfg: Any = None) -> tuple[list[pa.Table], bool]:
+def history_task(inputs: TaskInputs, cfg: TasksConfig, seed: int, ray_cfg: Any = None) -> tuple[list[Iterable[pa.Table]], bool]:
     """History-level train rows (weighted per user; Ray Data for many users) and held-out rows
-    in the history format; and whether Ray Data ran."""
+    in the history format, as block sources; and whether Ray Data ran."""
     seqs = inputs.sequences
     histories = seqs.column("history")
     max_len = inputs.context
@@ -131,27 +143,31 @@ def history_task(inputs: TaskInputs, cfg: TasksConfig, seed: int, ray_cfg: Any =
         "repeats": repeat_counts(seqs.num_rows, cfg.weight("history"), seed, "history"),
     }).select(list(HISTORY_COLUMNS))
     train, ray_on = _map_rows(history_batch, batches, cfg, ray_cfg, codes=inputs.codes, max_len=max_len)
-    return [train, heldout_history_rows(_valid_subset(inputs, cfg, seed), inputs.codes)], ray_on
+    return [_of_task(train), [heldout_history_rows(_valid_subset(inputs, cfg, seed), inputs.codes)]], ray_on
 
 
-def count_rows(table: pa.Table) -> dict[str, dict[str, int]]:
-    """``{task: {"train": n, "valid": n}}`` for every known task (0 when absent)."""
-    counts = {t: {"train": 0, "valid": 0} for t in TASK_NAMES}
+def add_counts(counts: dict[str, dict[str, int]], table: pa.Table) -> None:
+    """Add ``table``'s rows to ``{task: {"train": n, "valid": n}}``."""
     if table.num_rows:
         grouped = table.group_by(["task", "split"]).aggregate([([], "count_all")])
         for task, split, n in zip(*(grouped.column(c).to_pylist() for c in ("task", "split", "count_all"))):
-            counts.setdefault(task, {"train": 0, "valid": 0})[split] = n
-    return counts
+            counts.setdefault(task, {"train": 0, "valid": 0})[split] += n
 
 
-def build_sft(inputs: TaskInputs, cfg: TasksConfig, seed: int, ray_cfg: Any = None) -> SFTResult:
-    """Every enabled task's rows, in ``templates.TASK_NAMES`` order (train before valid)."""
+def sft_pieces(inputs: TaskInputs, cfg: TasksConfig, seed: int, ray_cfg: Any = None,
+               summary: dict[str, Any] | None = None) -> Iterator[pa.Table]:
+    """Every enabled task's rows, in ``templates.TASK_NAMES`` order (train before valid), one
+    block at a time, so that a writer never holds them all: the rows that grow with the users
+    (behaviour, history) come in ``tasks.batch_size`` blocks; catalogue-sized tasks whole.
+    ``summary`` is filled as the blocks go by (``rows_per_task`` complete at the end) and holds
+    ``sa_init``'s keywords when asked for."""
     seed = cfg.seed if cfg.seed is not None else seed
+    summary = {} if summary is None else summary
+    summary["seed"] = seed
     templates = resolve_templates(cfg.templates)
     weights = {t: cfg.weight(t) for t in TASK_NAMES}
     codes = inputs.codes
-    pieces: dict[str, list[pa.Table]] = {t: [] for t in TASK_NAMES}
-    summary: dict[str, Any] = {"seed": seed}
+    sources: dict[str, list[Iterable[pa.Table]]] = {t: [] for t in TASK_NAMES}
 
     if prompt_objective(cfg) or (cfg.negative and cfg.negative_ratio > 0):
         batches = behaviour_input(inputs, cfg, seed)
@@ -161,22 +177,22 @@ def build_sft(inputs: TaskInputs, cfg: TasksConfig, seed: int, ray_cfg: Any = No
         )
         rows, summary["ray_data"] = _map_rows(behaviour_rows, batches, cfg, ray_cfg, codes=codes, spec=spec)
         for task in ("sequential", "negative"):
-            pieces[task].append(rows.filter(pc.equal(rows.column("task"), task)))
+            sources[task].append(_of_task(rows, task))
     if prompt_objective(cfg):
-        pieces["sequential"].append(heldout_rows(_valid_subset(inputs, cfg, seed), codes, templates["sequential"][0]))
+        sources["sequential"].append([heldout_rows(_valid_subset(inputs, cfg, seed), codes, templates["sequential"][0])])
     elif cfg.sequential:
-        tables, ray_on = history_task(inputs, cfg, seed, ray_cfg)
-        pieces["history"] += tables
+        blocks, ray_on = history_task(inputs, cfg, seed, ray_cfg)
+        sources["history"] += blocks
         summary["ray_data"] = summary.get("ray_data", False) or ray_on
     if cfg.text:
         for task, table in text_rows(inputs.items, codes, templates, weights, seed, cfg.max_text_words).items():
-            pieces[task].append(table)
+            sources[task].append([table])
     if cfg.query:
         table, summary["query"] = query_rows(
             inputs, cfg.query_source, templates["query2item"], weights["query2item"], seed,
             cfg.max_text_words, cfg.query_keywords,
         )
-        pieces["query2item"].append(table)
+        sources["query2item"].append([table])
     keywords = None
     if cfg.sa_init or cfg.ts_align:
         items = inputs.items
@@ -186,8 +202,24 @@ def build_sft(inputs: TaskInputs, cfg: TasksConfig, seed: int, ray_cfg: Any = No
         )
     if cfg.ts_align and keywords is not None:
         for task, table in ts_align_rows(keywords, templates, weights, seed).items():
-            pieces[task].append(table)
-    tables = [t.cast(SFT_SCHEMA) for task in TASK_NAMES for t in pieces[task]]
+            sources[task].append([table])
+    if cfg.sa_init:
+        summary["sa_init"] = keywords
+    counts = {t: {"train": 0, "valid": 0} for t in TASK_NAMES}
+    for task in TASK_NAMES:
+        for source in sources[task]:
+            for block in source:
+                if block.num_rows:
+                    block = block.cast(SFT_SCHEMA)
+                    add_counts(counts, block)
+                    yield block
+    summary["rows_per_task"] = counts
+
+
+def build_sft(inputs: TaskInputs, cfg: TasksConfig, seed: int, ray_cfg: Any = None) -> SFTResult:
+    """:func:`sft_pieces` in one table (tests, benchmarks; the stage writes them as they come)."""
+    summary: dict[str, Any] = {}
+    tables = list(sft_pieces(inputs, cfg, seed, ray_cfg, summary))
     table = pa.concat_tables(tables) if tables else empty_table()
-    summary["rows_per_task"] = count_rows(table)
-    return SFTResult(table=table, sa_init=keywords if cfg.sa_init else None, summary=summary)
+    sa_init = summary.pop("sa_init", None)
+    return SFTResult(table=table, sa_init=sa_init, summary=summary)

@@ -30,7 +30,7 @@ class TasksConfig(Section):
     """Which Alignment Tasks to write and how (module docstring).
 
     Not in the lineage fingerprint (how the stage runs, not what it writes):
-    ``num_shards``, ``ray_data``, ``ray_min_rows``, ``batch_size`` (the local and
+    ``rows_per_shard``, ``ray_data``, ``ray_min_rows``, ``batch_size`` (the local and
     Ray Data paths write the same rows).
     """
 
@@ -58,7 +58,8 @@ class TasksConfig(Section):
         1024, ge=1, description="seeded subset of held-out sequential rows (None: every user)"
     )
     seed: int | None = Field(None, description="None: the pipeline seed")
-    num_shards: int = Field(1, ge=1, description="Parquet files in sft/")
+    rows_per_shard: int = Field(500_000, ge=1, description="rows per Parquet file of sft/ (written as "
+                                                           "built: the stage never holds them all)")
     ray_data: Literal["auto", "on", "off"] = Field(
         "auto", description="behaviour rows via Ray Data map_batches (auto: when large)"
     )
