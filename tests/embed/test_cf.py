@@ -16,6 +16,7 @@ from semconv.embed.cf import (
     train_pairs,
 )
 from semconv import training
+from semconv.embed.stage import epoch_batch
 from semconv.embed.train import train_func
 from semconv.metrics import ranking_metrics
 from semconv.protocol import popularity, popularity_topk, split_bounds, split_rows
@@ -77,6 +78,20 @@ def test_lightgcn_learns_planted_communities_far_above_popularity(planted, train
     community = test.column("user_id").to_numpy() // 50
     assert (top // 25 == community[:, None]).mean() > 0.95
 
+
+
+def test_a_step_cap_raises_the_batch_and_still_learns_the_planted_communities(planted, trained):
+    """At scale an epoch of fixed batches costs edges x edges (each step propagates the whole
+    graph); a step cap makes it edges x cap. The bigger batch must still learn."""
+    assert epoch_batch(1_000, 256, None) == 256 and epoch_batch(1_000, 256, 10) == 256
+    assert epoch_batch(1_000_001, 2048, 100) == 10_001
+    edges = len(train_pairs(*planted[1:])[1])
+    batch = epoch_batch(edges, 64, 4)
+    assert batch > 64 and -(-edges // batch) <= 4
+    rec, _ = trained(planted, batch_size=batch, epochs=60, lr=3e-2)
+    test = held_out_rows(planted)
+    top = rec.recommend(test.column("user_id").to_numpy(), 10)
+    assert (top // 25 == (test.column("user_id").to_numpy() // 50)[:, None]).mean() > 0.9
 
 def test_training_is_deterministic_given_the_seed(planted, trained):
     a, _ = trained(planted, epochs=3)

@@ -22,6 +22,10 @@ class CFConfig(Section):
     layers: int = Field(3, ge=0, description="LightGCN propagation layers")
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(2048, ge=1, description="BPR triples per step, summed over workers")
+    max_steps_per_epoch: int | None = Field(
+        None, ge=1, description="raise the batch so an epoch takes at most this many steps: every "
+        "step propagates over the whole graph, so a fixed batch makes an epoch cost grow with the "
+        "square of the interactions, a fixed step count linearly (None: batch_size as given)")
     lr: float = Field(1e-2, gt=0, description="Adam learning rate")
     weight_decay: float = Field(
         1e-4, ge=0, description="L2 penalty on the batch's layer-0 embeddings (LightGCN's reg)"

@@ -37,6 +37,12 @@ def _ensure_ray(cfg: PipelineConfig) -> None:
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
 
 
+def epoch_batch(edges: int, batch_size: int, max_steps: int | None) -> int:
+    """BPR triples per step: ``batch_size``, raised so an epoch of ``edges`` takes at most
+    ``max_steps`` steps."""
+    return batch_size if max_steps is None else max(batch_size, -(-edges // max_steps))
+
+
 def train_cf_model(cfg: PipelineConfig, run: RunDir, num_items: int) -> tuple[CFRecommender, dict[str, Any]]:
     """Train LightGCN on the train interactions with Ray Train; return the model and its training log.
 
@@ -51,7 +57,8 @@ def train_cf_model(cfg: PipelineConfig, run: RunDir, num_items: int) -> tuple[CF
                          f"items/ (ids 0..{num_items - 1})")
     c = cfg.embed.cf
     config = {"users": users, "items": items, "num_users": len(user_ids), "num_items": num_items,
-              "dim": c.dim, "layers": c.layers, "epochs": c.epochs, "batch_size": c.batch_size,
+              "dim": c.dim, "layers": c.layers, "epochs": c.epochs,
+              "batch_size": epoch_batch(len(users), c.batch_size, c.max_steps_per_epoch),
               "lr": c.lr, "weight_decay": c.weight_decay, "seed": cfg.seed,
               "checkpoint_every": c.checkpoint_every}
     _ensure_ray(cfg)
