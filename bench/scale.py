@@ -6,9 +6,11 @@ format, Zipf-like item popularity over max(1000, N/100) items, Amazon-like histo
 ``jobs/pipeline.py --config configs/demo.yaml --stages <stage>`` (its own local Ray, or the
 cluster of ``--nodes``) with a tiny random Llama and its ~400-token tokenizer
 (``bench/common.py``) as ``embed.text_model`` and ``finetune.base_model``, and bounded work:
-5-core filter, LightGCN 1 epoch, codebook 2 epochs, 20 fine-tune steps, precache of a seeded
+5-core filter, LightGCN 1 epoch of at most 100 steps, codebook 2 epochs, 20 fine-tune steps, precache of a seeded
 100k-user sample (evaluate scores every system on it), SASRec capped at 60 s and the scratch
-baseline at 1 minute (``--quick``: less, see ``OVERRIDES``). A stage that fails or passes
+baseline at 1 minute (``--quick``: less, see ``OVERRIDES``); then a refresh of 1,000 precached
+users' and 100 new users' interactions (its rate is the dataset's interactions per second: a
+refresh should cost the same at every size). A stage that fails or passes
 ``--stage-timeout`` is recorded with the tail of its log, and the stages that need its artifacts
 are marked skipped; the benchmark goes on with the next size.
 
@@ -51,9 +53,11 @@ sys.path.insert(0, str(REPO / "platform"))
 from common import Memory, machine, save_tiny_llama  # noqa: E402
 from synthetic import make_data  # noqa: E402
 
-STAGES = ("prepare", "embed", "tokenize", "tasks", "finetune", "precache", "evaluate")
+STAGES = ("prepare", "embed", "tokenize", "tasks", "finetune", "precache", "evaluate", "refresh")
+DELTA_USERS, DELTA_NEW_USERS = 1000, 100  # the refresh's delta: precached users' new items, new users
 OVERRIDES = {  # bounded work per stage: (full sizes, --quick)
     "embed.cf.epochs": (1, 1),
+    "embed.cf.max_steps_per_epoch": (100, 50),  # an epoch's cost linear in the interactions
     "tokenize.epochs": (2, 1),
     "finetune.max_steps": (20, 10),
     "finetune.max_minutes": (600, 600),  # the step count ends the fine-tune, not the clock
@@ -103,11 +107,13 @@ def _result_line(log: Path, stage: str) -> str | None:
 
 def run_stage(stage: str, run_dir: Path, overrides: list[str], n: int, timeout: float,
               extra_roots: list[int], log: Path, max_memory_gb: float | None = None) -> dict:
-    """Run one stage as ``jobs/pipeline.py --stages <stage>``; its seconds, rate and memory. The
-    stage is stopped after ``timeout`` s, or when its processes' private memory passes
-    ``max_memory_gb`` (the machine is shared: better a recorded failure than the OOM killer)."""
-    cmd = [sys.executable, str(REPO / "jobs" / "pipeline.py"), "--config", str(REPO / "configs" / "demo.yaml"),
-           "--stages", stage, f"run_dir={run_dir}", *overrides]
+    """Run one stage as ``jobs/pipeline.py --stages <stage>`` (``refresh``: ``jobs/refresh.py``);
+    its seconds, rate and memory. The stage is stopped after ``timeout`` s, or when its processes'
+    private memory passes ``max_memory_gb`` (the machine is shared: better a recorded failure than
+    the OOM killer)."""
+    job = ["refresh.py"] if stage == "refresh" else ["pipeline.py", "--stages", stage]
+    cmd = [sys.executable, str(REPO / "jobs" / job[0]), *job[1:], "--config", str(REPO / "configs" / "demo.yaml"),
+           f"run_dir={run_dir}", *overrides]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -153,7 +159,8 @@ def _needs(stage: str, failed: set[str]) -> str | None:
     """The failed stage whose artifacts ``stage`` reads (directly or not), or None."""
     from semconv.stages import producer, stage as stage_of
 
-    for artifact in stage_of(stage).reads:
+    reads = ("precache",) if stage == "refresh" else stage_of(stage).reads
+    for artifact in reads:
         if producer(artifact).name in failed:
             return producer(artifact).name
     return None
@@ -224,6 +231,37 @@ def _supply_embeddings(run_dir: Path, dim: int = 32) -> str:
     return str(path)
 
 
+def write_delta(run_dir: Path) -> str:
+    """New interactions for the refresh: 2 random items each (a repeat is dropped, as prepare
+    drops it) for ``DELTA_USERS`` precached users and ``DELTA_NEW_USERS`` users new to the run
+    (Parquet, the dataset's own ids)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from semconv.artifacts import RunDir
+
+    run = RunDir(run_dir)
+    rng = np.random.default_rng(1)
+    cached = run.read_table("precache", columns=["user_id"]).column("user_id").to_numpy()
+    pick = pa.array(np.sort(rng.choice(cached, min(DELTA_USERS, len(cached)), replace=False)), pa.int64())
+    users = []
+    for path in run.parquet_files("sequences"):  # one file at a time: the bench holds no table either
+        t = pq.read_table(path, columns=["user_id", "source_user_id"])
+        users += t.filter(pc.is_in(t.column("user_id"), value_set=pick)).column("source_user_id").to_pylist()
+    users += [f"new-user-{i}" for i in range(DELTA_NEW_USERS)]
+    items = run.read_table("items", columns=["source_id"]).column("source_id")
+    rows = len(users) * 2
+    path = run_dir.parent / f"{run_dir.name}-delta.parquet"
+    pq.write_table(pa.table({
+        "user_id": np.repeat(users, 2).tolist(),
+        "item_id": items.take(pa.array(rng.integers(0, len(items), rows))),
+        "timestamp": pa.array(np.full(rows, 4_000_000_000, np.int64) + np.arange(rows)),
+    }), path)
+    return str(path)
+
+
 def pipeline_run(n: int, args, work: Path, cluster: TwoNodes | None) -> dict:
     """Every stage of ``args.stages`` at ``n`` interactions."""
     data = make_data(n, work / "data")
@@ -252,6 +290,8 @@ def pipeline_run(n: int, args, work: Path, cluster: TwoNodes | None) -> dict:
             continue
         if stage == "embed" and args.embeddings == "supplied":
             overrides.append(f"embed.item_embeddings={_supply_embeddings(run_dir)}")
+        if stage == "refresh":
+            overrides.append(f"refresh.interactions={write_delta(run_dir)}")
         before = cluster.finished_tasks() if cluster else None
         rec = run_stage(stage, run_dir, overrides, n, args.stage_timeout, [os.getpid()] if cluster else [],
                         work / "logs" / f"n{n}-nodes{nodes}-{stage}.log", args.max_memory_gb)
@@ -423,6 +463,8 @@ def main() -> None:
                 runs = [pipeline_run(n, args, args.work, cluster) for n in sizes]
         else:
             runs = [pipeline_run(n, args, args.work, None) for n in sizes]
+    if args.json and args.reuse and args.json.exists():  # a run split over several commands: one record
+        runs = merge_runs(json.loads(args.json.read_text()).get("runs", []), runs)
     add_scaling(runs)
     print_table(runs)
     end = machine()
@@ -430,8 +472,6 @@ def main() -> None:
               "command": sys.argv, "peak_rss_gb": "private memory (RssAnon) of the stage's driver process and of "
               "its largest Ray worker; RSS (which also counts mapped object-store pages) is peak_vmrss_gb"}
     if args.json:
-        if args.reuse and args.json.exists():  # a run split over several commands: one record
-            result["runs"] = merge_runs(json.loads(args.json.read_text()).get("runs", []), runs)
         args.json.write_text(json.dumps(result, indent=2))
 
 

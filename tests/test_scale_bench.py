@@ -51,3 +51,25 @@ def test_a_failing_stage_is_recorded_with_its_error(tmp_path):
     assert "exit code" in rec["failed"]["why"] and "no_such_key" in rec["failed"]["error_tail"]
     assert set(rec["peak_rss_gb"]) == {"driver", "worker"}
     assert scale._needs("embed", {"prepare"}) == "prepare" and scale._needs("finetune", {"prepare"}) is None
+
+
+def test_the_refresh_delta_names_precached_users_new_users_and_catalogue_items(tmp_path, monkeypatch):
+    import pyarrow as pa
+
+    from semconv.artifacts import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.write_table("items", pa.table({"item_id": pa.array(range(50), pa.int64()),
+                                       "source_id": [f"i{i}" for i in range(50)]}))
+    run.write_table("sequences", pa.table({"user_id": pa.array(range(40), pa.int64()),
+                                           "source_user_id": [f"u{u}" for u in range(40)]}), num_shards=3)
+    run.write_table("precache", pa.table({"user_id": pa.array(range(0, 40, 2), pa.int64())}))
+    monkeypatch.setattr(scale, "DELTA_USERS", 5)
+    monkeypatch.setattr(scale, "DELTA_NEW_USERS", 2)
+    delta = pq.read_table(scale.write_delta(tmp_path / "run")).to_pydict()
+    users = sorted(set(delta["user_id"]))
+    old = [u for u in users if not u.startswith("new-user-")]
+    assert len(old) == 5 and all(int(u[1:]) % 2 == 0 for u in old)  # precached users only
+    assert len(users) == 7 and len(delta["user_id"]) == 14
+    assert set(delta["item_id"]) <= {f"i{i}" for i in range(50)}
+    assert scale._needs("refresh", {"precache"}) == "precache" and scale._needs("refresh", {"tasks"}) is None
