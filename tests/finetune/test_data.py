@@ -50,6 +50,25 @@ def test_only_the_codes_and_eos_of_each_row_are_scored(tok):
     assert rows.label_tokens() == 4 * 5
 
 
+
+def test_rows_stay_columnar_and_encode_in_chunks_as_they_would_at_once(tok, monkeypatch):
+    from semconv.finetune import packing
+
+    table = pa.table({"task": ["history", "negative", "history", "title2item", "negative"],
+                      "prompt": ["<a_1> <b_2>", "is <a_0> liked?", "<a_2>", "glove kit", "x"],
+                      "label": ["<c_1><d_0>", "yes", "<c_0>", "<a_1><b_1><c_1><d_1>", "no"],
+                      "split": ["train", "train", "valid", "train", "train"]})
+    examples = split_examples(table, "train")
+    assert isinstance(examples.prompts, pa.Array) and len(examples) == 4  # no Python strings yet
+    assert examples.texts(0, 2) == (["<a_1> <b_2>", "is <a_0> liked?"], ["<c_1><d_0>", "yes"], [False, True])
+    at_once = encode_rows(tok, examples, 64)
+    monkeypatch.setattr(packing, "ENCODE_CHUNK", 3)  # chunks of 3 and 1
+    chunked = encode_rows(tok, examples, 64)
+    assert all(a.dtype == np.int32 for a in chunked.ids)
+    assert [a.tolist() for a in chunked.ids] == [a.tolist() for a in at_once.ids]
+    assert [a.tolist() for a in chunked.labels] == [a.tolist() for a in at_once.labels]
+    assert chunked.labels[0][-1] != tok.eos_token_id and chunked.labels[1][-1] == tok.eos_token_id  # history: no EOS
+
 def test_collate_packs_masks_each_row_to_itself_and_restarts_positions():
     rows = EncodedRows([np.array([5, 6, 7]), np.array([8, 9]), np.array([4])],
                        [np.array([-100, 6, 7]), np.array([-100, 9]), np.array([4])])

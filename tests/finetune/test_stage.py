@@ -42,7 +42,8 @@ def test_run_finetune_writes_a_complete_model_that_loads(ray_local, planted_run_
     loss = held_out_loss(model, tok, valid, code_softmax=cfg.finetune.code_softmax)
     # the saved model is the one the run evaluated last (fp32 here; bf16 autocast where native)
     assert loss == pytest.approx(metrics["eval_loss"][-1], rel=2e-2 if cpu_bf16_supported() else 1e-4)
-    ids = torch.tensor([tok(valid.prompts[0] + valid.labels[0])["input_ids"]])
+    (prompt,), (label,), _ = valid.texts(0, 1)
+    ids = torch.tensor([tok(prompt + label)["input_ids"]])
     with torch.no_grad():
         assert torch.allclose(_logits(model_dir / "merged", ids), model(input_ids=ids).logits, atol=1e-4)
 

@@ -29,8 +29,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def loop_config(run_dir: Path, base: Path, **finetune) -> dict:
     """What the stage hands each Ray Train worker: the typed recipe and the rows in memory."""
-    return {"recipe": recipe_of(tiny_config(run_dir, base, **finetune), base, None),
-            "data": read_data(RunDir(run_dir))}
+    cfg = tiny_config(run_dir, base, **finetune)
+    return {"recipe": recipe_of(cfg, base, None),
+            "data": read_data(RunDir(run_dir), cfg.tokenize.levels, cfg.tokenize.codes_per_level)}
 
 
 def test_checkpoints_go_through_the_harness_and_resume_where_they_stopped(planted_run_dir, tiny_lm_dir, tmp_path):

@@ -25,31 +25,46 @@ class SftDataError(ValueError):
 
 @dataclass(frozen=True)
 class SftExamples:
-    """Prompt/label pairs of one split."""
+    """Prompt/label pairs of one split: lists, or Arrow string arrays (what :func:`split_examples`
+    gives: millions of rows stay columnar, and reach a Ray Train worker without becoming Python
+    strings until they are tokenized, a chunk at a time)."""
 
-    prompts: list[str]
-    labels: list[str]
-    eos: list[bool] | None = None  # per row: append EOS to the label (None: every row)
+    prompts: Sequence[str]
+    labels: Sequence[str]
+    eos: Sequence[bool] | None = None  # per row: append EOS to the label (None: every row)
 
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def texts(self, start: int, end: int) -> tuple[list[str], list[str], list[bool]]:
+        """Rows ``[start, end)`` as Python lists: prompts, labels, EOS flags."""
+        def chunk(col: Any) -> list:
+            part = col[start:end]
+            return part.to_pylist() if hasattr(part, "to_pylist") else list(part)
+
+        eos = [True] * (min(end, len(self)) - start) if self.eos is None else [bool(e) for e in chunk(self.eos)]
+        return chunk(self.prompts), chunk(self.labels), eos
+
 
 def split_examples(table: Any, split: str) -> SftExamples:
-    """The rows of ``split`` from an ``sft/`` pyarrow table."""
+    """The rows of ``split`` from an ``sft/`` pyarrow table, kept as Arrow arrays."""
+    import pyarrow.compute as pc
+
     missing = {"prompt", "label", "split"} - set(table.column_names)
     if missing:
         raise SftDataError(f"sft/ lacks column(s) {sorted(missing)}; has {table.column_names}")
-    splits = table.column("split").to_pylist()
-    prompts = table.column("prompt").to_pylist()
-    labels = table.column("label").to_pylist()
-    tasks = table.column("task").to_pylist() if "task" in table.column_names else [None] * len(splits)
-    keep = [i for i, s in enumerate(splits) if s == split]
-    for i in keep:
-        if not prompts[i] or not labels[i]:
-            raise SftDataError(f"sft/ row {i} ({split}) has an empty prompt or label")
-    return SftExamples([prompts[i] for i in keep], [labels[i] for i in keep],
-                       [tasks[i] != HISTORY_TASK for i in keep])
+    mask = pc.fill_null(pc.equal(table.column("split"), split), False)
+    prompts = table.column("prompt").filter(mask).combine_chunks()
+    labels = table.column("label").filter(mask).combine_chunks()
+    empty = pc.or_(*(pc.fill_null(pc.equal(pc.utf8_length(c), 0), True) for c in (prompts, labels)))
+    if pc.any(empty).as_py():
+        rows = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+        i = int(rows[int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])])
+        raise SftDataError(f"sft/ row {i} ({split}) has an empty prompt or label")
+    eos = None
+    if "task" in table.column_names:
+        eos = pc.fill_null(pc.not_equal(table.column("task").filter(mask), HISTORY_TASK), True).combine_chunks()
+    return SftExamples(prompts, labels, eos)
 
 
 def encode_ids(

@@ -52,13 +52,12 @@ def encode_rows(tokenizer: Any, examples: SftExamples, max_len: int) -> EncodedR
     ``max_len`` tokens a row, ``ENCODE_CHUNK`` rows at a time, kept as int32 arrays (a token
     list of Python ints costs ~9x its int32 array: at millions of rows that is the difference
     between a few GB and tens)."""
-    eos = examples.eos or [True] * len(examples)
     ids, labs = [], []
     for start in range(0, len(examples), ENCODE_CHUNK):
-        end = start + ENCODE_CHUNK
-        prompts = tokenizer(examples.prompts[start:end], add_special_tokens=False)["input_ids"]
-        labels = tokenizer(examples.labels[start:end], add_special_tokens=False)["input_ids"]
-        for p, l, e in zip(prompts, labels, eos[start:end]):
+        prompt_texts, label_texts, eos = examples.texts(start, start + ENCODE_CHUNK)
+        prompts = tokenizer(prompt_texts, add_special_tokens=False)["input_ids"]
+        labels = tokenizer(label_texts, add_special_tokens=False)["input_ids"]
+        for p, l, e in zip(prompts, labels, eos):
             x, y = encode_ids(p, l, max_len, tokenizer.eos_token_id if e else None)
             ids.append(np.asarray(x, dtype=np.int32))
             labs.append(np.asarray(y, dtype=np.int32))

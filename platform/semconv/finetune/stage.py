@@ -37,18 +37,23 @@ class FinetuneInputError(ValueError):
     """``sft/`` or ``sa_init.json`` that does not fit the configured code tokens."""
 
 
+CHECK_ROWS = 65_536  # rows scanned per join: the check never holds a column as Python strings
+
+
 def check_code_tokens_fit(table: Any, levels: int, codes_per_level: int) -> None:
     """Every code token in the prompts and labels exists in the configured L x K vocabulary."""
     for column in ("label", "prompt"):
-        texts = [t or "" for t in table.column(column).to_pylist()]
-        used = code_tokens_in("\n".join(texts))  # one scan of the column; rows only on error
-        bad = sorted(code_token(l, c) for l, c in used if l >= levels or c >= codes_per_level)
-        if bad:
-            row = next(i for i, t in enumerate(texts) if bad[0] in t)
-            raise FinetuneInputError(
-                f"sft/ row {row} {column} uses {bad[0]}, outside tokenize.levels={levels} x "
-                f"tokenize.codes_per_level={codes_per_level}; sft/ was built for another codebook"
-            )
+        col = table.column(column)
+        for start in range(0, len(col), CHECK_ROWS):
+            texts = [t or "" for t in col.slice(start, CHECK_ROWS).to_pylist()]
+            used = code_tokens_in("\n".join(texts))  # one scan of the chunk; rows only on error
+            bad = sorted(code_token(l, c) for l, c in used if l >= levels or c >= codes_per_level)
+            if bad:
+                row = start + next(i for i, t in enumerate(texts) if bad[0] in t)
+                raise FinetuneInputError(
+                    f"sft/ row {row} {column} uses {bad[0]}, outside tokenize.levels={levels} x "
+                    f"tokenize.codes_per_level={codes_per_level}; sft/ was built for another codebook"
+                )
 
 
 def read_sa_init(rd: RunDir) -> dict[str, list[str]]:
@@ -91,9 +96,11 @@ def recipe_of(cfg: PipelineConfig, base_path: Path, sa_init: dict[str, list[str]
     )
 
 
-def read_data(rd: RunDir) -> FinetuneData:
-    """``sft/``'s train and held-out rows."""
+def read_data(rd: RunDir, levels: int, codes_per_level: int) -> FinetuneData:
+    """``sft/``'s train and held-out rows (read once, kept columnar), checked against the
+    codebook's vocabulary."""
     table = rd.read_table("sft", columns=["task", "prompt", "label", "split"])
+    check_code_tokens_fit(table, levels, codes_per_level)
     return FinetuneData(split_examples(table, "train"), split_examples(table, "valid"))
 
 
@@ -122,12 +129,11 @@ def run_finetune(cfg: PipelineConfig) -> dict[str, str]:
     if rd.is_complete("model"):
         return {"model": rd.path("model")}
     rd.require("sft")
-    table = rd.read_table("sft", columns=["prompt", "label", "split"])
-    check_code_tokens_fit(table, cfg.tokenize.levels, cfg.tokenize.codes_per_level)
+    data = read_data(rd, cfg.tokenize.levels, cfg.tokenize.codes_per_level)
     sa_init = read_sa_init(rd) if cfg.tasks.sa_init else None
     base_path = resolve_base(cfg.finetune.base_model)
     recipe = recipe_of(cfg, base_path, sa_init)
-    result = train_on_ray(recipe, read_data(rd), cfg, rd.checkpoint_root, checkpoint_name(rd, "finetune"))
+    result = train_on_ray(recipe, data, cfg, rd.checkpoint_root, checkpoint_name(rd, "finetune"))
     with result.checkpoint.as_directory() as ckpt_dir:
         final = Path(ckpt_dir) / FINAL
         if not final.exists():
