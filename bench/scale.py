@@ -282,7 +282,7 @@ def pipeline_run(n: int, args, work: Path, cluster: TwoNodes | None) -> dict:
     if cluster:
         overrides += [f"ray.address={cluster.cluster.address}", *TWO_NODES]
     run = {"interactions": n, "nodes": nodes, "mode": "pipeline", "data": data, "run_dir": str(run_dir),
-           "overrides": overrides, "stages": {}}
+           "embeddings": args.embeddings, "overrides": overrides, "stages": {}}
     failed: set[str] = set()
     for stage in args.stages:
         if (need := _needs(stage, failed)) is not None:
@@ -379,6 +379,8 @@ def add_scaling(runs: list[dict]) -> None:
                                                                                      r.get("variant"))), key=size)
         for stage, s in r["stages"].items():
             s0 = base["stages"].get(stage, {})
+            if stage == "embed" and r.get("embeddings", "cf") != base.get("embeddings", "cf"):
+                continue  # supplied vectors against LightGCN training: not the same work
             if base is not r and s.get("seconds") and s0.get("seconds") and "failed" not in s and "failed" not in s0:
                 s["per_row_vs_smallest"] = round((s["seconds"] / s0["seconds"]) / (size(r) / size(base)), 2)
 

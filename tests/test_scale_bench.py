@@ -73,3 +73,15 @@ def test_the_refresh_delta_names_precached_users_new_users_and_catalogue_items(t
     assert len(users) == 7 and len(delta["user_id"]) == 14
     assert set(delta["item_id"]) <= {f"i{i}" for i in range(50)}
     assert scale._needs("refresh", {"precache"}) == "precache" and scale._needs("refresh", {"tasks"}) is None
+
+
+def test_scaling_compares_like_with_like():
+    def run(n, embeddings, seconds):
+        return {"mode": "pipeline", "nodes": 1, "interactions": n, "embeddings": embeddings,
+                "stages": {s: {"seconds": seconds} for s in ("embed", "tasks")}}
+
+    runs = [run(1_000_000, "cf", 10.0), run(30_000_000, "supplied", 450.0)]
+    runs[0].pop("embeddings")  # records written before the key default to LightGCN
+    scale.add_scaling(runs)
+    assert runs[1]["stages"]["tasks"]["per_row_vs_smallest"] == 1.5
+    assert "per_row_vs_smallest" not in runs[1]["stages"]["embed"]  # supplied vectors vs training
