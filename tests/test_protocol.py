@@ -133,6 +133,17 @@ def test_ranking_is_by_count_then_lower_id_and_can_exclude_history():
     assert top.tolist() == [[1, 2, 4], [1, 2, 4]]
     top = popularity_topk(counts, n_users=2, k=3, exclude=[[2], []])
     assert top.tolist() == [[1, 4, 0], [1, 2, 4]]
+    assert popularity_topk(counts, 1, 3, exclude=[[0, 1, 2, 4]]).tolist() == [[3, -1, -1]]  # padded
+
+
+def test_popularity_with_exclusions_equals_the_full_score_matrix_ranking():
+    from semconv.metrics import topk_from_scores
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 6, size=300)  # many ties
+    exclude = [rng.choice(300, rng.integers(0, 40), replace=False).tolist() for _ in range(200)]
+    want = topk_from_scores(np.broadcast_to(counts.astype(np.float64), (200, 300)), 10, exclude)
+    assert popularity_topk(counts, 200, 10, exclude).tolist() == want.tolist()
 
 
 def test_the_report_and_the_serving_fallback_share_one_popularity():
