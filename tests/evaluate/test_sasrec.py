@@ -50,6 +50,22 @@ def test_both_objectives_reduce_the_loss(build, loss):
     assert log["epochs_run"] == 6 and log["train_loss"][-1] < log["train_loss"][0]
 
 
+
+def test_a_budget_shorter_than_an_epoch_ends_inside_it_and_early_stopping_ranks_a_sample(build, monkeypatch):
+    from semconv.evaluate import sasrec as sasrec_module
+
+    valid = build.split(planted_cycle(400, 30, seed=2), "valid", max_len=10)
+    ranked, steps = [], []
+    real, real_loss = sasrec_module.sasrec_topk, sasrec_module.sasrec_loss
+    monkeypatch.setattr(sasrec_module, "sasrec_topk", lambda m, h, *a, **k: ranked.append(len(h)) or real(m, h, *a, **k))
+    monkeypatch.setattr(sasrec_module, "sasrec_loss", lambda *a: steps.append(1) or real_loss(*a))
+    cfg = load_config(None, ["evaluate.sasrec.epochs=3", "evaluate.sasrec.batch_size=8",
+                             "evaluate.sasrec.max_seconds=0.01", "evaluate.sasrec.valid_users=50"]).evaluate.sasrec
+    _, log = train_sasrec(valid.histories, valid, 30, cfg, max_len=10, seed=0)
+    assert log["stopped"] == "max_seconds" and log["epochs_run"] == 1
+    assert len(steps) < 10  # an epoch is 50 batches: the budget ended it inside the first
+    assert ranked == [50]  # the one validation pass ranked the seeded sample, not all 400 users
+
 def test_scores_do_not_depend_on_padding():
     torch.manual_seed(0)
     model = SASRec(num_items=30, max_len=12, hidden=16, blocks=2, heads=2, dropout=0.3).eval()

@@ -36,7 +36,10 @@ class SASRecConfig(Section):
     epochs: int = Field(200, ge=1, description="upper bound; early stopping usually ends sooner")
     patience: int = Field(3, ge=1, description="evaluations without a better valid NDCG@10")
     eval_every: int = Field(2, ge=1, description="epochs between validation passes")
-    max_seconds: float | None = Field(240.0, gt=0, description="training time budget (None: none)")
+    max_seconds: float | None = Field(240.0, gt=0, description="training time budget, checked every "
+                                      "batch (None: none)")
+    valid_users: int | None = Field(10_000, ge=1, description="seeded sample of valid rows early "
+                                    "stopping ranks (None: every user's)")
     num_threads: int | None = Field(
         1, ge=1, description="torch threads; small models run fastest on one (None: torch default)"
     )

@@ -200,6 +200,8 @@ def _train_sasrec(
                            weight_decay=cfg.weight_decay)
     x_all, y_all = torch.from_numpy(inputs), torch.from_numpy(labels)
     lengths = (inputs > 0).sum(1)
+    if cfg.valid_users is not None and len(valid) > cfg.valid_users:  # millions of users: a sample
+        valid = valid.restrict(np.random.default_rng(seed).choice(valid.user_ids, cfg.valid_users, replace=False))
     exclude = history_exclusions(valid, exclude_history)
     log: dict[str, Any] = {"train_loss": [], "valid": [], "sequences": len(inputs), "stopped": "epochs"}
     best, best_key, best_state, bad = -1, (-1.0, -1.0), None, 0
@@ -207,7 +209,7 @@ def _train_sasrec(
     epoch = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        total, batches = 0.0, 0
+        total, batches, over_time = 0.0, 0, False
         for idx in length_batches(lengths, cfg.batch_size, gen):
             x, y = trim(x_all[idx], y_all[idx])
             loss = sasrec_loss(model, x, y, cfg.loss, gen)
@@ -215,8 +217,10 @@ def _train_sasrec(
             loss.backward()
             opt.step()
             total, batches = total + loss.item(), batches + 1
+            over_time = cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds
+            if over_time:
+                break  # a budget shorter than an epoch (millions of users) ends inside it
         log["train_loss"].append(total / batches)
-        over_time = cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds
         if epoch % cfg.eval_every and epoch != cfg.epochs and not over_time:
             continue
         ranked = sasrec_topk(model, valid.histories, 10, exclude)
