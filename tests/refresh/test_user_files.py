@@ -93,3 +93,14 @@ def test_replaced_rows_rewrite_only_their_files_and_new_users_go_last(run, tmp_p
     write_replaced(user_files(run, "splits"), split_bounds(rows), splits_out)
     got = pa.concat_tables([pq.read_table(p) for p in sorted(splits_out.iterdir())])
     assert got.equals(split_bounds(want)) and set(touched.tolist()) == {12, 15, USERS}
+
+
+def test_ranges_use_the_parquet_leaf_of_user_id_when_a_struct_column_comes_first(tmp_path):
+    t = pa.table({"meta": pa.array([{"a": i, "b": -i} for i in range(USERS)]),
+                  "user_id": pa.array(np.arange(USERS) + 100, pa.int64())})
+    run = RunDir(tmp_path)
+    with run.writing("sequences") as tmp:
+        pq.write_table(t, tmp / "part-00000.parquet", row_group_size=10)
+    files = user_files(run, "sequences")
+    assert files.lo.tolist() == [100] and files.hi.tolist() == [100 + USERS - 1]
+    assert read_users(files, np.array([105, 131]))["user_id"].to_pylist() == [105, 131]

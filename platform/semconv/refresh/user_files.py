@@ -55,12 +55,19 @@ class UserFiles:
                 if first[i] < len(users) and users[first[i]] <= self.hi[i]]
 
 
+def _user_id_column(meta: pq.FileMetaData, path: str) -> int:
+    """The Parquet leaf index of ``user_id`` (not its Arrow field index: a list column before it
+    would shift one against the other)."""
+    paths = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    if "user_id" not in paths:
+        raise ValueError(f"{path}: no 'user_id' column")
+    return paths.index("user_id")
+
+
 def _range(meta: pq.FileMetaData, path: str, fs: pafs.FileSystem) -> tuple[int, int]:
     """``(min, max)`` of ``user_id`` from the row groups' statistics; the column itself when a
     writer left them out."""
-    col = meta.schema.to_arrow_schema().get_field_index("user_id")
-    if col < 0:
-        raise ValueError(f"{path}: no 'user_id' column")
+    col = _user_id_column(meta, path)
     lo, hi = None, None
     for g in range(meta.num_row_groups):
         rg = meta.row_group(g)
@@ -90,8 +97,7 @@ def user_files(run: RunDir, name: str) -> UserFiles:
                      np.asarray(hi, np.int64)[order], np.asarray(rows, np.int64)[order])
 
 
-def read_users(files: UserFiles, users: np.ndarray, columns: list[str] | None = None,
-               schema: pa.Schema | None = None) -> pa.Table:
+def read_users(files: UserFiles, users: np.ndarray, columns: list[str] | None = None) -> pa.Table:
     """The rows of ``users`` (sorted by ``user_id``), reading only the files and row groups whose
     statistics can hold them; ``columns`` must include ``user_id``."""
     users = np.unique(np.asarray(users, np.int64))
@@ -99,7 +105,7 @@ def read_users(files: UserFiles, users: np.ndarray, columns: list[str] | None = 
     parts = []
     for i in files.holding(users):
         f = pq.ParquetFile(files.paths[i], filesystem=files.fs)
-        col = f.schema_arrow.get_field_index("user_id")
+        col = _user_id_column(f.metadata, files.paths[i])
         for g in range(f.num_row_groups):
             stats = f.metadata.row_group(g).column(col).statistics
             if stats is not None and stats.has_min_max:
@@ -109,12 +115,10 @@ def read_users(files: UserFiles, users: np.ndarray, columns: list[str] | None = 
             t = f.read_row_group(g, columns=columns)
             parts.append(t.filter(pc.is_in(t.column("user_id"), value_set=value_set)))
     if not parts:
-        if schema is None:
-            if not files.paths:
-                raise ValueError("the table has no files")
-            schema = pq.read_schema(files.paths[0], filesystem=files.fs)
-            schema = pa.schema([schema.field(c) for c in columns]) if columns else schema
-        return schema.empty_table()
+        if not files.paths:
+            raise ValueError("the table has no files")
+        schema = pq.read_schema(files.paths[0], filesystem=files.fs)
+        return (pa.schema([schema.field(c) for c in columns]) if columns else schema).empty_table()
     return pa.concat_tables(parts).sort_by("user_id")
 
 
