@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from semconv.metrics import ranking_metrics, topk_from_scores
 
@@ -57,3 +58,25 @@ def test_topk_matches_a_stable_full_sort_with_ties_and_exclusions():
     np.testing.assert_array_equal(topk_from_scores(scores, 10, exclude), expected)
     few = topk_from_scores(scores[:1], 10, [np.arange(25)])  # 5 candidates left: padded with -1
     assert few[0, 5:].tolist() == [-1] * 5 and sorted(few[0, :5].tolist()) == list(range(25, 30))
+
+
+def test_topk_leaves_the_callers_scores_unless_told_to_overwrite():
+    rng = np.random.default_rng(1)
+    scores = rng.standard_normal((50, 200)).astype(np.float32)
+    exclude = [rng.choice(200, 7, replace=False) for _ in range(50)]
+    before = scores.copy()
+    expected = topk_from_scores(scores, 10, exclude)
+    np.testing.assert_array_equal(scores, before)
+    assert not any(np.isin(expected[r], exclude[r]).any() for r in range(50))
+    as_tensor = torch.from_numpy(scores.copy())
+    np.testing.assert_array_equal(topk_from_scores(as_tensor, 10, exclude, overwrite=True), expected)
+    assert torch.isinf(as_tensor[0, torch.from_numpy(exclude[0])]).all()  # masked in place, as allowed
+
+
+def test_topk_reranks_a_row_only_when_a_tie_crosses_the_cut():
+    # the 3rd and 4th best tie: k=3 must take the lower id; k=2 must not see the tie at all
+    scores = np.array([[0.2, 0.9, 0.5, 0.8, 0.5, 0.1]], dtype=np.float32)
+    assert topk_from_scores(scores, 3).tolist() == [[1, 3, 2]]
+    assert topk_from_scores(scores[:, ::-1].copy(), 3).tolist() == [[4, 2, 1]]
+    assert topk_from_scores(scores, 2).tolist() == [[1, 3]]
+    assert topk_from_scores(scores, 6).tolist() == [[1, 3, 2, 4, 0, 5]]

@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import torch
 
 
 def target_rank(ranked: Sequence[int], target: int) -> int | None:
@@ -51,29 +52,36 @@ def ranking_metrics(
 
 
 def topk_from_scores(
-    scores: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None
+    scores: np.ndarray | torch.Tensor, k: int, exclude: Sequence[Sequence[int]] | None = None,
+    overwrite: bool = False,
 ) -> np.ndarray:
     """Top-``k`` item ids per row of a (users, items) score matrix, best first.
 
     Ties break by the lower item id (as a stable full sort would), so results are deterministic.
     ``exclude[u]`` lists items masked out for user ``u`` (e.g. their history); a row left with
-    fewer than ``k`` candidates is padded with -1. ``argpartition`` + a sort of the ``k`` winners
-    is about 5x faster than a full sort on 4k items; a row whose boundary score is tied beyond
-    the winners is re-ranked with a stable full sort.
+    fewer than ``k`` candidates is padded with -1. ``torch.topk`` (threaded, no negated copy) +
+    an id-order of the ``k`` winners is ~10x faster than NumPy's ``argpartition`` on 100k items,
+    which is what ranks every item for 100k+ users at scale; a row whose (k+1)-th score ties its
+    k-th is re-ranked with a stable full sort. ``overwrite=True`` lets the exclusions be written
+    into ``scores`` (float32, owned by the caller) instead of a copy.
     """
-    scores = np.array(scores, dtype=np.float32, copy=True)
-    if exclude is not None:
-        for r, items in enumerate(exclude):
-            if len(items):
-                scores[r, np.asarray(items, dtype=np.int64)] = -np.inf
-    k = min(k, scores.shape[1])
+    x = torch.as_tensor(scores, dtype=torch.float32)
+    if exclude is not None and any(len(items) for items in exclude):
+        if not overwrite:
+            x = x.clone()
+        lens = np.fromiter((len(items) for items in exclude), dtype=np.int64, count=len(exclude))
+        cols = np.concatenate([np.asarray(items, dtype=np.int64).reshape(-1) for items in exclude])
+        x[torch.from_numpy(np.repeat(np.arange(len(exclude)), lens)), torch.from_numpy(cols)] = -math.inf
+    k = min(k, x.shape[1])
     if k == 0:
-        return np.zeros((len(scores), 0), dtype=np.int64)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    vals = np.take_along_axis(scores, part, axis=1)
+        return np.zeros((x.shape[0], 0), dtype=np.int64)
+    vals_t, part_t = torch.topk(x, min(k + 1, x.shape[1]), dim=1)
+    vals, part = vals_t.numpy(), part_t.numpy()
+    # the boundary score is tied beyond the winners iff the (k+1)-th equals the k-th (a tie at
+    # -inf is padding either way)
+    tied = (vals[:, k - 1] == vals[:, k]) & (vals[:, k - 1] > -np.inf) if vals.shape[1] > k else []
+    vals, part = vals[:, :k], part[:, :k]
     top = np.take_along_axis(part, np.lexsort((part, -vals), axis=1), axis=1)
-    edge = vals.min(axis=1, keepdims=True)
-    tied = (scores == edge).sum(1) > (vals == edge).sum(1)
     for r in np.flatnonzero(tied):
-        top[r] = np.argsort(-scores[r], kind="stable")[:k]
-    return np.where(np.take_along_axis(scores, top, axis=1) == -np.inf, -1, top)
+        top[r] = np.argsort(-x[r].numpy(), kind="stable")[:k]
+    return np.where(np.take_along_axis(x.numpy(), top, axis=1) == -np.inf, -1, top)

@@ -173,7 +173,7 @@ class CFRecommender:
         rows = self.user_rows(user_ids)
         out = [
             topk_from_scores(self.user_embedding[rows[s : s + chunk]] @ self.item_embedding.T, k,
-                  None if exclude is None else exclude[s : s + chunk])
+                  None if exclude is None else exclude[s : s + chunk], overwrite=True)
             for s in range(0, len(rows), chunk)
         ]
         return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)

@@ -167,9 +167,9 @@ def sasrec_topk(model: SASRec, histories: Sequence[Sequence[int]], k: int,
     for start in range(0, len(histories), batch_size):
         chunk = histories[start:start + batch_size]
         (seqs,) = trim(torch.from_numpy(shifted_ids(chunk, model.max_len)))
-        scores = model.item_logits(model(seqs)[:, -1]).float().numpy()
+        scores = model.item_logits(model(seqs)[:, -1]).float()
         out[start:start + len(chunk)] = topk_from_scores(
-            scores, k, None if exclude is None else exclude[start:start + batch_size])
+            scores, k, None if exclude is None else exclude[start:start + batch_size], overwrite=True)
     return out
 
 
