@@ -56,15 +56,37 @@ def test_a_budget_shorter_than_an_epoch_ends_inside_it_and_early_stopping_ranks_
 
     valid = build.split(planted_cycle(400, 30, seed=2), "valid", max_len=10)
     ranked, steps = [], []
-    real, real_loss = sasrec_module.sasrec_topk, sasrec_module.sasrec_loss
+    real, real_step = sasrec_module.sasrec_topk, sasrec_module.sasrec_backward
     monkeypatch.setattr(sasrec_module, "sasrec_topk", lambda m, h, *a, **k: ranked.append(len(h)) or real(m, h, *a, **k))
-    monkeypatch.setattr(sasrec_module, "sasrec_loss", lambda *a: steps.append(1) or real_loss(*a))
+    monkeypatch.setattr(sasrec_module, "sasrec_backward", lambda *a: steps.append(1) or real_step(*a))
     cfg = load_config(None, ["evaluate.sasrec.epochs=3", "evaluate.sasrec.batch_size=8",
                              "evaluate.sasrec.max_seconds=0.01", "evaluate.sasrec.valid_users=50"]).evaluate.sasrec
     _, log = train_sasrec(valid.histories, valid, 30, cfg, max_len=10, seed=0)
     assert log["stopped"] == "max_seconds" and log["epochs_run"] == 1
     assert len(steps) < 10  # an epoch is 50 batches: the budget ended it inside the first
     assert ranked == [50]  # the one validation pass ranked the seeded sample, not all 400 users
+
+
+@pytest.mark.parametrize("max_logits", [30, 95, 1000])
+def test_full_softmax_in_chunks_gives_the_same_loss_and_gradients(max_logits):
+    from semconv.evaluate.sasrec import sasrec_backward
+
+    torch.manual_seed(0)
+    model = SASRec(num_items=30, max_len=8, hidden=16, blocks=2, heads=1, dropout=0.0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 31, (6, 8))
+    y = torch.where(x > 0, torch.randint(1, 31, (6, 8)), 0)
+
+    def grads(budget):
+        model.zero_grad()
+        loss = sasrec_backward(model, x, y, "ce", gen, max_logits=budget)
+        return loss, [p.grad.clone() for p in model.parameters()]
+
+    whole_loss, whole = grads(10**9)
+    loss, chunked = grads(max_logits)  # 1, 3 or all positions' logits at a time
+    assert loss == pytest.approx(whole_loss, rel=1e-5)
+    for a, b in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 def test_scores_do_not_depend_on_padding():
     torch.manual_seed(0)

@@ -142,19 +142,44 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def sasrec_loss(model: SASRec, inputs: torch.Tensor, labels: torch.Tensor, kind: str,
-                gen: torch.Generator) -> torch.Tensor:
+LOGITS_PER_CHUNK = 1 << 24  # 64 MB of float32 full-softmax logits at a time
+
+
+def sasrec_backward(model: SASRec, inputs: torch.Tensor, labels: torch.Tensor, kind: str,
+                    gen: torch.Generator, max_logits: int = LOGITS_PER_CHUNK) -> float:
+    """One batch's loss, its gradients accumulated into the model; returns the loss.
+
+    The full softmax (``"ce"``) scores every item at every position: with 100k items a batch's
+    logits and their gradient held ~3 GB, growing with the catalogue. So they are formed
+    ``max_logits`` at a time against a detached copy of the hidden states, each chunk's backward
+    runs at once (item-embedding gradients accumulate), and the encoder's backward runs once from
+    the summed hidden-state gradient: the same gradients, memory bounded by ``max_logits``.
+    """
     h = model(inputs)
     mask = labels > 0
     h, pos = h[mask], labels[mask]
-    if kind == "ce":
-        return F.cross_entropy(model.item_logits(h), pos - 1)
-    neg = torch.randint(1, model.num_items + 1, pos.shape, generator=gen)
-    neg = torch.where(neg == pos, neg % model.num_items + 1, neg)  # never the positive
-    pos_logit = (h * model.item_emb(pos)).sum(-1)
-    neg_logit = (h * model.item_emb(neg)).sum(-1)
-    return F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit)) + \
-        F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit))
+    if kind != "ce":
+        neg = torch.randint(1, model.num_items + 1, pos.shape, generator=gen)
+        neg = torch.where(neg == pos, neg % model.num_items + 1, neg)  # never the positive
+        pos_logit = (h * model.item_emb(pos)).sum(-1)
+        neg_logit = (h * model.item_emb(neg)).sum(-1)
+        loss = F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit)) + \
+            F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit))
+        loss.backward()
+        return loss.item()
+    rows = max(1, max_logits // model.num_items)
+    if len(h) <= rows:
+        loss = F.cross_entropy(model.item_logits(h), pos - 1)
+        loss.backward()
+        return loss.item()
+    hd = h.detach().requires_grad_()
+    total = 0.0
+    for s in range(0, len(h), rows):
+        part = F.cross_entropy(model.item_logits(hd[s:s + rows]), pos[s:s + rows] - 1, reduction="sum") / len(h)
+        part.backward()
+        total += part.item()
+    h.backward(hd.grad)
+    return total
 
 
 @torch.no_grad()
@@ -212,11 +237,10 @@ def _train_sasrec(
         total, batches, over_time = 0.0, 0, False
         for idx in length_batches(lengths, cfg.batch_size, gen):
             x, y = trim(x_all[idx], y_all[idx])
-            loss = sasrec_loss(model, x, y, cfg.loss, gen)
             opt.zero_grad()
-            loss.backward()
+            loss = sasrec_backward(model, x, y, cfg.loss, gen)
             opt.step()
-            total, batches = total + loss.item(), batches + 1
+            total, batches = total + loss, batches + 1
             over_time = cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds
             if over_time:
                 break  # a budget shorter than an epoch (millions of users) ends inside it

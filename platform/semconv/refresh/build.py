@@ -30,6 +30,7 @@ class NewVersion:
     splits: pa.Table  # ... and their split bounds
     touched: np.ndarray  # users named in the delta
     new_users: np.ndarray  # of those, the users new to the run
+    base_sequences: UserFiles  # the base's sequences/ files (footers read once per refresh)
     new_items: dict = field(default_factory=dict)  # what the manifest says about the new items
     skipped: dict = field(default_factory=dict)
 
@@ -154,6 +155,6 @@ def build_version(cfg, run: RunDir, base: RunDir) -> NewVersion:
         item_emb=embedding_table(np.concatenate([emb, vecs])),
         item_text_emb=None if text_emb is None else embedding_table(np.concatenate([text_emb, new_text])),
         sequences=new_seqs, splits=split_bounds(new_seqs),
-        touched=touched, new_users=delta.new_users.column("user_id").to_numpy(),
+        touched=touched, new_users=delta.new_users.column("user_id").to_numpy(), base_sequences=seq_files,
         new_items=info, skipped=skipped,
     )

@@ -62,13 +62,13 @@ def redecode_users(new: NewVersion, base: RunDir, mode: str) -> tuple[np.ndarray
     return np.asarray(users, np.int64), reasons
 
 
-def histories(new: NewVersion, base: RunDir, users: np.ndarray) -> pa.Table:
+def histories(new: NewVersion, users: np.ndarray) -> pa.Table:
     """``user_id``, ``history`` of ``users`` in the new version: the touched users' new rows, the
     others' read from the base's files (only with ``refresh.users=all``)."""
     rest = np.setdiff1d(users, new.touched)
     parts = [new.sequences.select(["user_id", "history"])]
     if len(rest):
-        parts.append(read_users(user_files(base, "sequences"), rest, ["user_id", "history"]))
+        parts.append(read_users(new.base_sequences, rest, ["user_id", "history"]))
     return pa.concat_tables([p.cast(parts[0].schema) for p in parts]).sort_by("user_id")
 
 
@@ -119,7 +119,7 @@ def run_refresh(cfg) -> dict[str, str]:
         init_ray(cfg.ray.address, cfg.ray.num_cpus)
         check_actor_budget(pc_cfg, ray.cluster_resources().get("CPU", 0))  # else the reads never run
         stats = rank_users(
-            histories(new, base, users), users, plan, run.fs, f"{partial}/rank", rank_fp, spec, codes, item_ids,
+            histories(new, users), users, plan, run.fs, f"{partial}/rank", rank_fp, spec, codes, item_ids,
             batch_size=pc_cfg.batch_size, sort_window=pc_cfg.sort_window, num_actors=pc_cfg.num_actors,
             use_gpu=pc_cfg.use_gpu, cpus_per_actor=pc_cfg.cpus_per_actor,
             threads_per_actor=pc_cfg.threads_per_actor, share_prefix=pc_cfg.share_prefix)
@@ -171,7 +171,8 @@ def publish(run: RunDir, base: RunDir, name: str, new: NewVersion, plan, partial
         for art, rows in (("sequences", new.sequences), ("splits", new.splits)):
             meta = {"version": name, "schema": str(rows.schema), **(cut if art == "splits" else {})}
             with view.writing(art, meta) as utmp:
-                user_tables[art] = write_replaced(user_files(base, art), rows, utmp)
+                files = new.base_sequences if art == "sequences" else user_files(base, art)
+                user_tables[art] = write_replaced(files, rows, utmp)
                 meta["rows"] = user_tables[art].pop("rows")
         tables.update(dict.fromkeys(user_tables))
         for art in ("codebook", "model"):  # the version serves lookups and online generation alone
