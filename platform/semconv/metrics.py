@@ -65,6 +65,8 @@ def topk_from_scores(
     k-th is re-ranked with a stable full sort. ``overwrite=True`` lets the exclusions be written
     into ``scores`` (float32, owned by the caller) instead of a copy.
     """
+    if isinstance(scores, np.ndarray):
+        scores = np.ascontiguousarray(scores)  # torch takes no negative strides; a no-op when contiguous
     x = torch.as_tensor(scores, dtype=torch.float32)
     if exclude is not None and any(len(items) for items in exclude):
         if not overwrite:
