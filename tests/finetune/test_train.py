@@ -104,3 +104,17 @@ def _initial(recipe) -> dict[str, torch.Tensor]:
 
     lm, _ = build_model(recipe)
     return {n[len("model."):]: p.detach().clone() for n, p in lm.named_parameters() if p.requires_grad}
+
+
+def test_log_lines_and_bar_carry_the_recipes_name(planted_run_dir, tiny_lm_dir, monkeypatch, capfd):
+    """The scratch baseline runs this loop too: its lines must not read as the fine-tune's."""
+    from semconv.finetune import recipe as recipe_module
+
+    bars: list[str] = []
+    real = recipe_module.progress
+    monkeypatch.setattr(recipe_module, "progress", lambda desc, *a, **k: bars.append(desc) or real(desc, *a, **k))
+    config = loop_config(planted_run_dir, tiny_lm_dir, max_steps=1, eval_every=100)
+    train(dataclasses.replace(config["recipe"], name="scratch"), config["data"], Session(checkpoint_every=100))
+    out = capfd.readouterr().out
+    assert bars == ["scratch"]
+    assert "[scratch] " in out and "[finetune]" not in out

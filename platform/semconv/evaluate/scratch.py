@@ -64,7 +64,7 @@ def train_scratch(cfg: PipelineConfig, data: Any, base_dir: Path) -> tuple[Any, 
         batch_size=sc.batch_size, lr=sc.lr, weight_decay=0.0, grad_clip=1.0,
         budget=TrainBudget(sc.max_steps or cfg.finetune.max_steps, minutes * 60 if minutes else None,
                            sc.warmup_steps, "cosine", 0.1),
-        eval_every=10**9, bf16=False, threads=sc.num_threads,
+        eval_every=10**9, bf16=False, threads=sc.num_threads, name="scratch",
     )
     trained = train(recipe, data, Session(checkpoint_every=10**9))
     h = trained.history

@@ -79,6 +79,7 @@ class Recipe:
     use_gpu: bool = False
     deepspeed: Mapping[str, Any] | None = None
     threads: int | None = None
+    name: str = "finetune"  # its progress bar and log lines: the scratch baseline runs this loop too
 
     @property
     def whole_model(self) -> bool:
@@ -119,11 +120,11 @@ def _all_reduce(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _log(rank: int, msg: str) -> None:
+def _log(rank: int, name: str, msg: str) -> None:
     """Progress on the worker's real stdout: Ray Train patches ``print`` to tee into its logger,
     which Ray forwards as well, so a plain ``print`` reached the driver twice."""
     if rank == 0:
-        print(f"[finetune] {msg}", file=sys.__stdout__, flush=True)
+        print(f"[{name}] {msg}", file=sys.__stdout__, flush=True)
 
 
 def _expected_steps(budget: TrainBudget, step: int, seconds: float) -> int:
@@ -164,9 +165,9 @@ def train(recipe: Recipe, data: FinetuneData, session: Session, probes: Sequence
         strategy.load(session.restored)
         history = training.load_state(session.restored)
         history["resumed_from_step"] = session.resumed_from
-        _log(rank, f"resumed from step {session.start_step}")
+        _log(rank, recipe.name, f"resumed from step {session.start_step}")
     strategy.runner.train()
-    _log(rank, f"{len(train_rows)} rows ({plan.tokens_per_epoch} tokens) in {plan.per_epoch} packs of "
+    _log(rank, recipe.name, f"{len(train_rows)} rows ({plan.tokens_per_epoch} tokens) in {plan.per_epoch} packs of "
                f"{recipe.pack_len} per epoch, {recipe.batch_size * recipe.grad_accum * world} packs a step")
 
     def save(path: Path, final: bool = False) -> None:
@@ -179,7 +180,7 @@ def train(recipe: Recipe, data: FinetuneData, session: Session, probes: Sequence
 
     budget, step = recipe.budget, session.start_step
     seconds = history["train_time_s"]
-    bar = progress("finetune", budget.max_steps, "step", initial=step) if rank == 0 else None
+    bar = progress(recipe.name, budget.max_steps, "step", initial=step) if rank == 0 else None
     while not budget.done(step, seconds):
         only = CODE_ROWS if budget.progress(step, seconds) < recipe.code_rows_first else None
         lr = set_lr(optimizer, budget.lr_factor(step, seconds), only)
@@ -203,7 +204,8 @@ def train(recipe: Recipe, data: FinetuneData, session: Session, probes: Sequence
         metrics = {"step": step, "train_loss": loss, "lr": lr, "tokens_per_s": history["tokens"] / max(seconds, 1e-9),
                    "epoch": step * recipe.batch_size * recipe.grad_accum * world / plan.per_epoch}
         if last and step < budget.max_steps:
-            _log(rank, f"time budget of {budget.max_seconds:.0f}s reached after step {step}: finishing here")
+            _log(rank, recipe.name,
+                 f"time budget of {budget.max_seconds:.0f}s reached after step {step}: finishing here")
         if (step % recipe.eval_every == 0 or last) and len(valid_rows):  # every rank, or all_reduce hangs
             loss_sum, count = _all_reduce(list(evaluation_loss(
                 strategy.runner, valid_rows, eval_packs, recipe.pack_len, pad, recipe.batch_size,
@@ -217,9 +219,10 @@ def train(recipe: Recipe, data: FinetuneData, session: Session, probes: Sequence
                 probe(step, seconds, lm.model, tokenizer)
             strategy.runner.train()
         if session.report(step, metrics, functools.partial(save, final=last), last=last):
-            _log(rank, f"step {step}/{budget.max_steps} loss {loss:.4f} lr {lr:.2e} epoch {metrics['epoch']:.2f} "
-                       f"{metrics['tokens_per_s']:.0f} tokens/s"
-                       + (f" eval_loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""))
+            _log(rank, recipe.name,
+                 f"step {step}/{budget.max_steps} loss {loss:.4f} lr {lr:.2e} epoch {metrics['epoch']:.2f} "
+                 f"{metrics['tokens_per_s']:.0f} tokens/s"
+                 + (f" eval_loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""))
         if bar is not None:
             bar.total = _expected_steps(budget, step, seconds)
             bar.set_postfix_str(f"loss {loss:.3f}" + (f", eval {history['eval_loss'][-1]:.3f}"
