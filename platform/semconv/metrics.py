@@ -68,10 +68,10 @@ def topk_from_scores(
     if isinstance(scores, np.ndarray):
         scores = np.ascontiguousarray(scores)  # torch takes no negative strides; a no-op when contiguous
     x = torch.as_tensor(scores, dtype=torch.float32)
-    if exclude is not None and any(len(items) for items in exclude):
+    lens = None if exclude is None else np.fromiter(map(len, exclude), dtype=np.int64, count=len(exclude))
+    if lens is not None and lens.any():
         if not overwrite:
             x = x.clone()
-        lens = np.fromiter((len(items) for items in exclude), dtype=np.int64, count=len(exclude))
         cols = np.concatenate([np.asarray(items, dtype=np.int64).reshape(-1) for items in exclude])
         x[torch.from_numpy(np.repeat(np.arange(len(exclude)), lens)), torch.from_numpy(cols)] = -math.inf
     k = min(k, x.shape[1])
