@@ -6,7 +6,7 @@ import pytest
 
 from semconv import hardware
 from semconv.config import load_config
-from semconv.hardware import FORCE_NO_BF16, inference_dtype, matching_dtype
+from semconv.hardware import FORCE_BF16, FORCE_NO_BF16, inference_dtype, matching_dtype
 
 
 @pytest.fixture
@@ -54,17 +54,37 @@ def test_a_value_other_than_true_false_auto_is_an_error():
 
 @pytest.mark.parametrize("value", ["1", "true", "yes"])
 def test_env_override_reports_no_native_bf16(monkeypatch, value):
+    monkeypatch.delenv(FORCE_BF16, raising=False)
     monkeypatch.setenv(FORCE_NO_BF16, value)
     assert hardware.cpu_bf16_supported() is False
     assert inference_dtype("auto", use_gpu=False).dtype == "float32"
     assert hardware.machine_info()["bf16_native"] is False
 
 
-@pytest.mark.parametrize("value", ["", "0"])
-def test_env_override_unset_or_0_leaves_the_real_detection(monkeypatch, value):
+@pytest.mark.parametrize("value", ["1", "true"])
+def test_env_override_reports_native_bf16_on_any_cpu(monkeypatch, value):
     monkeypatch.delenv(FORCE_NO_BF16, raising=False)
+    monkeypatch.setenv(FORCE_BF16, value)
+    assert hardware.cpu_bf16_supported() is True
+    assert inference_dtype("auto", use_gpu=False).dtype == "bfloat16"
+    assert inference_dtype(True, use_gpu=False).warning is None
+    assert hardware.machine_info()["bf16_native"] is True
+
+
+def test_both_env_overrides_set_is_an_error_naming_them(monkeypatch):
+    monkeypatch.setenv(FORCE_NO_BF16, "1")
+    monkeypatch.setenv(FORCE_BF16, "1")
+    with pytest.raises(ValueError, match=f"{FORCE_NO_BF16} and {FORCE_BF16} are both set"):
+        hardware.cpu_bf16_supported()
+
+
+@pytest.mark.parametrize("name", [FORCE_NO_BF16, FORCE_BF16])
+@pytest.mark.parametrize("value", ["", "0"])
+def test_env_override_unset_or_0_leaves_the_real_detection(monkeypatch, name, value):
+    monkeypatch.delenv(FORCE_NO_BF16, raising=False)
+    monkeypatch.delenv(FORCE_BF16, raising=False)
     real = hardware.cpu_bf16_supported()
-    monkeypatch.setenv(FORCE_NO_BF16, value)
+    monkeypatch.setenv(name, value)
     assert hardware.cpu_bf16_supported() is real
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 FORCE_NO_BF16 = "SEMCONV_FORCE_NO_BF16"
+FORCE_BF16 = "SEMCONV_FORCE_BF16"
 NO_BF16_SLOWDOWN = "~28x"  # bf16 vs float32 matmul on a CPU without native bf16 (issue #14)
 
 
@@ -31,9 +32,16 @@ def cpu_bf16_supported() -> bool:
     fine-tune's autocast is off. It changes our choice, not the kernels; to also run the
     emulated bf16 kernels such a CPU would (e.g. with ``precache.bf16=true``), set
     ``ONEDNN_MAX_CPU_ISA=AVX2`` too (oneDNN then reports no bf16 itself).
+
+    ``SEMCONV_FORCE_BF16=1`` makes it answer True: every choice a CPU with native bf16 gets (the
+    fine-tune's autocast, ``bf16: auto``), on any CPU, whose kernels then emulate bf16 (~28x
+    slower matmuls). It is for running the test suite as such a CPU would, not for speed.
     """
-    if os.environ.get(FORCE_NO_BF16, "").strip() not in ("", "0"):
-        return False
+    force_no, force = (os.environ.get(name, "").strip() not in ("", "0") for name in (FORCE_NO_BF16, FORCE_BF16))
+    if force_no and force:
+        raise ValueError(f"{FORCE_NO_BF16} and {FORCE_BF16} are both set: unset one of them")
+    if force_no or force:
+        return force
     import torch
 
     try:
