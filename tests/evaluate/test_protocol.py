@@ -10,7 +10,7 @@ import pytest
 
 from semconv.artifacts import RunDir
 from semconv.config import load_config
-from semconv.evaluate.protocol import EvaluationError, rankings_from_precache, read_split
+from semconv.evaluate.protocol import EvaluationError, RaggedIds, SplitRows, rankings_from_precache, read_split
 from semconv.evaluate.stage import run_evaluate
 from semconv.metrics import ranking_metrics, topk_from_scores
 from semconv.protocol import split_bounds
@@ -118,3 +118,28 @@ def test_complete_report_is_not_recomputed(tmp_path, build):
     before = path.stat().st_mtime_ns
     run_evaluate(cfg)
     assert run.manifest("report")["created_at"] == first and path.stat().st_mtime_ns == before
+
+
+def test_ragged_ids_hold_the_rows_of_an_arrow_list_column_and_share_one_array():
+    lists = pa.chunked_array([pa.array([[1, 2, 3], [], None], pa.list_(pa.int32())),
+                              pa.array([[9, 8], [7], [5, 6, 4, 3]], pa.list_(pa.int32())).slice(1)])
+    rows = RaggedIds.from_arrow(lists)
+    expect = [[1, 2, 3], [], [], [7], [5, 6, 4, 3]]
+    assert [r.tolist() for r in rows] == expect and len(rows) == 5
+    assert rows[-1].tolist() == [5, 6, 4, 3] and rows[0].dtype == np.int32  # the column's own buffer
+    part = rows[3:]
+    assert isinstance(part, RaggedIds) and [r.tolist() for r in part] == expect[3:]
+    assert part.values is rows.values  # slicing, take and trim move bounds, never copy ids
+    picked = rows.take(np.array([4, 0]))
+    assert [r.tolist() for r in picked] == [[5, 6, 4, 3], [1, 2, 3]] and picked.values is rows.values
+    assert [r.tolist() for r in rows.trim(head=1, tail=1)] == [[2], [], [], [], [6, 4]]
+    assert rows.right_aligned(3, offset=1).tolist() == [[2, 3, 4], [0, 0, 0], [0, 0, 0], [0, 0, 8], [7, 5, 4]]
+    assert [r.tolist() for r in RaggedIds.from_lists(expect)] == expect
+
+
+def test_split_rows_take_plain_lists_and_restrict_keeps_the_order():
+    rows = SplitRows("test", np.array([5, 6, 7]), [[1], [2, 3], []], np.array([4, 4, 4]), [[0, 1], [2, 3], [9]])
+    assert isinstance(rows.histories, RaggedIds) and isinstance(rows.seen, RaggedIds)
+    kept = rows.restrict(np.array([7, 5]))
+    assert kept.user_ids.tolist() == [5, 7]
+    assert [h.tolist() for h in kept.histories] == [[1], []] and [h.tolist() for h in kept.seen] == [[0, 1], [9]]

@@ -10,7 +10,7 @@ import torch
 
 from semconv.config import load_config
 from semconv.evaluate.protocol import evaluate_rankings
-from semconv.evaluate.sasrec import SASRec, sasrec_topk, shifted_ids, train_sasrec, training_pairs
+from semconv.evaluate.sasrec import SASRec, sasrec_backward, sasrec_topk, shifted_ids, train_sasrec, training_pairs
 from semconv.protocol import popularity, popularity_topk
 
 
@@ -106,6 +106,38 @@ def test_training_pairs_shift_by_one_and_mark_padding():
     inputs, labels = training_pairs([[3, 5, 8], [2]], max_len=4)
     assert inputs.tolist() == [[0, 0, 4, 6]]  # item + 1; the one-item sequence has no pair
     assert labels.tolist() == [[0, 0, 6, 9]]
+    assert inputs.dtype == labels.dtype == np.int32  # half the memory of int64 at millions of users
+
+
+def test_training_pairs_equal_the_per_row_construction_and_cut_to_max_len():
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, 50, size=n).tolist() for n in rng.integers(0, 15, size=200)]
+    inputs, labels = training_pairs(seqs, max_len=6)
+
+    def naive(rows):
+        out = np.zeros((len(rows), 6), dtype=np.int64)
+        for r, h in enumerate(rows):
+            h = np.asarray(h[-6:], dtype=np.int64)
+            if len(h):
+                out[r, 6 - len(h):] = h + 1
+        return out
+
+    long_enough = [s for s in seqs if len(s) >= 2]
+    np.testing.assert_array_equal(inputs, naive([s[:-1] for s in long_enough]))
+    np.testing.assert_array_equal(labels, naive([s[1:] for s in long_enough]))
+
+
+def test_int32_training_pairs_train_like_int64():
+    """The loss widens int32 labels: one step from either dtype gives the same gradients."""
+    inputs, labels = training_pairs([[3, 5, 8, 1], [2, 4, 6]], max_len=4)
+    grads = []
+    for dtype in (torch.int32, torch.int64):
+        torch.manual_seed(0)
+        model = SASRec(num_items=10, max_len=4, hidden=8, blocks=1, dropout=0.0)
+        sasrec_backward(model, torch.from_numpy(inputs).to(dtype), torch.from_numpy(labels).to(dtype), "ce",
+                        torch.Generator().manual_seed(0))
+        grads.append(model.item_emb.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_history_can_be_excluded_from_the_ranking():
