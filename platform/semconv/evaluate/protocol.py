@@ -43,9 +43,8 @@ class RaggedIds(Sequence[np.ndarray]):
     def from_arrow(cls, lists: pa.ChunkedArray | pa.ListArray) -> RaggedIds:
         lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
         values = lists.flatten().to_numpy(zero_copy_only=False)  # Arrow's own buffer where it can
-        lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        ends = np.cumsum(lengths)
-        return cls(values, ends - lengths, ends)
+        lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
+        return cls.laid_end_to_end(values, lengths)
 
     @classmethod
     def from_lists(cls, rows: Sequence[Sequence[int]]) -> RaggedIds:
@@ -54,7 +53,12 @@ class RaggedIds(Sequence[np.ndarray]):
         lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
         values = np.concatenate([np.asarray(r, dtype=np.int64).reshape(-1) for r in rows]) if len(rows) else \
             np.zeros(0, np.int64)
-        ends = np.cumsum(lengths)
+        return cls.laid_end_to_end(values, lengths)
+
+    @classmethod
+    def laid_end_to_end(cls, values: np.ndarray, lengths: np.ndarray) -> RaggedIds:
+        """Rows of ``lengths`` ids that follow each other in ``values``."""
+        ends = np.cumsum(lengths, dtype=np.int64)
         return cls(values, ends - lengths, ends)
 
     def __len__(self) -> int:
