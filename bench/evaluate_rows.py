@@ -1,7 +1,7 @@
 """What the evaluate stage's driver holds before any baseline runs, at millions of users.
 
-Synthetic ``sequences/`` and ``splits/`` tables for ``--users`` users (history lengths lognormal,
-median 6, 5-2,000, item ids below 300k: the shape of ``bench/scale.py``'s 30M run), then
+Synthetic ``sequences/`` and ``splits/`` tables for ``--users`` users (``bench/synthetic.py``'s
+history lengths, item ids below 300k: the shape of ``bench/scale.py``'s 30M run), then
 ``read_split`` of valid and test and SASRec's ``training_pairs`` at ``max_len`` 50, each checkout's
 code in a fresh process. Private memory (``RssAnon``) after each step and the process peak. Pass
 ``--baseline PATH`` (a checkout of an earlier commit, e.g. ``git worktree add /tmp/base REV``)
@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from common import machine, proc_status  # noqa: E402
+from synthetic import history_lengths  # noqa: E402
 
 
 def private_gb() -> float:
@@ -43,7 +44,7 @@ def child(users: int) -> dict:
     from semconv.protocol import split_bounds
 
     rng = np.random.default_rng(0)
-    n = np.clip(rng.lognormal(np.log(6), 1.48, users).astype(np.int64), 5, 2000)
+    n = history_lengths(rng, users)
     offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int32)
     items = pa.array(rng.integers(0, 300_000, int(n.sum()), dtype=np.int32))
     seq = pa.table({"user_id": pa.array(np.arange(users, dtype=np.int64)),
