@@ -87,3 +87,43 @@ def topk_from_scores(
     for r in np.flatnonzero(tied):
         top[r] = np.argsort(-x[r].numpy(), kind="stable")[:k]
     return np.where(np.take_along_axis(x.numpy(), top, axis=1) == -np.inf, -1, top)
+
+
+def prefix_hit_rates(
+    rankings: Sequence[Sequence[int]] | np.ndarray, targets: Sequence[int] | np.ndarray, codes: np.ndarray, k: int
+) -> list[float]:
+    """Per code level ``l``, the share of users whose target's first ``l`` codes are those of at
+    least one item in their top ``k``.
+
+    A generative ranker decodes an item code by code, so this says at which level its lists lose
+    the target (a first code missed is an item never reached); for any other ranker it says how
+    its lists spread over the code tree. The last level is HR@k where every item has its own
+    codes. ``codes`` is (items, L), row = item id; a ranked id outside it (``-1`` padding) matches
+    nothing.
+    """
+    codes = np.asarray(codes)
+    n_items, levels = codes.shape
+    targets = np.asarray(targets, dtype=np.int64)
+    if len(targets) == 0:
+        raise ValueError("no users to evaluate")
+    if targets.min() < 0 or targets.max() >= n_items:
+        raise ValueError(f"target item {int(targets[(targets < 0) | (targets >= n_items)][0])} has no codes "
+                         f"(codes cover items 0..{n_items - 1})")
+    if isinstance(rankings, np.ndarray) and rankings.ndim == 2:
+        ranked = rankings[:, :k].astype(np.int64)
+    else:
+        ranked = np.full((len(rankings), k), -1, dtype=np.int64)
+        for row, items in zip(ranked, rankings):
+            top = np.asarray(items, dtype=np.int64)[:k]
+            row[: len(top)] = top
+    if len(ranked) != len(targets):
+        raise ValueError(f"{len(ranked)} rankings for {len(targets)} targets")
+    known = (ranked >= 0) & (ranked < n_items)
+    ranked = np.where(known, ranked, 0)
+    rates = []
+    for level in range(levels):  # one level at a time: (users, k) int32 at most, also for millions of users
+        # one id per distinct prefix of this length: two items share the prefix iff their ids match
+        prefix = np.unique(codes[:, : level + 1], axis=0, return_inverse=True)[1].reshape(-1).astype(np.int32)
+        hit = ((prefix[ranked] == prefix[targets][:, None]) & known).any(axis=1)
+        rates.append(float(hit.mean()))
+    return rates

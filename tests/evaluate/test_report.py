@@ -10,10 +10,12 @@ import pyarrow as pa
 import pytest
 
 from semconv.artifacts import RunDir
+from semconv.codes import item_codes_table
 from semconv.config import load_config
-from semconv.evaluate.protocol import read_split
+from semconv.evaluate.protocol import rankings_from_precache, read_split
 from semconv.evaluate.report import fmt, metric_columns
 from semconv.evaluate.stage import run_evaluate
+from semconv.metrics import prefix_hit_rates
 
 N_USERS, N_ITEMS = 30, 25
 CODEBOOK = {"items": N_ITEMS, "levels": 3, "codes_per_level": 8, "collision_rate": 0.04,
@@ -86,14 +88,53 @@ def test_report_files_exist_and_markdown_matches_the_json(tmp_path, build):
     assert "![training curve](training_curve.png)" in md
 
 
+def brute_force_prefix_hits(rankings, targets, codes, k):
+    """Per level, the share of users with an item of the same leading codes as the target in the top k."""
+    levels = codes.shape[1]
+    return [float(np.mean([any(tuple(codes[i][: l + 1]) == tuple(codes[t][: l + 1]) for i in r[:k] if i >= 0)
+                           for r, t in zip(rankings, targets)])) for l in range(levels)]
+
+
+def test_code_prefix_hits_per_system_match_a_brute_force_count(tmp_path, build):
+    cfg, run = tiny_run(tmp_path, build)
+    rng = np.random.default_rng(3)
+    codes = np.stack([rng.integers(0, 3, N_ITEMS), rng.integers(0, 3, N_ITEMS), np.arange(N_ITEMS)], axis=1)
+    run.write_table("item_codes", item_codes_table(np.arange(N_ITEMS), codes))
+    run_evaluate(cfg)
+    report = tmp_path / "run" / "report"
+    metrics = json.loads((report / "metrics.json").read_text())
+    hits = metrics["code_prefix_hits"]
+    assert hits["k"] == 10 and set(hits["systems"]) == {"semconv", "popularity"}
+    test = read_split(run.read_table("sequences"), run.read_table("splits"), "test", 20)
+    ours, _ = rankings_from_precache(run.read_table("precache"), test.user_ids, 10)
+    assert hits["systems"]["semconv"] == pytest.approx(brute_force_prefix_hits(ours, test.targets, codes, 10))
+    for name, rates in hits["systems"].items():  # every item has its own codes: the last level is HR@10
+        assert rates == sorted(rates, reverse=True) and rates[0] > rates[-1]
+        assert rates[-1] == pytest.approx(metrics["systems"][name]["HR@10"])
+    rows = table_rows((report / "report.md").read_text(), "## Code prefixes in the top 10")
+    assert rows.pop("system") == ["level 1", "level 2", "level 3"]
+    assert rows["Ours (semconv)"] == [fmt(x) for x in hits["systems"]["semconv"]]
+
+
+def test_prefix_hit_rates_by_hand_and_bad_input():
+    codes = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+    # user 0: item 1 shares the first code of target 0; user 1: nothing; user 2: padding only
+    assert prefix_hit_rates([[1], [2, 3], [-1]], [0, 0, 3], codes, k=2) == pytest.approx([1 / 3, 0])
+    assert prefix_hit_rates(np.array([[3, 0], [0, 3]]), [0, 0], codes, k=1) == pytest.approx([0.5, 0.5])
+    with pytest.raises(ValueError, match="target item 7 has no codes"):
+        prefix_hit_rates([[0]], [7], codes, k=1)
+    with pytest.raises(ValueError, match="2 rankings for 1 targets"):
+        prefix_hit_rates([[0], [1]], [0], codes, k=1)
+
+
 def test_missing_optional_inputs_leave_their_sections_out(tmp_path, build):
     cfg, run = tiny_run(tmp_path, build, codebook=False, training=False)
     run_evaluate(cfg)
     report = tmp_path / "run" / "report"
     md = (report / "report.md").read_text()
     metrics = json.loads((report / "metrics.json").read_text())
-    assert "## Codebook" not in md and "## Fine-tuning" not in md
-    assert "codebook" not in metrics and "training" not in metrics
+    assert "## Codebook" not in md and "## Fine-tuning" not in md and "## Code prefixes" not in md
+    assert "codebook" not in metrics and "training" not in metrics and "code_prefix_hits" not in metrics
     assert not (report / "codebook_utilisation.png").exists()
     assert not (report / "training_curve.png").exists()
 

@@ -1,8 +1,9 @@
 """``report/``: ``metrics.json`` (every number), ``report.md`` (one page) and PNG plots.
 
 The Markdown lays results out like the paper's Table 1 (rows = systems, columns = HR@K then
-NDCG@K; NDCG@1 equals HR@1 and is left out), then the codebook figures and the training curve
-when those artifacts exist. Sections whose inputs are missing are left out; nothing is filled in.
+NDCG@K; NDCG@1 equals HR@1 and is left out), then where each system's lists hold the target's
+code prefixes, level by level, and the codebook figures and the training curve when those
+artifacts exist. Sections whose inputs are missing are left out; nothing is filled in.
 Plots use matplotlib's object API on an Agg canvas (:mod:`semconv.plots`), so no global pyplot state
 is touched.
 """
@@ -69,6 +70,21 @@ def relative_line(systems: dict[str, dict[str, float]], ks: list[int]) -> list[s
             continue
         parts.append(f"{SYSTEM_LABELS.get(name, name)} {ours[hr] / base[hr]:.2f}x / {ours[nd] / base[nd]:.2f}x")
     return [f"- Ours relative to each baseline ({hr} / {nd}): " + ", ".join(parts) + "."] if parts else []
+
+
+def prefix_section(hits: dict[str, Any]) -> list[str]:
+    """The code-prefix hit rates (:func:`semconv.metrics.prefix_hit_rates`), a row per system."""
+    k, systems = hits["k"], hits["systems"]
+    levels = len(next(iter(systems.values())))
+    lines = [f"## Code prefixes in the top {k}", "",
+             f"The share of test users whose target's first l codes are those of at least one item in the "
+             f"system's top {k}. Ours decodes an item code by code, so a row falling from level to level shows "
+             f"where its lists lose the target; level {levels} is HR@{k} where every item has its own codes.", "",
+             "| system | " + " | ".join(f"level {l + 1}" for l in range(levels)) + " |",
+             "| --- |" + " ---: |" * levels]
+    lines += [f"| {SYSTEM_LABELS.get(name, name)} | " + " | ".join(fmt(x) for x in systems[name]) + " |"
+              for name in ordered_systems(systems)]
+    return lines
 
 
 def training_summary(train: dict[str, Any]) -> dict[str, Any]:
@@ -154,6 +170,8 @@ def render_markdown(metrics: dict[str, Any], images: dict[str, str]) -> str:
     if "metrics" in images:
         lines += ["", f"![metrics per system]({images['metrics']})"]
     lines = [ln for i, ln in enumerate(lines) if ln or i == 0 or lines[i - 1]]  # no double blanks
+    if metrics.get("code_prefix_hits", {}).get("systems"):
+        lines += [""] + prefix_section(metrics["code_prefix_hits"])
     if "valid" in metrics:
         lines += ["", f"## Validation split ({metrics['valid']['users']} users)", ""]
         lines += results_table(metrics["valid"]["systems"], ks)

@@ -6,7 +6,9 @@ user's last item, every system ranks all items, HR@K and NDCG@K for K in ``evalu
 (``sequences/``). Ours is read from ``precache/`` (ranked from that history); a test user the
 precache lacks is a miss and is counted. The baselines are computed here on the same splits and
 scored by the same code, so the table compares like with like. Valid-split metrics are added for
-every baseline (the precache ranks test users only, so ours has none).
+every baseline (the precache ranks test users only, so ours has none). With ``item_codes/``, each
+system's test lists are also scored level by level (:func:`semconv.metrics.prefix_hit_rates`):
+where a generative ranker's lists lose the target.
 """
 
 from __future__ import annotations
@@ -16,18 +18,23 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from semconv.artifacts import RunDir
+from semconv.codes import read_item_codes
 from semconv.console import progress
 from semconv.evaluate.baselines import BaselineUnavailable, rank_cf, rank_popularity, rank_sasrec
 from semconv.evaluate.protocol import evaluate_rankings, rankings_from_precache, read_split
 from semconv.evaluate.report import write_report
 from semconv.lineage import stage_run
+from semconv.metrics import prefix_hit_rates
 
 if TYPE_CHECKING:
     from semconv.config import PipelineConfig
 
 REPORT = "report"
 PRECACHE = "precache"
+ITEM_CODES = "item_codes"
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +58,20 @@ def _num_items(run: RunDir) -> int:
     return len(ids)
 
 
-def _semconv(run: RunDir, rows: dict, ks: list[int], out: dict[str, Any]) -> None:
-    table = run.read_table(PRECACHE, columns=["user_id", "items"])
-    rankings, missing = rankings_from_precache(table, rows["test"].user_ids, max(ks))
-    out["test"]["systems"]["semconv"] = evaluate_rankings(rankings, rows["test"], ks)
-    out["test"]["missing_users"]["semconv"] = missing
+def _codes_by_item(run: RunDir, num_items: int) -> np.ndarray | None:
+    """``(items, L)`` codes with row = item id, for the code-prefix hit rates; None where the run
+    has no complete ``item_codes/`` (a baselines-only run) or it leaves an item without codes."""
+    if not run.is_complete(ITEM_CODES):
+        return None
+    ids, codes = read_item_codes(run)
+    inside = (ids >= 0) & (ids < num_items)
+    if len(np.unique(ids[inside])) != num_items:
+        log.warning("item_codes/ covers %d of %d items: no code-prefix hit rates", len(np.unique(ids[inside])),
+                    num_items)
+        return None
+    by_item = np.empty((num_items, codes.shape[1]), dtype=np.int64)
+    by_item[ids[inside]] = codes[inside]
+    return by_item
 
 
 def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = True) -> dict[str, Any]:
@@ -85,8 +101,19 @@ def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = T
         for split in ("test", "valid")
     }
     seconds: dict[str, float] = {}
+    codes = _codes_by_item(run, num_items)
+    prefix_hits: dict[str, list[float]] = {}
+
+    def score(name: str, split: str, ranking) -> None:
+        out[split]["systems"][name] = evaluate_rankings(ranking, rows[split], ks)
+        if split == "test" and codes is not None:
+            prefix_hits[name] = prefix_hit_rates(ranking, rows[split].targets, codes, max(ks))
+
     if include_semconv:
-        _semconv(run, rows, ks, out)
+        table = run.read_table(PRECACHE, columns=["user_id", "items"])
+        rankings, out["test"]["missing_users"]["semconv"] = rankings_from_precache(
+            table, rows["test"].user_ids, max(ks))
+        score("semconv", "test", rankings)
     baselines: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     bar = progress("evaluate", len(ev.baselines), "baseline")
@@ -117,7 +144,7 @@ def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = T
         baselines[name] = info
         for split, ranking in ranked.items():
             if len(rows[split]):  # a split can be empty (e.g. no valid rows in a tiny sample)
-                out[split]["systems"][name] = evaluate_rankings(ranking, rows[split], ks)
+                score(name, split, ranking)
     bar.close()
     test = out["test"]
     payload: dict[str, Any] = {
@@ -135,6 +162,8 @@ def evaluate_systems(cfg: PipelineConfig, run: RunDir, include_semconv: bool = T
         "skipped": skipped,
         "seconds": seconds,
     }
+    if prefix_hits:
+        payload["code_prefix_hits"] = {"k": max(ks), "systems": prefix_hits}
     if ev.valid and out["valid"]["systems"]:
         payload["valid"] = out["valid"]
     if include_semconv:
