@@ -116,6 +116,16 @@ def test_code_prefix_hits_per_system_match_a_brute_force_count(tmp_path, build):
     assert rows["Ours (semconv)"] == [fmt(x) for x in hits["systems"]["semconv"]]
 
 
+def test_item_codes_missing_an_item_leave_the_prefix_section_out_and_the_rest_scored(tmp_path, build):
+    cfg, run = tiny_run(tmp_path, build)
+    ids = np.arange(N_ITEMS - 1)  # the last item has no codes
+    run.write_table("item_codes", item_codes_table(ids, np.stack([ids % 3, ids], axis=1)))
+    run_evaluate(cfg)
+    metrics = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
+    assert "code_prefix_hits" not in metrics and set(metrics["systems"]) == {"semconv", "popularity"}
+    assert "## Code prefixes" not in (tmp_path / "run" / "report" / "report.md").read_text()
+
+
 def test_prefix_hit_rates_by_hand_and_bad_input():
     codes = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
     # user 0: item 1 shares the first code of target 0; user 1: nothing; user 2: padding only
