@@ -89,6 +89,13 @@ def code_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return ids, flat.reshape(len(ids), levels)
 
 
+def tuple_keys(codes: np.ndarray) -> np.ndarray:
+    """One fixed-width key per row of ``codes`` ``(n, L)``: equal keys <=> equal tuples, sortable
+    (byte order, not numeric order) and about 2.5x faster to ``np.unique`` than ``axis=0``."""
+    c = np.ascontiguousarray(codes, dtype=np.int64)
+    return c.view(np.dtype((np.void, 8 * c.shape[1]))).ravel()
+
+
 def read_item_codes(source: RunDir | str | Path) -> tuple[np.ndarray, np.ndarray]:
     """:func:`code_arrays` of the ``item_codes/`` artifact of a run directory (a ``RunDir``) or
     of a local artifact directory."""

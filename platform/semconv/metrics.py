@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from semconv.codes import tuple_keys
+
 
 def target_rank(ranked: Sequence[int], target: int) -> int | None:
     """1-based rank of ``target`` in ``ranked``, or None when absent."""
@@ -123,7 +125,7 @@ def prefix_hit_rates(
     rates = []
     for level in range(levels):  # one level at a time: (users, k) int32 at most, also for millions of users
         # one id per distinct prefix of this length: two items share the prefix iff their ids match
-        prefix = np.unique(codes[:, : level + 1], axis=0, return_inverse=True)[1].reshape(-1).astype(np.int32)
+        prefix = np.unique(tuple_keys(codes[:, : level + 1]), return_inverse=True)[1].astype(np.int32)
         hit = ((prefix[ranked] == prefix[targets][:, None]) & known).any(axis=1)
         rates.append(float(hit.mean()))
     return rates

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from semconv.codes import tuple_keys
 from semconv.tokenize import assign as assign_mod
 from semconv.tokenize import quality
 from semconv.tokenize.assign import assign_codes, level_inputs
 from semconv.tokenize.codebook import CodebookConfig, ResidualCodebook
 from semconv.tokenize.collisions import (
-    TakenTuples, min_cost_assignment, nearest_free_tuple, resolve_collisions, tuple_keys,
+    TakenTuples, min_cost_assignment, nearest_free_tuple, resolve_collisions,
 )
 from semconv.tokenize.stage import _projection_distance
 from semconv.tokenize.train import codebook_stats

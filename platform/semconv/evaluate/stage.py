@@ -65,9 +65,9 @@ def _codes_by_item(run: RunDir, num_items: int) -> np.ndarray | None:
         return None
     ids, codes = read_item_codes(run)
     inside = (ids >= 0) & (ids < num_items)
-    if len(np.unique(ids[inside])) != num_items:
-        log.warning("item_codes/ covers %d of %d items: no code-prefix hit rates", len(np.unique(ids[inside])),
-                    num_items)
+    covered = len(np.unique(ids[inside]))
+    if covered != num_items:
+        log.warning("item_codes/ covers %d of %d items: no code-prefix hit rates", covered, num_items)
         return None
     by_item = np.empty((num_items, codes.shape[1]), dtype=np.int64)
     by_item[ids[inside]] = codes[inside]

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from semconv.codes import tuple_keys
 from semconv.tokenize.assign import level_inputs
 
 
@@ -148,13 +149,6 @@ class Resolution:
     codes: np.ndarray
     reassigned: np.ndarray
     fallback: np.ndarray
-
-
-def tuple_keys(codes: np.ndarray) -> np.ndarray:
-    """One fixed-width key per row of ``codes`` ``(n, L)``: equal keys <=> equal tuples, sortable
-    (byte order, not numeric order) and about 2.5x faster to ``np.unique`` than ``axis=0``."""
-    c = np.ascontiguousarray(codes, dtype=np.int64)
-    return c.view(np.dtype((np.void, 8 * c.shape[1]))).ravel()
 
 
 class TakenTuples:

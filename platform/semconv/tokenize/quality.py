@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from semconv.tokenize.collisions import tuple_keys
+from semconv.codes import tuple_keys
 
 ROWS = 65_536  # items per chunk of the per-item figures
 
